@@ -1,0 +1,539 @@
+//! Builds a typed [`Config`] from TOML text, section by section, collecting every error.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::ConfigErrors;
+use super::reader::Section;
+use super::*;
+
+/// Parses and validates config text. Returns every problem found, each naming its key.
+pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let root: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(error) => {
+            errors.push("", format!("TOML syntax error: {}", error.to_string().trim_end()));
+            return Err(errors);
+        }
+    };
+    let mut top = Section::root(&root);
+    let server = server(&mut top, &mut errors);
+    let frontends = frontends(&mut top, &mut errors);
+    let backends = backends(&mut top, &mut errors);
+    let balancer = balancer(&mut top, &mut errors);
+    let timeouts = timeouts(&mut top, &mut errors);
+    let upstream = upstream(&mut top, &mut errors);
+    let limits = limits(&mut top, &mut errors);
+    let healthcheck = healthcheck(&mut top, &mut errors);
+    let tls = tls(&mut top, &mut errors);
+    let ratelimit = ratelimit(&mut top, &mut errors);
+    let circuitbreaker = circuitbreaker(&mut top, &mut errors);
+    let logging = logging(&mut top, &mut errors);
+    let metrics = metrics(&mut top, &mut errors);
+    let control = control(&mut top, &mut errors);
+    top.finish(&mut errors);
+
+    check_port_clashes(&frontends, &metrics, &mut errors);
+    if errors.is_empty() {
+        Ok(Config {
+            server,
+            frontends,
+            backends,
+            balancer,
+            timeouts,
+            upstream,
+            limits,
+            healthcheck,
+            tls,
+            ratelimit,
+            circuitbreaker,
+            logging,
+            metrics,
+            control,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Refuses a feature whose config is accepted for forward compatibility but whose code has not landed yet.
+fn refuse_unimplemented(section: &Section, enabled: bool, feature: &str, errors: &mut ConfigErrors) {
+    if enabled {
+        errors.push(
+            section.key_path("enabled"),
+            format!("{feature} is not implemented in this version of corelb; set enabled = false"),
+        );
+    }
+}
+
+fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
+    let mut section = top.section("server", errors);
+    let workers = match section.optional::<toml::Value>("workers", errors) {
+        None => Workers::Auto,
+        Some(toml::Value::String(text)) if text == "auto" => Workers::Auto,
+        Some(toml::Value::Integer(count)) if (1..=1024).contains(&count) => Workers::Count(count as usize),
+        Some(other) => {
+            errors.push(
+                section.key_path("workers"),
+                format!("must be \"auto\" or a number between 1 and 1024, got {other}"),
+            );
+            Workers::Auto
+        }
+    };
+    let io_driver = section.choice(
+        "io_driver",
+        IoDriverChoice::Auto,
+        &[
+            ("auto", IoDriverChoice::Auto),
+            ("io_uring", IoDriverChoice::IoUring),
+            ("epoll", IoDriverChoice::Epoll),
+        ],
+        errors,
+    );
+    let pin_workers = section.or("pin_workers", true, errors);
+    let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
+    let expose_worker_header = section.or("expose_worker_header", false, errors);
+    section.finish(errors);
+    ServerConfig {
+        workers,
+        io_driver,
+        pin_workers,
+        shutdown_grace,
+        expose_worker_header,
+    }
+}
+
+fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig> {
+    let sections = top.array_of_tables("frontends", errors);
+    if sections.is_empty() {
+        errors.push(
+            "frontends",
+            "at least one [[frontends]] entry is required (e.g. name = \"web\", port = 8080)",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut frontends = Vec::new();
+    for (index, mut section) in sections.into_iter().enumerate() {
+        let name = section.or("name", format!("frontend{index}"), errors);
+        if !names.insert(name.clone()) {
+            errors.push(section.key_path("name"), format!("duplicate frontend name {name:?}"));
+        }
+        let address = section.or("address", IpAddr::V4(Ipv4Addr::UNSPECIFIED), errors);
+        let port = section.required::<i64>("port", errors);
+        let port = match port {
+            Some(port) if (0..=65535).contains(&port) => Some(port as u16),
+            Some(port) => {
+                errors.push(section.key_path("port"), format!("must be between 0 and 65535, got {port}"));
+                None
+            }
+            None => None,
+        };
+        section.finish(errors);
+        if let Some(port) = port {
+            frontends.push(FrontendConfig {
+                name,
+                listen: SocketAddr::new(address, port),
+            });
+        }
+    }
+    frontends
+}
+
+fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> {
+    let sections = top.array_of_tables("backends", errors);
+    if sections.is_empty() {
+        errors.push(
+            "backends",
+            "at least one [[backends]] entry is required (e.g. url = \"http://127.0.0.1:9001\")",
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut backends = Vec::new();
+    for mut section in sections {
+        let url = section.required::<String>("url", errors);
+        let weight = section.integer_in("weight", 1, 1, 1000, errors) as u32;
+        let id = section.optional::<String>("id", errors);
+        let parsed = url.as_deref().and_then(|url| match parse_backend_url(url) {
+            Ok(parsed) => Some(parsed),
+            Err(reason) => {
+                errors.push(section.key_path("url"), reason);
+                None
+            }
+        });
+        let id_key = section.key_path("id");
+        section.finish(errors);
+        let (Some(url), Some((host, port))) = (url, parsed) else {
+            continue;
+        };
+        let mut backend = BackendConfig {
+            id: String::new(),
+            url,
+            host,
+            port,
+            weight,
+        };
+        backend.id = id.unwrap_or_else(|| backend.authority());
+        if !ids.insert(backend.id.clone()) {
+            errors.push(
+                id_key,
+                format!("duplicate backend id {:?} (give each backend a distinct url or id)", backend.id),
+            );
+        }
+        backends.push(backend);
+    }
+    backends
+}
+
+/// Splits `http://host:port[/]` into host and port.
+fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!("{url:?}: TLS to backends is not supported; use http://"));
+    } else {
+        return Err(format!("{url:?} must start with http://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('?') || authority.contains('@') {
+        return Err(format!(
+            "{url:?}: only http://host:port is supported (no path, query or user info)"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port,
+            None if after.is_empty() => "80",
+            None => return Err(format!("{url:?}: expected :port after ]")),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port),
+            None => (authority, "80"),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("{url:?}: port must be a number between 1 and 65535"))?;
+    Ok((host.to_string(), port))
+}
+
+fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
+    let mut section = top.section("balancer", errors);
+    let algorithm = section.choice(
+        "algorithm",
+        Algorithm::RoundRobin,
+        &[
+            ("round_robin", Algorithm::RoundRobin),
+            ("weighted_round_robin", Algorithm::WeightedRoundRobin),
+        ],
+        errors,
+    );
+    section.finish(errors);
+    BalancerConfig { algorithm }
+}
+
+fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
+    let mut section = top.section("timeouts", errors);
+    let timeouts = Timeouts {
+        connect: section.positive_duration("connect", Duration::from_secs(2), errors),
+        upstream_response: section.positive_duration("upstream_response", Duration::from_secs(30), errors),
+        client_header: section.positive_duration("client_header", Duration::from_secs(10), errors),
+        client_idle: section.positive_duration("client_idle", Duration::from_secs(60), errors),
+    };
+    section.finish(errors);
+    timeouts
+}
+
+fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
+    let mut section = top.section("upstream", errors);
+    let upstream = UpstreamConfig {
+        max_idle_per_backend: section.integer_in("max_idle_per_backend", 128, 0, 100_000, errors) as usize,
+        idle_timeout: section.positive_duration("idle_timeout", Duration::from_secs(60), errors),
+        max_connect_attempts: section.integer_in("max_connect_attempts", 3, 1, 100, errors) as u32,
+        fail_timeout: section.positive_duration("fail_timeout", Duration::from_secs(10), errors),
+    };
+    section.finish(errors);
+    upstream
+}
+
+fn limits(top: &mut Section, errors: &mut ConfigErrors) -> Limits {
+    let mut section = top.section("limits", errors);
+    let limits = Limits {
+        max_header_bytes: section.integer_in("max_header_bytes", 16 * 1024, 1024, 1024 * 1024, errors) as usize,
+        max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors) as usize,
+        max_headers: section.integer_in("max_headers", 100, 8, 1000, errors) as usize,
+    };
+    if limits.max_request_line > limits.max_header_bytes {
+        errors.push(
+            section.key_path("max_request_line"),
+            format!(
+                "must not exceed limits.max_header_bytes ({}), got {}",
+                limits.max_header_bytes, limits.max_request_line
+            ),
+        );
+    }
+    section.finish(errors);
+    limits
+}
+
+fn healthcheck(top: &mut Section, errors: &mut ConfigErrors) -> HealthCheckConfig {
+    let mut section = top.section("healthcheck", errors);
+    let config = HealthCheckConfig {
+        enabled: section.or("enabled", false, errors),
+        interval: section.positive_duration("interval", Duration::from_secs(5), errors),
+        timeout: section.positive_duration("timeout", Duration::from_secs(1), errors),
+        path: section.or("path", "/health".to_string(), errors),
+        healthy_threshold: section.integer_in("healthy_threshold", 2, 1, 100, errors) as u32,
+        unhealthy_threshold: section.integer_in("unhealthy_threshold", 3, 1, 100, errors) as u32,
+    };
+    if !config.path.starts_with('/') {
+        errors.push(section.key_path("path"), format!("must start with /, got {:?}", config.path));
+    }
+    refuse_unimplemented(&section, config.enabled, "active health checking", errors);
+    section.finish(errors);
+    config
+}
+
+fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
+    let mut section = top.section("tls", errors);
+    let config = TlsConfig {
+        enabled: section.or("enabled", false, errors),
+        cert: section.optional::<String>("cert", errors).map(PathBuf::from),
+        key: section.optional::<String>("key", errors).map(PathBuf::from),
+        ca: section.optional::<String>("ca", errors).map(PathBuf::from),
+        client_auth: section.choice(
+            "client_auth",
+            ClientAuth::None,
+            &[
+                ("none", ClientAuth::None),
+                ("optional", ClientAuth::Optional),
+                ("required", ClientAuth::Required),
+            ],
+            errors,
+        ),
+    };
+    refuse_unimplemented(&section, config.enabled, "TLS termination", errors);
+    section.finish(errors);
+    config
+}
+
+fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
+    let mut section = top.section("ratelimit", errors);
+    let rate = section.or("rate", 1000.0, errors);
+    if !(rate > 0.0 && rate.is_finite()) {
+        errors.push(section.key_path("rate"), format!("must be a positive number, got {rate}"));
+    }
+    let config = RateLimitConfig {
+        enabled: section.or("enabled", false, errors),
+        rate,
+        burst: section.integer_in("burst", 100, 1, 10_000_000, errors) as u32,
+        algorithm: section.choice(
+            "algorithm",
+            RateLimitAlgorithm::TokenBucket,
+            &[
+                ("token_bucket", RateLimitAlgorithm::TokenBucket),
+                ("sliding_window", RateLimitAlgorithm::SlidingWindow),
+            ],
+            errors,
+        ),
+        scope: section.choice(
+            "scope",
+            RateLimitScope::Global,
+            &[("global", RateLimitScope::Global), ("client_ip", RateLimitScope::ClientIp)],
+            errors,
+        ),
+    };
+    refuse_unimplemented(&section, config.enabled, "rate limiting", errors);
+    section.finish(errors);
+    config
+}
+
+fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreakerConfig {
+    let mut section = top.section("circuitbreaker", errors);
+    let config = CircuitBreakerConfig {
+        enabled: section.or("enabled", false, errors),
+        threshold: section.integer_in("threshold", 5, 1, 10_000, errors) as u32,
+        timeout: section.positive_duration("timeout", Duration::from_secs(30), errors),
+        max_half_open: section.integer_in("max_half_open", 1, 1, 10_000, errors) as u32,
+    };
+    refuse_unimplemented(&section, config.enabled, "the circuit breaker", errors);
+    section.finish(errors);
+    config
+}
+
+fn logging(top: &mut Section, errors: &mut ConfigErrors) -> LoggingConfig {
+    let mut section = top.section("logging", errors);
+    let config = LoggingConfig {
+        level: section.choice(
+            "level",
+            LogLevel::Info,
+            &[
+                ("error", LogLevel::Error),
+                ("warn", LogLevel::Warn),
+                ("info", LogLevel::Info),
+                ("debug", LogLevel::Debug),
+                ("trace", LogLevel::Trace),
+            ],
+            errors,
+        ),
+        format: section.choice(
+            "format",
+            LogFormat::Text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            errors,
+        ),
+    };
+    section.finish(errors);
+    config
+}
+
+fn metrics(top: &mut Section, errors: &mut ConfigErrors) -> MetricsConfig {
+    let mut section = top.section("metrics", errors);
+    let config = MetricsConfig {
+        enabled: section.or("enabled", false, errors),
+        address: section.or("address", IpAddr::V4(Ipv4Addr::LOCALHOST), errors),
+        port: section.integer_in("port", 9090, 0, 65535, errors) as u16,
+    };
+    refuse_unimplemented(&section, config.enabled, "the metrics endpoint", errors);
+    section.finish(errors);
+    config
+}
+
+fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
+    let mut section = top.section("control", errors);
+    let socket = section.or("socket", "corelb.sock".to_string(), errors);
+    if socket.is_empty() {
+        errors.push(section.key_path("socket"), "must not be empty");
+    }
+    section.finish(errors);
+    ControlConfig {
+        socket: PathBuf::from(socket),
+    }
+}
+
+/// Two listeners on one address and port cannot both work; port 0 asks the kernel for a fresh port each time.
+fn check_port_clashes(frontends: &[FrontendConfig], metrics: &MetricsConfig, errors: &mut ConfigErrors) {
+    let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+    let mut claim = |listen: SocketAddr, key: String, errors: &mut ConfigErrors| {
+        if listen.port() == 0 {
+            return;
+        }
+        let clash = seen.iter().find(|(other, _)| {
+            other.port() == listen.port()
+                && (other.ip() == listen.ip() || other.ip().is_unspecified() || listen.ip().is_unspecified())
+        });
+        if let Some((_, other_key)) = clash {
+            errors.push(key, format!("port {} is already used by {other_key}", listen.port()));
+        } else {
+            seen.push((listen, key));
+        }
+    };
+    for (index, frontend) in frontends.iter().enumerate() {
+        claim(frontend.listen, format!("frontends[{index}].port"), errors);
+    }
+    if metrics.enabled {
+        claim(SocketAddr::new(metrics.address, metrics.port), "metrics.port".to_string(), errors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = parse_config(MINIMAL).unwrap();
+        assert_eq!(config.frontends[0].listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.backends[0].id, "127.0.0.1:9001");
+        assert_eq!(config.backends[0].weight, 1);
+        assert_eq!(config.server.workers, Workers::Auto);
+        assert_eq!(config.balancer.algorithm, Algorithm::RoundRobin);
+        assert_eq!(config.timeouts.connect, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let text = "[server]\nworkers = 0\nio_driver = \"kqueue\"\n\
+            [[frontends]]\nport = 70000\n\
+            [[backends]]\nurl = \"http://127.0.0.1:9001\"\n\
+            [[backends]]\nurl = \"ftp://x\"\n\
+            [[backends]]\nurl = \"http://127.0.0.1:9003\"\nweight = 0\nwieght = 2\n\
+            [timeouts]\nconnect = \"10\"\n";
+        let errors = parse_config(text).unwrap_err();
+        let text = errors.to_string();
+        for expected in [
+            "server.workers: must be \"auto\" or a number between 1 and 1024, got 0",
+            "server.io_driver: must be one of \"auto\", \"io_uring\", \"epoll\", got \"kqueue\"",
+            "frontends[0].port: must be between 0 and 65535, got 70000",
+            "backends[1].url: \"ftp://x\" must start with http://",
+            "backends[2].weight: must be between 1 and 1000, got 0",
+            "backends[2].wieght: unknown key",
+            "timeouts.connect: missing unit",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(errors.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn refuses_configs_that_serve_nothing() {
+        let text = parse_config("").unwrap_err().to_string();
+        assert!(text.contains("frontends: at least one"), "{text}");
+        assert!(text.contains("backends: at least one"), "{text}");
+    }
+
+    #[test]
+    fn refuses_port_clashes_and_duplicates() {
+        let text = "[[frontends]]\nname = \"a\"\nport = 8080\n[[frontends]]\nname = \"a\"\naddress = \"127.0.0.1\"\nport = 8080\n\
+            [[backends]]\nurl = \"http://127.0.0.1:9001\"\n[[backends]]\nurl = \"http://127.0.0.1:9001/\"\n";
+        let text = parse_config(text).unwrap_err().to_string();
+        assert!(text.contains("frontends[1].name: duplicate frontend name \"a\""), "{text}");
+        assert!(text.contains("frontends[1].port: port 8080 is already used by frontends[0].port"), "{text}");
+        assert!(text.contains("backends[1].id: duplicate backend id"), "{text}");
+    }
+
+    #[test]
+    fn reports_syntax_errors() {
+        let text = parse_config("[[frontends]\n").unwrap_err().to_string();
+        assert!(text.starts_with("TOML syntax error"), "{text}");
+    }
+
+    #[test]
+    fn refuses_features_not_built_yet() {
+        let text = format!("{MINIMAL}[tls]\nenabled = true\n");
+        let text = parse_config(&text).unwrap_err().to_string();
+        assert!(text.contains("tls.enabled: TLS termination is not implemented"), "{text}");
+    }
+
+    #[test]
+    fn parses_backend_urls() {
+        assert_eq!(parse_backend_url("http://127.0.0.1:9001"), Ok(("127.0.0.1".into(), 9001)));
+        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80)));
+        assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81)));
+        assert!(parse_backend_url("http://h:0").is_err());
+        assert!(parse_backend_url("http://h:1/path").is_err());
+        assert!(parse_backend_url("https://h:1").is_err());
+    }
+
+    #[test]
+    fn repository_config_is_valid() {
+        let text = include_str!("../../config.toml");
+        if let Err(errors) = parse_config(text) {
+            panic!("config.toml is invalid:\n{errors}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! corelb's configuration: `config.toml` is read into a typed [`Config`] in one pass that reports every problem at
+//! once with its key path. Nothing here touches the network; backend host names are resolved by the control thread.
+
+mod build;
+pub mod duration;
+mod error;
+mod reader;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use build::parse_config;
+pub use error::{ConfigError, ConfigErrors};
+
+/// The whole, validated configuration. Immutable once built: a change is a new `Config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub frontends: Vec<FrontendConfig>,
+    pub backends: Vec<BackendConfig>,
+    pub balancer: BalancerConfig,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamConfig,
+    pub limits: Limits,
+    pub healthcheck: HealthCheckConfig,
+    pub tls: TlsConfig,
+    pub ratelimit: RateLimitConfig,
+    pub circuitbreaker: CircuitBreakerConfig,
+    pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
+}
+
+/// How many worker threads run, on which I/O driver, and how they stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub workers: Workers,
+    pub io_driver: IoDriverChoice,
+    /// Pin worker `i` to core `i mod cores`; off when sharing a machine with other pinned work.
+    pub pin_workers: bool,
+    /// How long in-flight requests may run after a shutdown signal before connections are cut.
+    pub shutdown_grace: Duration,
+    /// Add `X-Corelb-Worker: <n>` to responses, to see how SO_REUSEPORT spreads connections.
+    pub expose_worker_header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriverChoice {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// One listening address. Every worker binds its own SO_REUSEPORT socket on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+/// One origin server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Stable name used by logs and the control plane; defaults to `host:port`.
+    pub id: String,
+    /// The URL as written, for display.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Relative share for weighted algorithms, 1..=1000.
+    pub weight: u32,
+}
+
+impl BackendConfig {
+    /// `host:port`, as sent in `Host` when a client did not send one.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalancerConfig {
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    /// Smooth weighted round-robin (nginx's): proportional and interleaved.
+    WeightedRoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a backend.
+    pub connect: Duration,
+    /// Waiting for the backend's response head, and between reads of its body.
+    pub upstream_response: Duration,
+    /// Reading a whole request head once its first byte arrived.
+    pub client_header: Duration,
+    /// A kept-alive client connection with no request in progress, and a stalled client read or write.
+    pub client_idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Idle keep-alive connections kept per backend, per worker.
+    pub max_idle_per_backend: usize,
+    /// An idle upstream connection older than this is closed rather than reused.
+    pub idle_timeout: Duration,
+    /// Backends tried for one request when connecting fails (connect failures are always safe to retry).
+    pub max_connect_attempts: u32,
+    /// A backend that refused a connection is skipped by this worker for this long.
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request or response head (request line and headers); larger is 431 / 502.
+    pub max_header_bytes: usize,
+    /// Longest request line; longer is 414.
+    pub max_request_line: usize,
+    /// Most header fields in one head.
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub path: String,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Requests per second for the whole process.
+    pub rate: f64,
+    pub burst: u32,
+    pub algorithm: RateLimitAlgorithm,
+    pub scope: RateLimitScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitAlgorithm {
+    TokenBucket,
+    SlidingWindow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    Global,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreakerConfig {
+    pub enabled: bool,
+    /// Consecutive failures that open the breaker.
+    pub threshold: u32,
+    /// How long the breaker stays open before letting probes through.
+    pub timeout: Duration,
+    /// Probe requests allowed at once while half-open.
+    pub max_half_open: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Unix control socket; a relative path is relative to the config file's folder.
+    pub socket: PathBuf,
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is invalid:\n{errors}")]
+    Invalid { path: PathBuf, errors: ConfigErrors },
+}
+
+/// Reads and validates a config file.
+pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut config = parse_config(&text).map_err(|errors| LoadError::Invalid {
+        path: path.to_path_buf(),
+        errors,
+    })?;
+    if config.control.socket.is_relative() {
+        let folder = path.parent().unwrap_or(Path::new(""));
+        config.control.socket = folder.join(&config.control.socket);
+    }
+    Ok(config)
+}

@@ -1,0 +1,283 @@
+//! The heads a proxy forwards: hop-by-hop fields removed (RFC 9110 §7.6.1), framing rewritten to what the proxy
+//! actually sends, and the forwarding fields (`X-Forwarded-*`, `Via`) set.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::head::{BodyFraming, Field, RequestHead, ResponseHead, Version};
+
+/// The `Via` received-by name.
+const VIA: &[u8] = b"1.1 corelb";
+
+/// Fields never forwarded as received: hop-by-hop ones, framing (rewritten), and those the proxy sets itself.
+fn is_rewritten(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 12] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+    ];
+    NAMES.iter().any(|known| name.eq_ignore_ascii_case(known))
+        // Proxy-Connection, Proxy-Authorization, ...; and `Proxy` itself (httpoxy).
+        || (name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"proxy"))
+}
+
+fn forwardable<'a>(
+    buf: &'a [u8],
+    fields: &'a [Field],
+    connection_options: &'a [std::ops::Range<usize>],
+) -> impl Iterator<Item = &'a Field> + 'a {
+    fields.iter().filter(move |field| {
+        let name = &buf[field.name.clone()];
+        !is_rewritten(name)
+            && !connection_options
+                .iter()
+                .any(|option| buf[option.clone()].eq_ignore_ascii_case(name))
+    })
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the comma-joined values of every field called `name`, then `extra`.
+fn put_appended(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], name: &[u8], extra: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for field in fields {
+        if buf[field.name.clone()].eq_ignore_ascii_case(name) {
+            let value = buf[field.value.clone()].trim_ascii();
+            if !value.is_empty() {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_framing(out: &mut Vec<u8>, framing: BodyFraming) {
+    match framing {
+        BodyFraming::Length(length) => {
+            let _ = write!(out, "Content-Length: {length}\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+}
+
+/// What the proxy knows about the client connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub address: IpAddr,
+    pub scheme: &'static str,
+    /// `Host` to send when the client sent none (HTTP/1.0): the backend's authority.
+    pub fallback_host: &'a [u8],
+}
+
+/// Writes the HTTP/1.1 request head to send upstream for `head` (parsed from `buf`).
+pub fn write_upstream_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, client: &ClientSide) {
+    out.extend_from_slice(&buf[head.method_range.clone()]);
+    out.push(b' ');
+    let target = &buf[head.target.clone()];
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = head.host.clone().map(|range| &buf[range]).unwrap_or(client.fallback_host);
+    put_field(out, b"Host", host);
+    for field in forwardable(buf, &head.fields, &head.connection_options) {
+        // The proxy answers `Expect: 100-continue` itself and then streams the body.
+        if buf[field.name.clone()].eq_ignore_ascii_case(b"expect") {
+            continue;
+        }
+        put_field(out, &buf[field.name.clone()], &buf[field.value.clone()]);
+    }
+    let mut address = [0u8; 48];
+    let address_len = {
+        let mut cursor = std::io::Cursor::new(&mut address[..]);
+        let _ = write!(cursor, "{}", client.address);
+        cursor.position() as usize
+    };
+    put_appended(out, buf, &head.fields, b"X-Forwarded-For", &address[..address_len]);
+    put_field(out, b"X-Forwarded-Proto", client.scheme.as_bytes());
+    put_field(out, b"X-Forwarded-Host", host);
+    put_appended(out, buf, &head.fields, b"Via", VIA);
+    put_framing(out, head.framing);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the proxy frames a response body towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Raw bytes, then close: for HTTP/1.0 clients when the length is not known in advance.
+    UntilClose,
+}
+
+impl ClientFraming {
+    /// Chooses client framing for an upstream body: HTTP/1.1 clients get unknown lengths re-chunked so their
+    /// connection survives; HTTP/1.0 clients cannot take chunks.
+    pub fn for_response(upstream: BodyFraming, client_version: Version) -> ClientFraming {
+        match (upstream, client_version) {
+            (BodyFraming::None, _) => ClientFraming::None,
+            (BodyFraming::Length(length), _) => ClientFraming::Length(length),
+            (BodyFraming::Chunked | BodyFraming::UntilClose, Version::Http11) => ClientFraming::Chunked,
+            (BodyFraming::Chunked | BodyFraming::UntilClose, Version::Http10) => ClientFraming::UntilClose,
+        }
+    }
+
+    pub fn forces_close(self) -> bool {
+        self == ClientFraming::UntilClose
+    }
+}
+
+/// Per-response choices the proxy made.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseShape {
+    pub framing: ClientFraming,
+    pub client_version: Version,
+    /// The proxy will close the client connection after this response.
+    pub close: bool,
+    /// Worker index to expose as `X-Corelb-Worker`, when configured.
+    pub worker: Option<usize>,
+}
+
+/// Writes the response head to send to the client for `head` (parsed from `buf`).
+pub fn write_client_response(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, shape: &ResponseShape) {
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(&buf[head.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    for field in forwardable(buf, &head.fields, &head.connection_options) {
+        put_field(out, &buf[field.name.clone()], &buf[field.value.clone()]);
+    }
+    put_appended(out, buf, &head.fields, b"Via", VIA);
+    match shape.framing {
+        ClientFraming::Length(length) => {
+            let _ = write!(out, "Content-Length: {length}\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        // A 304 or HEAD response keeps the upstream's Content-Length: it describes the representation.
+        ClientFraming::None => {
+            if let Some(field) = head
+                .fields
+                .iter()
+                .find(|field| buf[field.name.clone()].eq_ignore_ascii_case(b"content-length"))
+            {
+                put_field(out, b"Content-Length", &buf[field.value.clone()]);
+            }
+        }
+        ClientFraming::UntilClose => {}
+    }
+    put_connection(out, shape.close, shape.client_version);
+    if let Some(worker) = shape.worker {
+        let _ = write!(out, "X-Corelb-Worker: {worker}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_connection(out: &mut Vec<u8>, close: bool, client_version: Version) {
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+/// Writes a complete short response generated by the proxy itself (errors, 100 Continue excluded).
+pub fn write_local_response(out: &mut Vec<u8>, status: u16, reason: &str, body: &str, close: bool, version: Version) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    put_connection(out, close, version);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::{parse_request, parse_response, HeadLimits, Method};
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 4096,
+        max_request_line: 1024,
+        max_headers: 64,
+    };
+
+    fn forward(text: &str) -> String {
+        let head = parse_request(text.as_bytes(), &LIMITS).unwrap().unwrap();
+        let mut out = Vec::new();
+        let client = ClientSide {
+            address: "10.0.0.9".parse().unwrap(),
+            scheme: "http",
+            fallback_host: b"127.0.0.1:9001",
+        };
+        write_upstream_request(&mut out, text.as_bytes(), &head, &client);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_sets_forwarding_fields() {
+        let out = forward(
+            "GET /x HTTP/1.1\r\nHost: site\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: 5\r\n\
+             TE: trailers\r\nUpgrade: websocket\r\nProxy-Authorization: basic\r\nProxy: evil\r\n\
+             X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nVia: 1.0 edge\r\nAccept: */*\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET /x HTTP/1.1\r\nHost: site\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n\
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: site\r\nVia: 1.0 edge, 1.1 corelb\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn normalises_framing_and_drops_expect() {
+        let out = forward(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(out.ends_with("Via: 1.1 corelb\r\nContent-Length: 5\r\n\r\n"), "{out}");
+        assert_eq!(out.matches("Content-Length").count(), 1);
+        assert!(!out.contains("Expect"));
+        let chunked = forward("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(chunked.contains("\r\nTransfer-Encoding: chunked\r\n"), "{chunked}");
+    }
+
+    #[test]
+    fn http10_without_host_gets_the_backend_authority() {
+        let out = forward("GET / HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"), "{out}");
+    }
+
+    #[test]
+    fn response_is_reframed_for_the_client() {
+        let text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-A\r\nX-A: 1\r\nServer: s\r\n\r\n";
+        let head = parse_response(text.as_bytes(), Method::Get, &LIMITS).unwrap().unwrap();
+        let mut out = Vec::new();
+        let shape = ResponseShape {
+            framing: ClientFraming::for_response(head.framing, Version::Http10),
+            client_version: Version::Http10,
+            close: true,
+            worker: Some(1),
+        };
+        write_client_response(&mut out, text.as_bytes(), &head, &shape);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: s\r\nVia: 1.1 corelb\r\nConnection: close\r\nX-Corelb-Worker: 1\r\n\r\n"
+        );
+    }
+}
