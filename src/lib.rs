@@ -1,4 +1,14 @@
-//! corelb: a thread-per-core HTTP/1.1 load balancer on io_uring. See ARCHITECTURE.md for the shape.
+//! corelb: a thread-per-core HTTP/1.1 load balancer on io_uring. ARCHITECTURE.md describes the shape; the layers
+//! below follow it: pure modules (`config`, `http`, `balance`, `upstream`), per-core modules (`net`, `proxy`,
+//! `worker`), and the `control` thread that reaches the cores only through messages.
 
+pub mod balance;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod http;
+pub mod logging;
+pub mod net;
+pub mod proxy;
+pub mod upstream;
+pub mod worker;

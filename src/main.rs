@@ -1,1 +1,5 @@
-fn main() {}
+//! The `corelb` binary.
+
+fn main() -> std::process::ExitCode {
+    corelb::cli::main()
+}

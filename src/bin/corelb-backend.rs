@@ -1,1 +1,358 @@
-fn main() {}
+//! `corelb-backend`: the example origin server for demos and tests. Answers every path with its id, echoes requests
+//! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, and can be made slow,
+//! failing or unhealthy from flags or from requests, so tests and demos can misbehave it at will.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use corelb::config::duration::parse_duration;
+use corelb::http::chunked::{write_chunk, LAST_CHUNK};
+use corelb::http::head::{parse_request, HeadLimits, RequestHead, Version};
+use corelb::http::{BodyFraming, ChunkedDecoder, Method};
+use corelb::net::BufferedStream;
+use monoio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+#[command(name = "corelb-backend", about = "Example backend for corelb demos and tests")]
+struct Args {
+    /// Port to listen on (0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value_t = 9001)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+    /// Identity reported in bodies and in the X-Backend-Id header.
+    #[arg(long, default_value = "1")]
+    id: String,
+    /// Latency added to every response, e.g. "50ms".
+    #[arg(long, value_parser = parse_duration)]
+    latency: Option<Duration>,
+    /// Fraction of requests (0.0..=1.0) answered with 500.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Start with /health failing.
+    #[arg(long)]
+    unhealthy: bool,
+    /// Do not log each request.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// State shared by every connection.
+struct Backend {
+    id: String,
+    latency: Option<Duration>,
+    error_rate: f64,
+    healthy: AtomicBool,
+    quiet: bool,
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 64 * 1024,
+    max_request_line: 16 * 1024,
+    max_headers: 256,
+};
+const IDLE: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        eprintln!("error: --error-rate must be between 0.0 and 1.0");
+        return ExitCode::from(2);
+    }
+    let backend = Arc::new(Backend {
+        id: args.id.clone(),
+        latency: args.latency,
+        error_rate: args.error_rate,
+        healthy: AtomicBool::new(!args.unhealthy),
+        quiet: args.quiet,
+        connections: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
+    let address = SocketAddr::new(args.address, args.port);
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start event loop: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(address) {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("error: cannot listen on {address}: {error}");
+                return ExitCode::from(1);
+            }
+        };
+        let local = listener.local_addr().unwrap_or(address);
+        eprintln!("corelb-backend {} listening on {local}", backend.id);
+        let _ = std::io::stderr().flush();
+        let backend = Rc::new(backend);
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    backend.connections.fetch_add(1, Ordering::Relaxed);
+                    monoio::spawn(serve(Rc::clone(&backend), stream));
+                }
+                Err(error) => {
+                    eprintln!("accept failed: {error}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A small xorshift generator: enough for fault injection, no dependency.
+fn random_fraction(seed: &mut u64) -> f64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (*seed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+async fn serve(backend: Rc<Arc<Backend>>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut connection = BufferedStream::new(stream);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.load(Ordering::Relaxed);
+    loop {
+        let head = loop {
+            match parse_request(connection.buffered(), &LIMITS) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(error) => {
+                    let body = format!("bad request: {error}\n");
+                    let response = respond(&backend.id, 400, "Bad Request", &[], body.as_bytes(), true);
+                    let _ = connection.write_all(response, IDLE).await;
+                    return;
+                }
+            }
+            match connection.fill(IDLE).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let head_bytes = connection.buffered()[..head.len].to_vec();
+        connection.consume(head.len);
+        let body_length = match read_body(&mut connection, head.framing).await {
+            Some(length) => length,
+            None => return,
+        };
+        backend.requests.fetch_add(1, Ordering::Relaxed);
+        let target = String::from_utf8_lossy(&head_bytes[head.target.clone()]).into_owned();
+        let method = String::from_utf8_lossy(&head_bytes[head.method_range.clone()]).into_owned();
+        if !backend.quiet {
+            eprintln!("backend {} {method} {target} body={body_length}", backend.id);
+        }
+        let mut delay = backend.latency;
+        if let Some(extra) = query_param(&target, "delay").and_then(|value| parse_duration(value).ok()) {
+            delay = Some(extra);
+        }
+        if let Some(delay) = delay {
+            monoio::time::sleep(delay).await;
+        }
+        let close = head.close || target.starts_with("/close");
+        let keep_going = answer(&backend, &mut connection, &head, &head_bytes, &target, &method, body_length, close, &mut seed).await;
+        if !keep_going || close {
+            return;
+        }
+    }
+}
+
+/// Reads and counts a request body. `None` when the connection failed.
+async fn read_body(connection: &mut BufferedStream, framing: BodyFraming) -> Option<u64> {
+    match framing {
+        BodyFraming::None | BodyFraming::UntilClose => Some(0),
+        BodyFraming::Length(length) => {
+            let mut remaining = length;
+            connection.reserve_for_body();
+            while remaining > 0 {
+                if connection.buffered().is_empty() && connection.fill(IDLE).await.ok()? == 0 {
+                    return None;
+                }
+                let take = (connection.buffered().len() as u64).min(remaining) as usize;
+                connection.consume(take);
+                remaining -= take as u64;
+            }
+            Some(length)
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut total = 0u64;
+            connection.reserve_for_body();
+            loop {
+                let used = decoder
+                    .decode(connection.buffered(), |data| total += data.len() as u64)
+                    .ok()?;
+                connection.consume(used);
+                if decoder.is_done() {
+                    return Some(total);
+                }
+                if connection.fill(IDLE).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn respond(id: &str, status: u16, reason: &str, headers: &[(&str, String)], body: &[u8], close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nX-Backend-Id: {id}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            character if (character as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", character as u32)),
+            character => out.push(character),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    backend: &Backend,
+    connection: &mut BufferedStream,
+    head: &RequestHead,
+    head_bytes: &[u8],
+    target: &str,
+    method: &str,
+    body_length: u64,
+    close: bool,
+    seed: &mut u64,
+) -> bool {
+    let id = &backend.id;
+    let path = target.split('?').next().unwrap_or("/");
+    let forced_status = query_param(target, "status").and_then(|value| value.parse::<u16>().ok());
+    let response = if path == "/health" {
+        if backend.healthy.load(Ordering::Relaxed) {
+            respond(id, 200, "OK", &[], b"ok\n", close)
+        } else {
+            respond(id, 503, "Service Unavailable", &[], b"unhealthy\n", close)
+        }
+    } else if path == "/control/health/fail" || path == "/control/health/ok" {
+        backend.healthy.store(path.ends_with("/ok"), Ordering::Relaxed);
+        respond(id, 200, "OK", &[], b"switched\n", close)
+    } else if backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
+        respond(id, 500, "Internal Server Error", &[], b"injected failure\n", close)
+    } else if let Some(status) = forced_status.filter(|status| (200..=599).contains(status)) {
+        respond(id, status, "Status", &[], format!("status {status}\n").as_bytes(), close)
+    } else if path == "/echo" {
+        let headers: Vec<String> = head
+            .fields
+            .iter()
+            .map(|field| {
+                format!(
+                    "[{},{}]",
+                    json_string(&String::from_utf8_lossy(&head_bytes[field.name.clone()])),
+                    json_string(&String::from_utf8_lossy(&head_bytes[field.value.clone()]))
+                )
+            })
+            .collect();
+        let version = match head.version {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        };
+        let body = format!(
+            "{{\"id\":{},\"method\":{},\"path\":{},\"version\":\"{version}\",\"headers\":[{}],\"body_length\":{body_length}}}\n",
+            json_string(id),
+            json_string(method),
+            json_string(target),
+            headers.join(",")
+        );
+        respond(id, 200, "OK", &[("Content-Type", "application/json".into())], body.as_bytes(), close)
+    } else if path == "/stats" {
+        let body = format!(
+            "{{\"id\":{},\"connections\":{},\"requests\":{}}}\n",
+            json_string(id),
+            backend.connections.load(Ordering::Relaxed),
+            backend.requests.load(Ordering::Relaxed)
+        );
+        respond(id, 200, "OK", &[("Content-Type", "application/json".into())], body.as_bytes(), close)
+    } else if path == "/bytes" {
+        let length: u64 = query_param(target, "n").and_then(|value| value.parse().ok()).unwrap_or(0);
+        let chunked = query_param(target, "chunked") == Some("1");
+        return send_bytes(id, connection, length, chunked, head.method == Method::Head, close).await;
+    } else {
+        let body = format!("backend {id}\n");
+        respond(id, 200, "OK", &[("X-Body-Length", body_length.to_string())], body.as_bytes(), close)
+    };
+    connection.write_all(response, IDLE).await.0.is_ok()
+}
+
+/// Streams `length` generated bytes (a repeating alphabet), framed by Content-Length or chunked.
+async fn send_bytes(id: &str, connection: &mut BufferedStream, length: u64, chunked: bool, head_only: bool, close: bool) -> bool {
+    const BLOCK: usize = 64 * 1024;
+    let mut out = Vec::with_capacity(BLOCK + 64);
+    let _ = write!(out, "HTTP/1.1 200 OK\r\nX-Backend-Id: {id}\r\nContent-Type: application/octet-stream\r\n");
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else {
+        let _ = write!(out, "Content-Length: {length}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head_only {
+        return connection.write_all(out, IDLE).await.0.is_ok();
+    }
+    let pattern: Vec<u8> = (0..BLOCK).map(|index| b'a' + (index % 26) as u8).collect();
+    let mut remaining = length;
+    loop {
+        let take = remaining.min(BLOCK as u64) as usize;
+        if chunked {
+            write_chunk(&mut out, &pattern[..take]);
+            if take as u64 == remaining {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+        } else {
+            out.extend_from_slice(&pattern[..take]);
+        }
+        remaining -= take as u64;
+        let (result, buf) = connection.write_all(out, IDLE).await;
+        if result.is_err() {
+            return false;
+        }
+        out = buf;
+        out.clear();
+        if remaining == 0 {
+            return true;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Backend selection. A [`Balancer`] is built once per backend-set change and owned by one worker, so its state is
+//! plain `Cell`s; each pick is a few lines. Health and passive failures are applied outside the algorithm through
+//! the `admit` predicate.
+
+use std::cell::Cell;
+
+use crate::config::Algorithm;
+
+/// Per-worker selection state for one backend set.
+#[derive(Debug)]
+pub enum Balancer {
+    RoundRobin(RoundRobin),
+    Weighted(SmoothWeighted),
+}
+
+impl Balancer {
+    pub fn new(algorithm: Algorithm, weights: &[u32]) -> Balancer {
+        match algorithm {
+            Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(weights.len())),
+            Algorithm::WeightedRoundRobin => Balancer::Weighted(SmoothWeighted::new(weights)),
+        }
+    }
+
+    /// Picks the index of a backend for which `admit` holds, or `None` when none does.
+    pub fn pick(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
+        match self {
+            Balancer::RoundRobin(round_robin) => round_robin.pick(admit),
+            Balancer::Weighted(weighted) => weighted.pick(admit),
+        }
+    }
+}
+
+/// Each admitted backend in turn.
+#[derive(Debug)]
+pub struct RoundRobin {
+    count: usize,
+    next: Cell<usize>,
+}
+
+impl RoundRobin {
+    pub fn new(count: usize) -> RoundRobin {
+        RoundRobin {
+            count,
+            next: Cell::new(0),
+        }
+    }
+
+    pub fn pick(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
+        let start = self.next.get();
+        for step in 0..self.count {
+            let index = (start + step) % self.count;
+            if admit(index) {
+                self.next.set((index + 1) % self.count);
+                return Some(index);
+            }
+        }
+        None
+    }
+}
+
+/// nginx's smooth weighted round-robin: every pick adds each admitted backend's weight to its running score, takes
+/// the highest, and subtracts the total from the winner. Over any aligned window of `sum(weights)` picks each
+/// backend is chosen exactly `weight` times, interleaved rather than in bursts.
+#[derive(Debug)]
+pub struct SmoothWeighted {
+    weights: Vec<i64>,
+    current: Vec<Cell<i64>>,
+}
+
+impl SmoothWeighted {
+    pub fn new(weights: &[u32]) -> SmoothWeighted {
+        SmoothWeighted {
+            weights: weights.iter().map(|&weight| i64::from(weight)).collect(),
+            current: weights.iter().map(|_| Cell::new(0)).collect(),
+        }
+    }
+
+    pub fn pick(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut total = 0;
+        let mut best: Option<(usize, i64)> = None;
+        for (index, (&weight, current)) in self.weights.iter().zip(&self.current).enumerate() {
+            if !admit(index) {
+                continue;
+            }
+            let score = current.get() + weight;
+            current.set(score);
+            total += weight;
+            if best.is_none_or(|(_, best_score)| score > best_score) {
+                best = Some((index, score));
+            }
+        }
+        let (index, score) = best?;
+        self.current[index].set(score - total);
+        Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picks(balancer: &Balancer, count: usize) -> Vec<usize> {
+        (0..count).map(|_| balancer.pick(|_| true).unwrap()).collect()
+    }
+
+    #[test]
+    fn round_robin_cycles_in_order() {
+        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1]);
+        assert_eq!(picks(&balancer, 7), [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn round_robin_skips_refused_backends() {
+        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1]);
+        let chosen: Vec<usize> = (0..4).map(|_| balancer.pick(|index| index != 1).unwrap()).collect();
+        assert_eq!(chosen, [0, 2, 0, 2]);
+        assert_eq!(balancer.pick(|_| false), None);
+    }
+
+    #[test]
+    fn smooth_weighted_is_exact_and_interleaved_in_every_window() {
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1]);
+        let sequence = picks(&balancer, 9 * 20);
+        for window in sequence.chunks(9) {
+            let count = |backend| window.iter().filter(|&&index| index == backend).count();
+            assert_eq!((count(0), count(1), count(2)), (5, 3, 1), "{window:?}");
+        }
+        // nginx's documented order for 5:3:1 (a a b a c a b a b in its example, by index).
+        assert_eq!(&sequence[..9], [0, 1, 0, 2, 0, 1, 0, 1, 0]);
+        // Never more than two of the heaviest in a row: interleaved, not bursts.
+        assert!(sequence.windows(3).all(|run| run.iter().any(|&index| index != 0)));
+    }
+
+    #[test]
+    fn smooth_weighted_redistributes_when_a_backend_is_refused() {
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1]);
+        let chosen: Vec<usize> = (0..8).map(|_| balancer.pick(|index| index != 0).unwrap()).collect();
+        assert_eq!(chosen.iter().filter(|&&index| index == 1).count(), 6);
+        assert_eq!(chosen.iter().filter(|&&index| index == 2).count(), 2);
+    }
+}

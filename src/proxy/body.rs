@@ -1,0 +1,175 @@
+//! Streaming a message body from one connection to another without holding the whole body: Content-Length bodies
+//! are forwarded straight out of the read buffer, chunked bodies are decoded and re-encoded, and bodies that end at
+//! connection close are forwarded until EOF. Bytes to send first (a head) go out in the same write as the first body
+//! bytes, so a small response is one `write`.
+
+use std::io;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+
+use crate::http::chunked::{write_chunk, LAST_CHUNK};
+use crate::http::{BodyFraming, ChunkedDecoder, ChunkedError};
+use crate::net::{write_all_timeout, BufferedStream};
+
+/// How body bytes are written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As they are (Content-Length, or until close).
+    Identity,
+    Chunked,
+}
+
+/// Why a body could not be copied; the caller knows which side each direction is.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading body failed: {0}")]
+    Read(io::Error),
+    #[error("connection closed before the body ended")]
+    ReadEof,
+    #[error("writing body failed: {0}")]
+    Write(io::Error),
+    #[error("malformed chunked body: {0}")]
+    Malformed(ChunkedError),
+}
+
+/// Timeouts for the two sides of one copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyTimeouts {
+    pub read: Duration,
+    pub write: Duration,
+}
+
+async fn flush(dst: &mut TcpStream, pending: &mut Vec<u8>, timeout: Duration) -> Result<(), BodyError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (result, mut buf) = write_all_timeout(dst, std::mem::take(pending), timeout).await;
+    buf.clear();
+    *pending = buf;
+    result.map_err(BodyError::Write)
+}
+
+async fn fill(src: &mut BufferedStream, timeout: Duration) -> Result<usize, BodyError> {
+    src.fill(timeout).await.map_err(BodyError::Read)
+}
+
+fn encode(pending: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
+    match encoding {
+        Encoding::Identity => pending.extend_from_slice(data),
+        Encoding::Chunked => write_chunk(pending, data),
+    }
+}
+
+/// Copies one body framed as `input` from `src` to `dst`, preceded by `pending` (left empty and reusable).
+/// Returns the number of body bytes delivered.
+pub async fn copy_body(
+    src: &mut BufferedStream,
+    dst: &mut TcpStream,
+    input: BodyFraming,
+    output: Encoding,
+    pending: &mut Vec<u8>,
+    timeouts: CopyTimeouts,
+) -> Result<u64, BodyError> {
+    match input {
+        BodyFraming::None | BodyFraming::Length(0) => {
+            flush(dst, pending, timeouts.write).await?;
+            Ok(0)
+        }
+        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts).await,
+        BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts).await,
+        BodyFraming::UntilClose => copy_until_close(src, dst, output, pending, timeouts).await,
+    }
+}
+
+async fn copy_length(
+    src: &mut BufferedStream,
+    dst: &mut TcpStream,
+    length: u64,
+    pending: &mut Vec<u8>,
+    timeouts: CopyTimeouts,
+) -> Result<u64, BodyError> {
+    let mut remaining = length;
+    // The first body bytes ride along with the pending head.
+    let take = (src.buffered().len() as u64).min(remaining) as usize;
+    pending.extend_from_slice(&src.buffered()[..take]);
+    src.consume(take);
+    remaining -= take as u64;
+    flush(dst, pending, timeouts.write).await?;
+    if remaining > 0 {
+        src.reserve_for_body();
+    }
+    while remaining > 0 {
+        if src.buffered().is_empty() && fill(src, timeouts.read).await? == 0 {
+            return Err(BodyError::ReadEof);
+        }
+        let take = (src.buffered().len() as u64).min(remaining) as usize;
+        src.forward_buffered(dst, take, timeouts.write)
+            .await
+            .map_err(BodyError::Write)?;
+        remaining -= take as u64;
+    }
+    Ok(length)
+}
+
+async fn copy_chunked(
+    src: &mut BufferedStream,
+    dst: &mut TcpStream,
+    output: Encoding,
+    pending: &mut Vec<u8>,
+    timeouts: CopyTimeouts,
+) -> Result<u64, BodyError> {
+    let mut decoder = ChunkedDecoder::new();
+    let mut delivered = 0u64;
+    loop {
+        if !src.buffered().is_empty() {
+            let used = decoder
+                .decode(src.buffered(), |data| {
+                    delivered += data.len() as u64;
+                    encode(pending, data, output);
+                })
+                .map_err(BodyError::Malformed)?;
+            src.consume(used);
+            if decoder.is_done() {
+                if output == Encoding::Chunked {
+                    pending.extend_from_slice(LAST_CHUNK);
+                }
+                flush(dst, pending, timeouts.write).await?;
+                return Ok(delivered);
+            }
+        }
+        flush(dst, pending, timeouts.write).await?;
+        src.reserve_for_body();
+        if fill(src, timeouts.read).await? == 0 {
+            return Err(BodyError::ReadEof);
+        }
+    }
+}
+
+async fn copy_until_close(
+    src: &mut BufferedStream,
+    dst: &mut TcpStream,
+    output: Encoding,
+    pending: &mut Vec<u8>,
+    timeouts: CopyTimeouts,
+) -> Result<u64, BodyError> {
+    let mut delivered = 0u64;
+    src.reserve_for_body();
+    loop {
+        let available = src.buffered().len();
+        if available > 0 {
+            encode(pending, src.buffered(), output);
+            src.consume(available);
+            delivered += available as u64;
+        }
+        flush(dst, pending, timeouts.write).await?;
+        if fill(src, timeouts.read).await? == 0 {
+            break;
+        }
+    }
+    if output == Encoding::Chunked {
+        pending.extend_from_slice(LAST_CHUNK);
+        flush(dst, pending, timeouts.write).await?;
+    }
+    Ok(delivered)
+}

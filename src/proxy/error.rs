@@ -1,0 +1,182 @@
+//! Everything that can go wrong with one proxied request, and the one place that decides what each means: the status
+//! the client sees, the label metrics and logs use, and which side was at fault. Every match is exhaustive, so a new
+//! variant does not compile until someone decides all three.
+
+use std::io;
+
+use crate::http::{ChunkedError, HeadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request head: {0}")]
+    BadRequest(#[from] HeadError),
+    #[error("bad request body: {0}")]
+    BadRequestBody(ChunkedError),
+    #[error("client sent no complete request head in time")]
+    ClientHeaderTimeout,
+    #[error("client stalled while sending or receiving a body")]
+    ClientTimeout,
+    #[error("client closed the connection mid-request")]
+    ClientClosed,
+    #[error("client connection failed: {0}")]
+    ClientIo(io::Error),
+    #[error("no backend available")]
+    NoBackend,
+    #[error("connect to backend {backend} failed: {source}")]
+    ConnectFailed { backend: String, source: io::Error },
+    #[error("connect to backend {backend} timed out")]
+    ConnectTimeout { backend: String },
+    #[error("backend {backend} did not respond in time")]
+    UpstreamTimeout { backend: String },
+    #[error("backend {backend} connection failed: {source}")]
+    UpstreamIo { backend: String, source: io::Error },
+    #[error("backend {backend} closed the connection before responding")]
+    UpstreamClosed { backend: String },
+    #[error("backend {backend} sent an invalid response: {reason}")]
+    BadResponse { backend: String, reason: String },
+}
+
+/// Who caused a failure: it decides whether the backend is blamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+impl ProxyError {
+    /// The status to answer with, or `None` when no answer can reach the client.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ProxyError::BadRequest(head) => Some(match head {
+                HeadError::Malformed(_) => 400,
+                HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => 431,
+                HeadError::UriTooLong(_) => 414,
+                HeadError::UnsupportedVersion => 505,
+                HeadError::UnsupportedTransferCoding => 501,
+                HeadError::UnsupportedExpectation => 417,
+                HeadError::MethodNotAllowed => 405,
+            }),
+            ProxyError::BadRequestBody(_) => Some(400),
+            ProxyError::ClientHeaderTimeout => Some(408),
+            ProxyError::ClientTimeout | ProxyError::ClientClosed | ProxyError::ClientIo(_) => None,
+            ProxyError::NoBackend => Some(503),
+            ProxyError::ConnectFailed { .. } => Some(502),
+            ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
+            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
+                Some(502)
+            }
+        }
+    }
+
+    /// A short, bounded category name for logs, metrics and the response body.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(head) => match head {
+                HeadError::Malformed(_) => "bad_request",
+                HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => "header_too_large",
+                HeadError::UriTooLong(_) => "uri_too_long",
+                HeadError::UnsupportedVersion => "unsupported_version",
+                HeadError::UnsupportedTransferCoding => "unsupported_transfer_coding",
+                HeadError::UnsupportedExpectation => "unsupported_expectation",
+                HeadError::MethodNotAllowed => "method_not_allowed",
+            },
+            ProxyError::BadRequestBody(_) => "bad_request_body",
+            ProxyError::ClientHeaderTimeout => "client_header_timeout",
+            ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::ClientClosed => "client_closed",
+            ProxyError::ClientIo(_) => "client_io",
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::ConnectFailed { .. } => "connect_failed",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamIo { .. } => "upstream_io",
+            ProxyError::UpstreamClosed { .. } => "upstream_closed",
+            ProxyError::BadResponse { .. } => "bad_response",
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::ClientHeaderTimeout
+            | ProxyError::ClientTimeout
+            | ProxyError::ClientClosed
+            | ProxyError::ClientIo(_) => Side::Client,
+            ProxyError::NoBackend => Side::Proxy,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamClosed { .. }
+            | ProxyError::BadResponse { .. } => Side::Upstream,
+        }
+    }
+
+    /// Nothing reached the backend, so any method may be sent to another backend.
+    pub fn nothing_sent(&self) -> bool {
+        match self {
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => true,
+            ProxyError::BadRequest(_)
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::ClientHeaderTimeout
+            | ProxyError::ClientTimeout
+            | ProxyError::ClientClosed
+            | ProxyError::ClientIo(_)
+            | ProxyError::NoBackend
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamClosed { .. }
+            | ProxyError::BadResponse { .. } => false,
+        }
+    }
+}
+
+/// The standard reason phrase for the statuses the proxy generates.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_categories_to_statuses() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let cases: Vec<(ProxyError, Option<u16>, &str)> = vec![
+            (ProxyError::BadRequest(HeadError::Malformed("x")), Some(400), "bad_request"),
+            (ProxyError::BadRequest(HeadError::TooLarge(1)), Some(431), "header_too_large"),
+            (ProxyError::BadRequest(HeadError::UriTooLong(1)), Some(414), "uri_too_long"),
+            (ProxyError::BadRequest(HeadError::UnsupportedVersion), Some(505), "unsupported_version"),
+            (ProxyError::NoBackend, Some(503), "no_backend"),
+            (ProxyError::ConnectFailed { backend: "b".into(), source: refused }, Some(502), "connect_failed"),
+            (ProxyError::UpstreamTimeout { backend: "b".into() }, Some(504), "upstream_timeout"),
+            (ProxyError::ClientClosed, None, "client_closed"),
+        ];
+        for (error, status, label) in cases {
+            assert_eq!(error.status(), status, "{error}");
+            assert_eq!(error.label(), label, "{error}");
+        }
+    }
+
+    #[test]
+    fn only_connect_failures_are_free_to_retry_anywhere() {
+        assert!(ProxyError::ConnectTimeout { backend: "b".into() }.nothing_sent());
+        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.nothing_sent());
+    }
+}

@@ -1,0 +1,327 @@
+//! One request/response exchange: choose a backend, get a connection (idle or new), send the request and stream its
+//! body, read the response head, stream the response back, and return the connection to the pool when it is clean.
+//!
+//! Two retries are safe and done here. A failed connect sent nothing, so the request moves on to another backend. A
+//! reused idle connection that fails before any response byte came back is the keep-alive race (the backend closed it
+//! as we picked it): a bodiless request is sent again, once, on a fresh connection to the same backend.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use super::body::{copy_body, BodyError, CopyTimeouts, Encoding};
+use super::error::ProxyError;
+use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
+use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
+use crate::http::{BodyFraming, Method};
+use crate::net::{write_all_timeout, BufferedStream};
+use crate::worker::context::{BackendState, Generation, WorkerContext};
+
+/// What happens to the client connection after a successful exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    KeepAlive,
+    Close,
+}
+
+/// A failed exchange and how far it got, which decides whether the client can still be answered or kept.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: ProxyError,
+    /// Response bytes already reached the client: no error response is possible.
+    pub response_started: bool,
+    /// The request body was read completely: the client connection is still in sync.
+    pub request_consumed: bool,
+    pub backend: Option<String>,
+}
+
+/// The request being forwarded: its head bytes (copied out of the client buffer) and parsed head.
+pub struct Request<'a> {
+    pub head_bytes: &'a [u8],
+    pub head: &'a RequestHead,
+    pub peer: SocketAddr,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+async fn connect(backend: &BackendState, generation: &Generation) -> Result<BufferedStream, ProxyError> {
+    let timeout = generation.config.timeouts.connect;
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(BufferedStream::new(stream))
+        }
+        Ok(Err(source)) => Err(ProxyError::ConnectFailed {
+            backend: backend.id.clone(),
+            source,
+        }),
+        Err(_) => Err(ProxyError::ConnectTimeout {
+            backend: backend.id.clone(),
+        }),
+    }
+}
+
+/// Picks a backend and connects to it, moving on to the next backend when a connect fails.
+async fn open_upstream(
+    generation: &Generation,
+) -> Result<(Rc<BackendState>, BufferedStream, bool), ProxyError> {
+    let upstream = &generation.config.upstream;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = None;
+    loop {
+        let now = Instant::now();
+        let backends = &generation.backends;
+        let pick = generation
+            .balancer
+            .pick(|index| !tried.contains(&index) && backends[index].available(now))
+            // Every backend marked down: try one anyway rather than refuse outright; it may be back.
+            .or_else(|| if tried.is_empty() { generation.balancer.pick(|_| true) } else { None });
+        let Some(index) = pick else {
+            return Err(last_error.unwrap_or(ProxyError::NoBackend));
+        };
+        let backend = Rc::clone(&backends[index]);
+        if let Some(connection) = backend.take_idle(now, upstream.idle_timeout) {
+            return Ok((backend, connection, true));
+        }
+        match connect(&backend, generation).await {
+            Ok(connection) => {
+                backend.mark_succeeded();
+                return Ok((backend, connection, false));
+            }
+            Err(error) => {
+                tracing::warn!(backend = %backend.id, error = %error, "backend connect failed; trying another");
+                backend.mark_failed(now + upstream.fail_timeout);
+                tried.push(index);
+                last_error = Some(error);
+                if tried.len() >= upstream.max_connect_attempts as usize || tried.len() >= backends.len() {
+                    return Err(last_error.unwrap_or(ProxyError::NoBackend));
+                }
+            }
+        }
+    }
+}
+
+/// Reads a final (non-1xx) response head. The `bool` in the error says whether any response byte arrived.
+async fn read_response_head(
+    upstream: &mut BufferedStream,
+    method: Method,
+    generation: &Generation,
+    backend: &BackendState,
+) -> Result<ResponseHead, (ProxyError, bool)> {
+    let timeout = generation.config.timeouts.upstream_response;
+    let mut any_byte = false;
+    loop {
+        any_byte |= !upstream.buffered().is_empty();
+        match parse_response(upstream.buffered(), method, &generation.limits) {
+            Ok(Some(head)) if head.status == 101 => {
+                return Err((bad_response(backend, "unexpected 101 Switching Protocols"), true));
+            }
+            Ok(Some(head)) if head.status < 200 => {
+                // Interim responses (100 Continue, 103 Early Hints) are not forwarded: the proxy answered
+                // Expect itself.
+                upstream.consume(head.len);
+                continue;
+            }
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(error) => return Err((bad_response(backend, &error.to_string()), true)),
+        }
+        match upstream.fill(timeout).await {
+            Ok(0) => {
+                return Err((
+                    ProxyError::UpstreamClosed {
+                        backend: backend.id.clone(),
+                    },
+                    any_byte,
+                ))
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                return Err((
+                    ProxyError::UpstreamTimeout {
+                        backend: backend.id.clone(),
+                    },
+                    true,
+                ))
+            }
+            Err(source) => {
+                return Err((
+                    ProxyError::UpstreamIo {
+                        backend: backend.id.clone(),
+                        source,
+                    },
+                    any_byte,
+                ))
+            }
+        }
+    }
+}
+
+fn bad_response(backend: &BackendState, reason: &str) -> ProxyError {
+    ProxyError::BadResponse {
+        backend: backend.id.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
+    match error {
+        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
+            ProxyError::UpstreamTimeout {
+                backend: backend.id.clone(),
+            }
+        }
+        BodyError::Read(source) | BodyError::Write(source) => ProxyError::UpstreamIo {
+            backend: backend.id.clone(),
+            source,
+        },
+        BodyError::ReadEof => ProxyError::UpstreamClosed {
+            backend: backend.id.clone(),
+        },
+        BodyError::Malformed(error) => bad_response(backend, &error.to_string()),
+    }
+}
+
+fn client_error(error: BodyError) -> ProxyError {
+    match error {
+        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
+            ProxyError::ClientTimeout
+        }
+        BodyError::Read(source) | BodyError::Write(source) => ProxyError::ClientIo(source),
+        BodyError::ReadEof => ProxyError::ClientClosed,
+        BodyError::Malformed(error) => ProxyError::BadRequestBody(error),
+    }
+}
+
+/// Forwards one request. `scratch` is a reusable buffer for heads; `client` is positioned at the request body.
+pub async fn forward(
+    context: &WorkerContext,
+    generation: &Generation,
+    client: &mut BufferedStream,
+    request: Request<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<Disposition, Failure> {
+    let head = request.head;
+    let timeouts = &generation.config.timeouts;
+    let fail = |error: ProxyError, response_started: bool, request_consumed: bool, backend: Option<&BackendState>| {
+        Failure {
+            error,
+            response_started,
+            request_consumed,
+            backend: backend.map(|backend| backend.id.clone()),
+        }
+    };
+    let bodiless = head.framing.is_empty();
+
+    let (backend, mut upstream, mut reused) = open_upstream(generation)
+        .await
+        .map_err(|error| fail(error, false, bodiless, None))?;
+    let client_side = ClientSide {
+        address: request.peer.ip(),
+        scheme: "http",
+        fallback_host: &backend.authority,
+    };
+    scratch.clear();
+    write_upstream_request(scratch, request.head_bytes, head, &client_side);
+
+    let upstream_timeouts = CopyTimeouts {
+        read: timeouts.client_idle,
+        write: timeouts.upstream_response,
+    };
+    let mut retried = false;
+    let response = loop {
+        // Send the head, and the body if there is one.
+        if bodiless {
+            let (result, buf) = write_all_timeout(&mut upstream.stream, std::mem::take(scratch), timeouts.upstream_response).await;
+            *scratch = buf;
+            if let Err(source) = result {
+                let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
+                if can_retry {
+                    retried = true;
+                    upstream = connect(&backend, generation)
+                        .await
+                        .map_err(|error| fail(error, false, true, Some(&backend)))?;
+                    reused = false;
+                    continue;
+                }
+                let error = upstream_error(&backend, BodyError::Write(source));
+                return Err(fail(error, false, true, Some(&backend)));
+            }
+        } else {
+            if head.expect_continue && head.version == Version::Http11 {
+                let (result, _) = client.write_all(CONTINUE.to_vec(), timeouts.client_idle).await;
+                if let Err(source) = result {
+                    return Err(fail(ProxyError::ClientIo(source), true, false, Some(&backend)));
+                }
+            }
+            let encoding = match head.framing {
+                BodyFraming::Chunked => Encoding::Chunked,
+                _ => Encoding::Identity,
+            };
+            let copied = copy_body(client, &mut upstream.stream, head.framing, encoding, scratch, upstream_timeouts).await;
+            if let Err(error) = copied {
+                let error = match error {
+                    BodyError::Write(_) => upstream_error(&backend, error),
+                    other => client_error(other),
+                };
+                return Err(fail(error, false, false, Some(&backend)));
+            }
+        }
+
+        match read_response_head(&mut upstream, head.method, generation, &backend).await {
+            Ok(response) => break response,
+            Err((error, any_byte)) => {
+                let stale = matches!(error, ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. });
+                // The backend may have acted on the request before closing: only an idempotent one is sent again.
+                let replayable = bodiless && head.method.is_idempotent() && !scratch.is_empty();
+                if stale && reused && !retried && !any_byte && replayable {
+                    tracing::debug!(backend = %backend.id, "reused connection was closed by the backend; retrying");
+                    retried = true;
+                    upstream = connect(&backend, generation)
+                        .await
+                        .map_err(|error| fail(error, false, true, Some(&backend)))?;
+                    reused = false;
+                    continue;
+                }
+                return Err(fail(error, false, true, Some(&backend)));
+            }
+        }
+    };
+
+    // Stream the response back.
+    let client_framing = ClientFraming::for_response(response.framing, head.version);
+    let close = head.close || context.draining() || client_framing.forces_close();
+    let shape = ResponseShape {
+        framing: client_framing,
+        client_version: head.version,
+        close,
+        worker: generation.config.server.expose_worker_header.then_some(context.index),
+    };
+    scratch.clear();
+    write_client_response(scratch, upstream.buffered(), &response, &shape);
+    upstream.consume(response.len);
+    let encoding = match client_framing {
+        ClientFraming::Chunked => Encoding::Chunked,
+        ClientFraming::None | ClientFraming::Length(_) | ClientFraming::UntilClose => Encoding::Identity,
+    };
+    let client_timeouts = CopyTimeouts {
+        read: timeouts.upstream_response,
+        write: timeouts.client_idle,
+    };
+    if let Err(error) = copy_body(&mut upstream, &mut client.stream, response.framing, encoding, scratch, client_timeouts).await {
+        let error = match error {
+            BodyError::Write(_) => client_error(error),
+            other => upstream_error(&backend, other),
+        };
+        return Err(fail(error, true, true, Some(&backend)));
+    }
+
+    let reusable = !response.close && response.framing != BodyFraming::UntilClose && upstream.buffered().is_empty();
+    if reusable {
+        let capacity = generation.config.upstream.max_idle_per_backend;
+        backend.put_idle(upstream, Instant::now(), capacity);
+    }
+    Ok(if close { Disposition::Close } else { Disposition::KeepAlive })
+}

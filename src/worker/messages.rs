@@ -1,0 +1,49 @@
+//! What the control thread and the workers say to each other. Workers receive immutable snapshots; they never read
+//! the control thread's state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    /// The address of each of `config.backends`, in order.
+    pub backend_addrs: Vec<SocketAddr>,
+    /// The concrete address of each of `config.frontends` (port 0 already replaced).
+    pub frontend_addrs: Vec<SocketAddr>,
+}
+
+/// The I/O driver a worker's event loop runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ToWorker {
+    Apply(Arc<Snapshot>),
+    /// Stop accepting, finish in-flight requests, exit.
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub enum FromWorker {
+    Ready { worker: usize, driver: Driver },
+    StartFailed { worker: usize, error: String },
+    Applied { worker: usize, version: u64 },
+    Stopped { worker: usize },
+}

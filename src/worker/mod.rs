@@ -1,0 +1,233 @@
+//! Workers: one thread per core, each running its own monoio event loop with its own listeners, backend view,
+//! connection pools and counters. A worker hears from the control thread only through its inbox.
+
+pub mod context;
+pub mod messages;
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use monoio::io::{AsyncReadRent, Canceller};
+use monoio::net::{TcpListener, UnixStream};
+
+use crate::net::listener::bind_reuseport;
+use crate::proxy::serve_client;
+use context::{Generation, WorkerContext};
+pub use messages::{Driver, FromWorker, Snapshot, ToWorker};
+
+/// io_uring submission queue size per worker.
+const RING_ENTRIES: u32 = 4096;
+/// How often idle upstream connections past their idle timeout are closed.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The control thread's end of one worker.
+pub struct WorkerHandle {
+    pub index: usize,
+    inbox: Sender<ToWorker>,
+    /// One byte written here wakes the worker's inbox task.
+    waker: StdUnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Queues a message and wakes the worker. Fails only when the worker has exited.
+    pub fn send(&mut self, message: ToWorker) -> Result<(), String> {
+        use std::io::Write;
+        self.inbox
+            .send(message)
+            .map_err(|_| format!("worker {} has exited", self.index))?;
+        // A full socket buffer means wake-ups are already pending; that is fine.
+        match self.waker.write(&[1]) {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(format!("worker {} cannot be woken: {error}", self.index)),
+        }
+    }
+
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How to start one worker.
+pub struct WorkerSpec {
+    pub index: usize,
+    pub driver: Driver,
+    pub core: Option<core_affinity::CoreId>,
+    pub snapshot: std::sync::Arc<Snapshot>,
+    pub events: Sender<FromWorker>,
+}
+
+/// Starts a worker thread. It reports `Ready` or `StartFailed` on `events`.
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
+    let (inbox_sender, inbox) = crossbeam_channel::unbounded();
+    let (waker, wake_end) = StdUnixStream::pair()?;
+    waker.set_nonblocking(true)?;
+    wake_end.set_nonblocking(true)?;
+    let index = spec.index;
+    let thread = std::thread::Builder::new()
+        .name(format!("corelb-worker-{index}"))
+        .spawn(move || run_thread(spec, inbox, wake_end))?;
+    Ok(WorkerHandle {
+        index,
+        inbox: inbox_sender,
+        waker,
+        thread: Some(thread),
+    })
+}
+
+fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
+    if let Some(core) = spec.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = spec.index, core = core.id, "could not pin worker to its core");
+        }
+    }
+    let events = spec.events.clone();
+    let index = spec.index;
+    let result = match spec.driver {
+        Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut runtime) => Ok(runtime.block_on(worker_main(spec, Driver::IoUring, inbox, wake_end))),
+            Err(error) => {
+                // io_uring refused on this thread (memlock limit, seccomp): fall back rather than fail.
+                tracing::warn!(worker = index, error = %error, "io_uring unavailable; this worker uses epoll");
+                run_epoll(spec, inbox, wake_end)
+            }
+        },
+        Driver::Epoll => run_epoll(spec, inbox, wake_end),
+    };
+    if let Err(error) = result {
+        let _ = events.send(FromWorker::StartFailed {
+            worker: index,
+            error: format!("cannot start event loop: {error}"),
+        });
+    }
+    let _ = events.send(FromWorker::Stopped { worker: index });
+}
+
+fn run_epoll(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) -> std::io::Result<()> {
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    runtime.block_on(worker_main(spec, Driver::Epoll, inbox, wake_end));
+    Ok(())
+}
+
+async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
+    let index = spec.index;
+    let mut listeners = Vec::new();
+    for (frontend, &address) in spec.snapshot.config.frontends.iter().zip(&spec.snapshot.frontend_addrs) {
+        match bind_reuseport(address) {
+            Ok(listener) => listeners.push(listener),
+            Err(error) => {
+                let _ = spec.events.send(FromWorker::StartFailed {
+                    worker: index,
+                    error: format!("frontend {:?} cannot listen on {address}: {error}", frontend.name),
+                });
+                return;
+            }
+        }
+    }
+    let wake = match UnixStream::from_std(wake_end) {
+        Ok(wake) => wake,
+        Err(error) => {
+            let _ = spec.events.send(FromWorker::StartFailed {
+                worker: index,
+                error: format!("cannot watch the control inbox: {error}"),
+            });
+            return;
+        }
+    };
+
+    let context = Rc::new(WorkerContext::new(index, Generation::build(&spec.snapshot, None)));
+    let accept_canceller = Canceller::new();
+    for listener in listeners {
+        monoio::spawn(accept_loop(Rc::clone(&context), listener, accept_canceller.handle()));
+    }
+    monoio::spawn(sweep_idle_pools(Rc::clone(&context)));
+    let _ = spec.events.send(FromWorker::Ready { worker: index, driver });
+
+    serve_inbox(&context, &inbox, wake, &spec.events).await;
+
+    // Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish.
+    let _ = accept_canceller.cancel();
+    context.start_draining();
+    let grace = context.generation().config.server.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while context.active_connections() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if context.active_connections() > 0 {
+        tracing::warn!(worker = index, connections = context.active_connections(), "grace period over; closing");
+    }
+}
+
+/// Handles control messages until told to shut down (or the control thread is gone).
+async fn serve_inbox(
+    context: &WorkerContext,
+    inbox: &Receiver<ToWorker>,
+    mut wake: UnixStream,
+    events: &Sender<FromWorker>,
+) {
+    let mut buf = vec![0u8; 64];
+    loop {
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                ToWorker::Apply(snapshot) => {
+                    let next = Generation::build(&snapshot, Some(&context.generation()));
+                    context.replace_generation(next);
+                    let _ = events.send(FromWorker::Applied {
+                        worker: context.index,
+                        version: snapshot.version,
+                    });
+                }
+                ToWorker::Shutdown => return,
+            }
+        }
+        let (result, returned) = wake.read(buf).await;
+        buf = returned;
+        match result {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn accept_loop(context: Rc<WorkerContext>, listener: TcpListener, cancel: monoio::io::CancelHandle) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                monoio::spawn(serve_client(Rc::clone(&context), stream, peer));
+            }
+            Err(_) if context.draining() => return,
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
+            Err(error) => {
+                // Out of descriptors or a transient network error: back off briefly instead of spinning.
+                tracing::warn!(worker = context.index, error = %error, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn sweep_idle_pools(context: Rc<WorkerContext>) {
+    loop {
+        monoio::time::sleep(POOL_SWEEP_INTERVAL).await;
+        if context.draining() {
+            return;
+        }
+        let generation = context.generation();
+        let now = Instant::now();
+        for backend in &generation.backends {
+            backend.evict_idle(now, generation.config.upstream.idle_timeout);
+        }
+    }
+}
