@@ -30,6 +30,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             Err(error) => {
                 tracing::debug!(%peer, category = error.label(), error = %error, "refused request");
                 respond_with_error(&mut client, &generation, &error, Version::Http11, true, &mut scratch).await;
+                linger_close(client).await;
                 return;
             }
         };
@@ -63,6 +64,9 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                     respond_with_error(&mut client, &generation, error, head.version, !keep, &mut scratch).await;
                 }
                 if !keep {
+                    if !failure.response_started {
+                        linger_close(client).await;
+                    }
                     return;
                 }
             }
@@ -113,6 +117,35 @@ async fn read_request_head(
             }
             Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(ProxyError::ClientHeaderTimeout),
             Err(error) => return Err(ProxyError::ClientIo(error)),
+        }
+    }
+}
+
+/// How long, and how much, a refused client may keep sending before its connection is cut.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes after an error response without destroying it: closing a socket with unread input makes the kernel send
+/// a reset, which can discard the response before the client reads it. So stop writing, read and drop what the
+/// client still sends (bounded in time and bytes), then close.
+async fn linger_close(mut client: BufferedStream) {
+    use monoio::io::AsyncWriteRent;
+    if client.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        let available = client.buffered().len();
+        client.consume(available);
+        drained += available;
+        match client.fill(remaining).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
