@@ -9,7 +9,11 @@ use common::{config_for, Backend, Client, Corelb};
 
 #[test]
 fn round_robin_over_three_backends_is_exact() {
-    let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
     let refs: Vec<(&Backend, u32)> = backends.iter().map(|backend| (backend, 1)).collect();
     let corelb = Corelb::start(&config_for(&refs, 1, "", ""));
     let mut client = corelb.client();
@@ -17,14 +21,22 @@ fn round_robin_over_three_backends_is_exact() {
     for window in order.chunks(3) {
         let mut sorted = window.to_vec();
         sorted.sort();
-        assert_eq!(sorted, ["a", "b", "c"], "every window of 3 hits each backend once: {order:?}");
+        assert_eq!(
+            sorted,
+            ["a", "b", "c"],
+            "every window of 3 hits each backend once: {order:?}"
+        );
     }
     assert_eq!(&order[..3], ["a", "b", "c"], "in configured order");
 }
 
 #[test]
 fn smooth_weighted_round_robin_is_exact_per_window() {
-    let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
     let config = config_for(
         &[(&backends[0], 5), (&backends[1], 3), (&backends[2], 1)],
         1,
@@ -36,14 +48,26 @@ fn smooth_weighted_round_robin_is_exact_per_window() {
     let order: Vec<String> = (0..45).map(|_| corelb.get("/").backend_id()).collect();
     for window in order.chunks(9) {
         let count = |id: &str| window.iter().filter(|seen| *seen == id).count();
-        assert_eq!((count("a"), count("b"), count("c")), (5, 3, 1), "window {window:?}");
+        assert_eq!(
+            (count("a"), count("b"), count("c")),
+            (5, 3, 1),
+            "window {window:?}"
+        );
     }
-    assert_eq!(order[..9].join(""), "abacababa", "interleaved, not in bursts");
+    assert_eq!(
+        order[..9].join(""),
+        "abacababa",
+        "interleaved, not in bursts"
+    );
 }
 
 #[test]
 fn weighted_round_robin_is_exact_on_each_of_two_workers() {
-    let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ];
     let config = config_for(
         &[(&backends[0], 5), (&backends[1], 3), (&backends[2], 1)],
         2,
@@ -55,14 +79,29 @@ fn weighted_round_robin_is_exact_on_each_of_two_workers() {
     // Many fresh connections so SO_REUSEPORT spreads them over both workers.
     for _ in 0..200 {
         let response = corelb.get("/");
-        let worker = response.header("X-Corelb-Worker").expect("worker header").to_string();
-        per_worker.entry(worker).or_default().push(response.backend_id());
+        let worker = response
+            .header("X-Corelb-Worker")
+            .expect("worker header")
+            .to_string();
+        per_worker
+            .entry(worker)
+            .or_default()
+            .push(response.backend_id());
     }
-    assert_eq!(per_worker.len(), 2, "both workers served: {:?}", per_worker.keys());
+    assert_eq!(
+        per_worker.len(),
+        2,
+        "both workers served: {:?}",
+        per_worker.keys()
+    );
     for (worker, order) in &per_worker {
         for window in order.chunks_exact(9) {
             let count = |id: &str| window.iter().filter(|seen| *seen == id).count();
-            assert_eq!((count("a"), count("b"), count("c")), (5, 3, 1), "worker {worker} window {window:?}");
+            assert_eq!(
+                (count("a"), count("b"), count("c")),
+                (5, 3, 1),
+                "worker {worker} window {window:?}"
+            );
         }
     }
 }
@@ -74,8 +113,16 @@ fn both_workers_accept_connections() {
     let workers: std::collections::HashSet<String> = (0..50)
         .map(|_| {
             let mut client = Client::connect(corelb.addr);
-            client.get("/").header("X-Corelb-Worker").expect("worker header").to_string()
+            client
+                .get("/")
+                .header("X-Corelb-Worker")
+                .expect("worker header")
+                .to_string()
         })
         .collect();
-    assert_eq!(workers.len(), 2, "connections landed on workers {workers:?}");
+    assert_eq!(
+        workers.len(),
+        2,
+        "connections landed on workers {workers:?}"
+    );
 }

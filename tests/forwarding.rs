@@ -12,13 +12,19 @@ fn echo_headers(response: &common::Response) -> Vec<(String, String)> {
     // The echo body lists headers as ["Name","value"] pairs; pull them out without a JSON dependency.
     let text = response.text();
     let start = text.find("\"headers\":[").expect("headers in echo") + "\"headers\":[".len();
-    let end = text[start..].find("],\"body_length\"").expect("end of headers") + start;
+    let end = text[start..]
+        .find("],\"body_length\"")
+        .expect("end of headers")
+        + start;
     text[start..end]
         .split("],[")
         .map(|pair| {
             let pair = pair.trim_matches(|c| c == '[' || c == ']');
             let (name, value) = pair.split_once("\",\"").expect("pair");
-            (name.trim_matches('"').to_string(), value.trim_matches('"').to_string())
+            (
+                name.trim_matches('"').to_string(),
+                value.trim_matches('"').to_string(),
+            )
         })
         .collect()
 }
@@ -50,16 +56,35 @@ fn hop_by_hop_fields_are_removed_and_forwarding_fields_set() {
     let response = client.read_response();
     assert_eq!(response.status, 200);
     let seen = echo_headers(&response);
-    for removed in ["Connection", "X-Private", "Keep-Alive", "TE", "Upgrade", "Proxy-Authorization", "Proxy"] {
-        assert!(header(&seen, removed).is_empty(), "{removed} was forwarded: {seen:?}");
+    for removed in [
+        "Connection",
+        "X-Private",
+        "Keep-Alive",
+        "TE",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy",
+    ] {
+        assert!(
+            header(&seen, removed).is_empty(),
+            "{removed} was forwarded: {seen:?}"
+        );
     }
     assert_eq!(header(&seen, "Host"), ["shop.example"], "Host is kept");
     assert_eq!(header(&seen, "Accept"), ["text/plain"]);
-    assert_eq!(header(&seen, "X-Forwarded-For"), ["203.0.113.7, 127.0.0.1"], "appended");
+    assert_eq!(
+        header(&seen, "X-Forwarded-For"),
+        ["203.0.113.7, 127.0.0.1"],
+        "appended"
+    );
     assert_eq!(header(&seen, "X-Forwarded-Proto"), ["http"]);
     assert_eq!(header(&seen, "X-Forwarded-Host"), ["shop.example"]);
     assert_eq!(header(&seen, "Via"), ["1.0 edge, 1.1 corelb"]);
-    assert_eq!(response.header("Via"), Some("1.1 corelb"), "Via on the response too");
+    assert_eq!(
+        response.header("Via"),
+        Some("1.1 corelb"),
+        "Via on the response too"
+    );
 }
 
 #[test]
@@ -69,9 +94,15 @@ fn http10_clients_are_served_and_closed_unless_keep_alive() {
     client.send(b"GET /bytes?n=1000&chunked=1 HTTP/1.0\r\n\r\n");
     let response = client.read_response();
     assert_eq!(response.status, 200);
-    assert!(!response.chunked, "no chunked coding for an HTTP/1.0 client");
+    assert!(
+        !response.chunked,
+        "no chunked coding for an HTTP/1.0 client"
+    );
     assert_eq!(response.body.len(), 1000);
-    assert!(client.is_closed_by_peer(Duration::from_secs(5)), "closed after the response");
+    assert!(
+        client.is_closed_by_peer(Duration::from_secs(5)),
+        "closed after the response"
+    );
 
     let mut client = corelb.client();
     for _ in 0..3 {
@@ -100,11 +131,18 @@ fn backend_connection_close_is_honoured_and_client_stays_connected() {
     for _ in 0..3 {
         let response = client.get("/close");
         assert_eq!(response.status, 200);
-        assert_eq!(response.header("Connection"), None, "the backend's close is not the client's");
+        assert_eq!(
+            response.header("Connection"),
+            None,
+            "the backend's close is not the client's"
+        );
     }
     assert_eq!(client.get("/").status, 200);
     let (connections, _) = backend.stats();
-    assert!(connections >= 4, "a closed upstream connection is never reused ({connections} opened)");
+    assert!(
+        connections >= 4,
+        "a closed upstream connection is never reused ({connections} opened)"
+    );
 }
 
 #[test]
@@ -113,14 +151,24 @@ fn pipelined_requests_are_answered_in_order() {
     let mut client = corelb.client();
     let mut burst = Vec::new();
     for index in 0..10 {
-        burst.extend_from_slice(format!("GET /echo?n={index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        burst.extend_from_slice(
+            format!("GET /echo?n={index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        );
     }
-    burst.extend_from_slice(b"POST /echo?n=10 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
+    burst.extend_from_slice(
+        b"POST /echo?n=10 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    );
     client.send(&burst);
     for index in 0..=10 {
         let response = client.read_response();
         assert_eq!(response.status, 200);
-        assert!(response.text().contains(&format!("\"path\":\"/echo?n={index}\"")), "{index}: {}", response.text());
+        assert!(
+            response
+                .text()
+                .contains(&format!("\"path\":\"/echo?n={index}\"")),
+            "{index}: {}",
+            response.text()
+        );
     }
 }
 
@@ -128,7 +176,10 @@ fn pipelined_requests_are_answered_in_order() {
 fn malformed_requests_get_the_right_status_and_never_reach_a_backend() {
     let (backend, corelb) = single_backend();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(9000));
-    let huge_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "y".repeat(17000));
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(17000)
+    );
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
@@ -149,35 +200,67 @@ fn malformed_requests_get_the_right_status_and_never_reach_a_backend() {
         let mut client = corelb.client();
         client.send(&request);
         let response = client.read_response();
-        assert_eq!(response.status, status, "for {:?}", String::from_utf8_lossy(&request[..request.len().min(80)]));
-        assert!(response.text().contains(&status.to_string()), "body names the status: {}", response.text());
-        assert!(client.is_closed_by_peer(Duration::from_secs(5)), "connection closed after a refused request");
+        assert_eq!(
+            response.status,
+            status,
+            "for {:?}",
+            String::from_utf8_lossy(&request[..request.len().min(80)])
+        );
+        assert!(
+            response.text().contains(&status.to_string()),
+            "body names the status: {}",
+            response.text()
+        );
+        assert!(
+            client.is_closed_by_peer(Duration::from_secs(5)),
+            "connection closed after a refused request"
+        );
     }
-    assert_eq!(backend.stats(), (0, 0), "no refused request opened a backend connection");
+    assert_eq!(
+        backend.stats(),
+        (0, 0),
+        "no refused request opened a backend connection"
+    );
 }
 
 #[test]
 fn malformed_chunked_body_is_refused_with_400() {
     let (_backend, corelb) = single_backend();
     let mut client = corelb.client();
-    client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n");
+    client.send(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+    );
     let response = client.read_response();
     assert_eq!(response.status, 400);
-    assert!(response.text().contains("bad_request_body"), "{}", response.text());
+    assert!(
+        response.text().contains("bad_request_body"),
+        "{}",
+        response.text()
+    );
 }
 
 #[test]
 fn expect_continue_is_answered_by_the_proxy() {
     let (_backend, corelb) = single_backend();
     let mut client = corelb.client();
-    client.send(b"PUT /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    client.send(
+        b"PUT /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    );
     let interim = client.read_response();
     assert_eq!(interim.status, 100);
     client.send(b"data");
     let response = client.read_response();
     assert_eq!(response.status, 200);
-    assert!(response.text().contains("\"body_length\":4"), "{}", response.text());
-    assert!(!response.text().contains("Expect"), "Expect not forwarded: {}", response.text());
+    assert!(
+        response.text().contains("\"body_length\":4"),
+        "{}",
+        response.text()
+    );
+    assert!(
+        !response.text().contains("Expect"),
+        "Expect not forwarded: {}",
+        response.text()
+    );
 }
 
 #[test]
@@ -199,8 +282,15 @@ fn absolute_form_target_is_sent_in_origin_form() {
     let mut client = corelb.client();
     client.send(b"GET http://Site.example:8080/echo?x=1 HTTP/1.1\r\nHost: ignored\r\n\r\n");
     let response = client.read_response();
-    assert!(response.text().contains("\"path\":\"/echo?x=1\""), "{}", response.text());
-    assert_eq!(header(&echo_headers(&response), "Host"), ["Site.example:8080"]);
+    assert!(
+        response.text().contains("\"path\":\"/echo?x=1\""),
+        "{}",
+        response.text()
+    );
+    assert_eq!(
+        header(&echo_headers(&response), "Host"),
+        ["Site.example:8080"]
+    );
 }
 
 #[test]

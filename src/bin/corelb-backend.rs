@@ -2,12 +2,11 @@
 //! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, and can be made slow,
 //! failing or unhealthy from flags or from requests, so tests and demos can misbehave it at will.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -19,7 +18,10 @@ use corelb::net::BufferedStream;
 use monoio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
-#[command(name = "corelb-backend", about = "Example backend for corelb demos and tests")]
+#[command(
+    name = "corelb-backend",
+    about = "Example backend for corelb demos and tests"
+)]
 struct Args {
     /// Port to listen on (0 picks a free one; the chosen address is printed).
     #[arg(long, default_value_t = 9001)]
@@ -39,20 +41,24 @@ struct Args {
     /// Start with /health failing.
     #[arg(long)]
     unhealthy: bool,
+    /// Close a kept-alive connection after this long without a request, e.g. "200ms".
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    idle_timeout: Duration,
     /// Do not log each request.
     #[arg(long)]
     quiet: bool,
 }
 
-/// State shared by every connection.
+/// State shared by every connection (one thread, so plain cells).
 struct Backend {
     id: String,
     latency: Option<Duration>,
     error_rate: f64,
-    healthy: AtomicBool,
+    healthy: Cell<bool>,
     quiet: bool,
-    connections: AtomicU64,
-    requests: AtomicU64,
+    idle_timeout: Duration,
+    connections: Cell<u64>,
+    requests: Cell<u64>,
 }
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -68,17 +74,20 @@ fn main() -> ExitCode {
         eprintln!("error: --error-rate must be between 0.0 and 1.0");
         return ExitCode::from(2);
     }
-    let backend = Arc::new(Backend {
+    let backend = Rc::new(Backend {
         id: args.id.clone(),
         latency: args.latency,
         error_rate: args.error_rate,
-        healthy: AtomicBool::new(!args.unhealthy),
+        healthy: Cell::new(!args.unhealthy),
         quiet: args.quiet,
-        connections: AtomicU64::new(0),
-        requests: AtomicU64::new(0),
+        idle_timeout: args.idle_timeout,
+        connections: Cell::new(0),
+        requests: Cell::new(0),
     });
     let address = SocketAddr::new(args.address, args.port);
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
     let mut runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -97,11 +106,10 @@ fn main() -> ExitCode {
         let local = listener.local_addr().unwrap_or(address);
         eprintln!("corelb-backend {} listening on {local}", backend.id);
         let _ = std::io::stderr().flush();
-        let backend = Rc::new(backend);
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    backend.connections.fetch_add(1, Ordering::Relaxed);
+                    backend.connections.set(backend.connections.get() + 1);
                     monoio::spawn(serve(Rc::clone(&backend), stream));
                 }
                 Err(error) => {
@@ -130,10 +138,10 @@ fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-async fn serve(backend: Rc<Arc<Backend>>, stream: TcpStream) {
+async fn serve(backend: Rc<Backend>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut connection = BufferedStream::new(stream);
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.load(Ordering::Relaxed);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.get();
     loop {
         let head = loop {
             match parse_request(connection.buffered(), &LIMITS) {
@@ -141,12 +149,18 @@ async fn serve(backend: Rc<Arc<Backend>>, stream: TcpStream) {
                 Ok(None) => {}
                 Err(error) => {
                     let body = format!("bad request: {error}\n");
-                    let response = respond(&backend.id, 400, "Bad Request", &[], body.as_bytes(), true);
+                    let response =
+                        respond(&backend.id, 400, "Bad Request", &[], body.as_bytes(), true);
                     let _ = connection.write_all(response, IDLE).await;
                     return;
                 }
             }
-            match connection.fill(IDLE).await {
+            let wait = if connection.buffered().is_empty() {
+                backend.idle_timeout
+            } else {
+                IDLE
+            };
+            match connection.fill(wait).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -157,21 +171,37 @@ async fn serve(backend: Rc<Arc<Backend>>, stream: TcpStream) {
             Some(length) => length,
             None => return,
         };
-        backend.requests.fetch_add(1, Ordering::Relaxed);
+        backend.requests.set(backend.requests.get() + 1);
         let target = String::from_utf8_lossy(&head_bytes[head.target.clone()]).into_owned();
         let method = String::from_utf8_lossy(&head_bytes[head.method_range.clone()]).into_owned();
         if !backend.quiet {
-            eprintln!("backend {} {method} {target} body={body_length}", backend.id);
+            eprintln!(
+                "backend {} {method} {target} body={body_length}",
+                backend.id
+            );
         }
         let mut delay = backend.latency;
-        if let Some(extra) = query_param(&target, "delay").and_then(|value| parse_duration(value).ok()) {
+        if let Some(extra) =
+            query_param(&target, "delay").and_then(|value| parse_duration(value).ok())
+        {
             delay = Some(extra);
         }
         if let Some(delay) = delay {
             monoio::time::sleep(delay).await;
         }
         let close = head.close || target.starts_with("/close");
-        let keep_going = answer(&backend, &mut connection, &head, &head_bytes, &target, &method, body_length, close, &mut seed).await;
+        let keep_going = answer(
+            &backend,
+            &mut connection,
+            &head,
+            &head_bytes,
+            &target,
+            &method,
+            body_length,
+            close,
+            &mut seed,
+        )
+        .await;
         if !keep_going || close {
             return;
         }
@@ -215,9 +245,20 @@ async fn read_body(connection: &mut BufferedStream, framing: BodyFraming) -> Opt
     }
 }
 
-fn respond(id: &str, status: u16, reason: &str, headers: &[(&str, String)], body: &[u8], close: bool) -> Vec<u8> {
+fn respond(
+    id: &str,
+    status: u16,
+    reason: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nX-Backend-Id: {id}\r\nContent-Length: {}\r\n", body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nX-Backend-Id: {id}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -236,7 +277,9 @@ fn json_string(text: &str) -> String {
         match character {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            character if (character as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", character as u32)),
+            character if (character as u32) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", character as u32))
+            }
             character => out.push(character),
         }
     }
@@ -260,18 +303,32 @@ async fn answer(
     let path = target.split('?').next().unwrap_or("/");
     let forced_status = query_param(target, "status").and_then(|value| value.parse::<u16>().ok());
     let response = if path == "/health" {
-        if backend.healthy.load(Ordering::Relaxed) {
+        if backend.healthy.get() {
             respond(id, 200, "OK", &[], b"ok\n", close)
         } else {
             respond(id, 503, "Service Unavailable", &[], b"unhealthy\n", close)
         }
     } else if path == "/control/health/fail" || path == "/control/health/ok" {
-        backend.healthy.store(path.ends_with("/ok"), Ordering::Relaxed);
+        backend.healthy.set(path.ends_with("/ok"));
         respond(id, 200, "OK", &[], b"switched\n", close)
     } else if backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
-        respond(id, 500, "Internal Server Error", &[], b"injected failure\n", close)
+        respond(
+            id,
+            500,
+            "Internal Server Error",
+            &[],
+            b"injected failure\n",
+            close,
+        )
     } else if let Some(status) = forced_status.filter(|status| (200..=599).contains(status)) {
-        respond(id, status, "Status", &[], format!("status {status}\n").as_bytes(), close)
+        respond(
+            id,
+            status,
+            "Status",
+            &[],
+            format!("status {status}\n").as_bytes(),
+            close,
+        )
     } else if path == "/echo" {
         let headers: Vec<String> = head
             .fields
@@ -295,31 +352,72 @@ async fn answer(
             json_string(target),
             headers.join(",")
         );
-        respond(id, 200, "OK", &[("Content-Type", "application/json".into())], body.as_bytes(), close)
+        respond(
+            id,
+            200,
+            "OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+            close,
+        )
     } else if path == "/stats" {
         let body = format!(
             "{{\"id\":{},\"connections\":{},\"requests\":{}}}\n",
             json_string(id),
-            backend.connections.load(Ordering::Relaxed),
-            backend.requests.load(Ordering::Relaxed)
+            backend.connections.get(),
+            backend.requests.get()
         );
-        respond(id, 200, "OK", &[("Content-Type", "application/json".into())], body.as_bytes(), close)
+        respond(
+            id,
+            200,
+            "OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+            close,
+        )
     } else if path == "/bytes" {
-        let length: u64 = query_param(target, "n").and_then(|value| value.parse().ok()).unwrap_or(0);
+        let length: u64 = query_param(target, "n")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
         let chunked = query_param(target, "chunked") == Some("1");
-        return send_bytes(id, connection, length, chunked, head.method == Method::Head, close).await;
+        return send_bytes(
+            id,
+            connection,
+            length,
+            chunked,
+            head.method == Method::Head,
+            close,
+        )
+        .await;
     } else {
         let body = format!("backend {id}\n");
-        respond(id, 200, "OK", &[("X-Body-Length", body_length.to_string())], body.as_bytes(), close)
+        respond(
+            id,
+            200,
+            "OK",
+            &[("X-Body-Length", body_length.to_string())],
+            body.as_bytes(),
+            close,
+        )
     };
     connection.write_all(response, IDLE).await.0.is_ok()
 }
 
 /// Streams `length` generated bytes (a repeating alphabet), framed by Content-Length or chunked.
-async fn send_bytes(id: &str, connection: &mut BufferedStream, length: u64, chunked: bool, head_only: bool, close: bool) -> bool {
+async fn send_bytes(
+    id: &str,
+    connection: &mut BufferedStream,
+    length: u64,
+    chunked: bool,
+    head_only: bool,
+    close: bool,
+) -> bool {
     const BLOCK: usize = 64 * 1024;
     let mut out = Vec::with_capacity(BLOCK + 64);
-    let _ = write!(out, "HTTP/1.1 200 OK\r\nX-Backend-Id: {id}\r\nContent-Type: application/octet-stream\r\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nX-Backend-Id: {id}\r\nContent-Type: application/octet-stream\r\n"
+    );
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     } else {

@@ -15,7 +15,10 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let root: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(error) => {
-            errors.push("", format!("TOML syntax error: {}", error.to_string().trim_end()));
+            errors.push(
+                "",
+                format!("TOML syntax error: {}", error.to_string().trim_end()),
+            );
             return Err(errors);
         }
     };
@@ -60,7 +63,12 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// Refuses a feature whose config is accepted for forward compatibility but whose code has not landed yet.
-fn refuse_unimplemented(section: &Section, enabled: bool, feature: &str, errors: &mut ConfigErrors) {
+fn refuse_unimplemented(
+    section: &Section,
+    enabled: bool,
+    feature: &str,
+    errors: &mut ConfigErrors,
+) {
     if enabled {
         errors.push(
             section.key_path("enabled"),
@@ -74,7 +82,9 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     let workers = match section.optional::<toml::Value>("workers", errors) {
         None => Workers::Auto,
         Some(toml::Value::String(text)) if text == "auto" => Workers::Auto,
-        Some(toml::Value::Integer(count)) if (1..=1024).contains(&count) => Workers::Count(count as usize),
+        Some(toml::Value::Integer(count)) if (1..=1024).contains(&count) => {
+            Workers::Count(count as usize)
+        }
         Some(other) => {
             errors.push(
                 section.key_path("workers"),
@@ -94,7 +104,8 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
         errors,
     );
     let pin_workers = section.or("pin_workers", true, errors);
-    let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
+    let shutdown_grace =
+        section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
     let expose_worker_header = section.or("expose_worker_header", false, errors);
     section.finish(errors);
     ServerConfig {
@@ -119,14 +130,20 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
     for (index, mut section) in sections.into_iter().enumerate() {
         let name = section.or("name", format!("frontend{index}"), errors);
         if !names.insert(name.clone()) {
-            errors.push(section.key_path("name"), format!("duplicate frontend name {name:?}"));
+            errors.push(
+                section.key_path("name"),
+                format!("duplicate frontend name {name:?}"),
+            );
         }
         let address = section.or("address", IpAddr::V4(Ipv4Addr::UNSPECIFIED), errors);
         let port = section.required::<i64>("port", errors);
         let port = match port {
             Some(port) if (0..=65535).contains(&port) => Some(port as u16),
             Some(port) => {
-                errors.push(section.key_path("port"), format!("must be between 0 and 65535, got {port}"));
+                errors.push(
+                    section.key_path("port"),
+                    format!("must be between 0 and 65535, got {port}"),
+                );
                 None
             }
             None => None,
@@ -179,7 +196,10 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         if !ids.insert(backend.id.clone()) {
             errors.push(
                 id_key,
-                format!("duplicate backend id {:?} (give each backend a distinct url or id)", backend.id),
+                format!(
+                    "duplicate backend id {:?} (give each backend a distinct url or id)",
+                    backend.id
+                ),
             );
         }
         backends.push(backend);
@@ -192,7 +212,9 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
     } else if url.starts_with("https://") {
-        return Err(format!("{url:?}: TLS to backends is not supported; use http://"));
+        return Err(format!(
+            "{url:?}: TLS to backends is not supported; use http://"
+        ));
     } else {
         return Err(format!("{url:?} must start with http://"));
     };
@@ -248,7 +270,11 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
     let mut section = top.section("timeouts", errors);
     let timeouts = Timeouts {
         connect: section.positive_duration("connect", Duration::from_secs(2), errors),
-        upstream_response: section.positive_duration("upstream_response", Duration::from_secs(30), errors),
+        upstream_response: section.positive_duration(
+            "upstream_response",
+            Duration::from_secs(30),
+            errors,
+        ),
         client_header: section.positive_duration("client_header", Duration::from_secs(10), errors),
         client_idle: section.positive_duration("client_idle", Duration::from_secs(60), errors),
     };
@@ -259,7 +285,8 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
 fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
     let mut section = top.section("upstream", errors);
     let upstream = UpstreamConfig {
-        max_idle_per_backend: section.integer_in("max_idle_per_backend", 128, 0, 100_000, errors) as usize,
+        max_idle_per_backend: section.integer_in("max_idle_per_backend", 128, 0, 100_000, errors)
+            as usize,
         idle_timeout: section.positive_duration("idle_timeout", Duration::from_secs(60), errors),
         max_connect_attempts: section.integer_in("max_connect_attempts", 3, 1, 100, errors) as u32,
         fail_timeout: section.positive_duration("fail_timeout", Duration::from_secs(10), errors),
@@ -271,8 +298,15 @@ fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
 fn limits(top: &mut Section, errors: &mut ConfigErrors) -> Limits {
     let mut section = top.section("limits", errors);
     let limits = Limits {
-        max_header_bytes: section.integer_in("max_header_bytes", 16 * 1024, 1024, 1024 * 1024, errors) as usize,
-        max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors) as usize,
+        max_header_bytes: section.integer_in(
+            "max_header_bytes",
+            16 * 1024,
+            1024,
+            1024 * 1024,
+            errors,
+        ) as usize,
+        max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors)
+            as usize,
         max_headers: section.integer_in("max_headers", 100, 8, 1000, errors) as usize,
     };
     if limits.max_request_line > limits.max_header_bytes {
@@ -299,7 +333,10 @@ fn healthcheck(top: &mut Section, errors: &mut ConfigErrors) -> HealthCheckConfi
         unhealthy_threshold: section.integer_in("unhealthy_threshold", 3, 1, 100, errors) as u32,
     };
     if !config.path.starts_with('/') {
-        errors.push(section.key_path("path"), format!("must start with /, got {:?}", config.path));
+        errors.push(
+            section.key_path("path"),
+            format!("must start with /, got {:?}", config.path),
+        );
     }
     refuse_unimplemented(&section, config.enabled, "active health checking", errors);
     section.finish(errors);
@@ -310,7 +347,9 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
     let mut section = top.section("tls", errors);
     let config = TlsConfig {
         enabled: section.or("enabled", false, errors),
-        cert: section.optional::<String>("cert", errors).map(PathBuf::from),
+        cert: section
+            .optional::<String>("cert", errors)
+            .map(PathBuf::from),
         key: section.optional::<String>("key", errors).map(PathBuf::from),
         ca: section.optional::<String>("ca", errors).map(PathBuf::from),
         client_auth: section.choice(
@@ -333,7 +372,10 @@ fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
     let mut section = top.section("ratelimit", errors);
     let rate = section.or("rate", 1000.0, errors);
     if !(rate > 0.0 && rate.is_finite()) {
-        errors.push(section.key_path("rate"), format!("must be a positive number, got {rate}"));
+        errors.push(
+            section.key_path("rate"),
+            format!("must be a positive number, got {rate}"),
+        );
     }
     let config = RateLimitConfig {
         enabled: section.or("enabled", false, errors),
@@ -351,7 +393,10 @@ fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
         scope: section.choice(
             "scope",
             RateLimitScope::Global,
-            &[("global", RateLimitScope::Global), ("client_ip", RateLimitScope::ClientIp)],
+            &[
+                ("global", RateLimitScope::Global),
+                ("client_ip", RateLimitScope::ClientIp),
+            ],
             errors,
         ),
     };
@@ -424,7 +469,11 @@ fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
 }
 
 /// Two listeners on one address and port cannot both work; port 0 asks the kernel for a fresh port each time.
-fn check_port_clashes(frontends: &[FrontendConfig], metrics: &MetricsConfig, errors: &mut ConfigErrors) {
+fn check_port_clashes(
+    frontends: &[FrontendConfig],
+    metrics: &MetricsConfig,
+    errors: &mut ConfigErrors,
+) {
     let mut seen: Vec<(SocketAddr, String)> = Vec::new();
     let mut claim = |listen: SocketAddr, key: String, errors: &mut ConfigErrors| {
         if listen.port() == 0 {
@@ -432,10 +481,15 @@ fn check_port_clashes(frontends: &[FrontendConfig], metrics: &MetricsConfig, err
         }
         let clash = seen.iter().find(|(other, _)| {
             other.port() == listen.port()
-                && (other.ip() == listen.ip() || other.ip().is_unspecified() || listen.ip().is_unspecified())
+                && (other.ip() == listen.ip()
+                    || other.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
         });
         if let Some((_, other_key)) = clash {
-            errors.push(key, format!("port {} is already used by {other_key}", listen.port()));
+            errors.push(
+                key,
+                format!("port {} is already used by {other_key}", listen.port()),
+            );
         } else {
             seen.push((listen, key));
         }
@@ -444,7 +498,11 @@ fn check_port_clashes(frontends: &[FrontendConfig], metrics: &MetricsConfig, err
         claim(frontend.listen, format!("frontends[{index}].port"), errors);
     }
     if metrics.enabled {
-        claim(SocketAddr::new(metrics.address, metrics.port), "metrics.port".to_string(), errors);
+        claim(
+            SocketAddr::new(metrics.address, metrics.port),
+            "metrics.port".to_string(),
+            errors,
+        );
     }
 }
 
@@ -452,7 +510,8 @@ fn check_port_clashes(frontends: &[FrontendConfig], metrics: &MetricsConfig, err
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
+    const MINIMAL: &str =
+        "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
 
     #[test]
     fn minimal_config_takes_defaults() {
@@ -501,9 +560,18 @@ mod tests {
         let text = "[[frontends]]\nname = \"a\"\nport = 8080\n[[frontends]]\nname = \"a\"\naddress = \"127.0.0.1\"\nport = 8080\n\
             [[backends]]\nurl = \"http://127.0.0.1:9001\"\n[[backends]]\nurl = \"http://127.0.0.1:9001/\"\n";
         let text = parse_config(text).unwrap_err().to_string();
-        assert!(text.contains("frontends[1].name: duplicate frontend name \"a\""), "{text}");
-        assert!(text.contains("frontends[1].port: port 8080 is already used by frontends[0].port"), "{text}");
-        assert!(text.contains("backends[1].id: duplicate backend id"), "{text}");
+        assert!(
+            text.contains("frontends[1].name: duplicate frontend name \"a\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("frontends[1].port: port 8080 is already used by frontends[0].port"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backends[1].id: duplicate backend id"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -516,13 +584,22 @@ mod tests {
     fn refuses_features_not_built_yet() {
         let text = format!("{MINIMAL}[tls]\nenabled = true\n");
         let text = parse_config(&text).unwrap_err().to_string();
-        assert!(text.contains("tls.enabled: TLS termination is not implemented"), "{text}");
+        assert!(
+            text.contains("tls.enabled: TLS termination is not implemented"),
+            "{text}"
+        );
     }
 
     #[test]
     fn parses_backend_urls() {
-        assert_eq!(parse_backend_url("http://127.0.0.1:9001"), Ok(("127.0.0.1".into(), 9001)));
-        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80)));
+        assert_eq!(
+            parse_backend_url("http://127.0.0.1:9001"),
+            Ok(("127.0.0.1".into(), 9001))
+        );
+        assert_eq!(
+            parse_backend_url("http://example.com/"),
+            Ok(("example.com".into(), 80))
+        );
         assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81)));
         assert!(parse_backend_url("http://h:0").is_err());
         assert!(parse_backend_url("http://h:1/path").is_err());

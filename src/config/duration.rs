@@ -36,7 +36,12 @@ pub fn format_duration(duration: Duration) -> String {
     if micros == 0 {
         return "0s".to_string();
     }
-    for (unit, size) in [("h", 3_600_000_000u128), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)] {
+    for (unit, size) in [
+        ("h", 3_600_000_000u128),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+    ] {
         if micros % size == 0 {
             return format!("{}{unit}", micros / size);
         }
@@ -61,7 +66,9 @@ mod tests {
     fn refuses_missing_or_unknown_units() {
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("ms").unwrap_err().contains("expected a number"));
+        assert!(parse_duration("ms")
+            .unwrap_err()
+            .contains("expected a number"));
         assert!(parse_duration("-1s").is_err());
     }
 

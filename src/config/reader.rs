@@ -18,7 +18,9 @@ fn type_error(expected: &str, value: &toml::Value) -> String {
 
 impl FromToml for bool {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        value.as_bool().ok_or_else(|| type_error("true or false", value))
+        value
+            .as_bool()
+            .ok_or_else(|| type_error("true or false", value))
     }
 }
 
@@ -33,7 +35,9 @@ impl FromToml for String {
 
 impl FromToml for i64 {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        value.as_integer().ok_or_else(|| type_error("an integer", value))
+        value
+            .as_integer()
+            .ok_or_else(|| type_error("an integer", value))
     }
 }
 
@@ -113,7 +117,11 @@ impl<'a> Section<'a> {
     }
 
     /// Reads `key` if present. A present value of the wrong type or shape is recorded and yields `None`.
-    pub fn optional<T: FromToml>(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Option<T> {
+    pub fn optional<T: FromToml>(
+        &mut self,
+        key: &'static str,
+        errors: &mut ConfigErrors,
+    ) -> Option<T> {
         let value = self.raw(key)?;
         match T::from_toml(value) {
             Ok(parsed) => Some(parsed),
@@ -125,12 +133,21 @@ impl<'a> Section<'a> {
     }
 
     /// Reads `key`, falling back to `default` when absent or invalid (invalid is recorded).
-    pub fn or<T: FromToml>(&mut self, key: &'static str, default: T, errors: &mut ConfigErrors) -> T {
+    pub fn or<T: FromToml>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        errors: &mut ConfigErrors,
+    ) -> T {
         self.optional(key, errors).unwrap_or(default)
     }
 
     /// Reads a required `key`; absence is recorded.
-    pub fn required<T: FromToml>(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Option<T> {
+    pub fn required<T: FromToml>(
+        &mut self,
+        key: &'static str,
+        errors: &mut ConfigErrors,
+    ) -> Option<T> {
         if self.table.is_none_or(|table| !table.contains_key(key)) {
             self.known.push(key);
             errors.push(self.key_path(key), "is required");
@@ -192,7 +209,10 @@ impl<'a> Section<'a> {
         match choices.iter().find(|(name, _)| *name == text) {
             Some((_, value)) => *value,
             None => {
-                let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
+                let names: Vec<String> = choices
+                    .iter()
+                    .map(|(name, _)| format!("{name:?}"))
+                    .collect();
                 errors.push(
                     self.key_path(key),
                     format!("must be one of {}, got {text:?}", names.join(", ")),
@@ -221,7 +241,11 @@ impl<'a> Section<'a> {
     }
 
     /// An array of tables (`[[backends]]`), one section per element.
-    pub fn array_of_tables(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Vec<Section<'a>> {
+    pub fn array_of_tables(
+        &mut self,
+        key: &'static str,
+        errors: &mut ConfigErrors,
+    ) -> Vec<Section<'a>> {
         let path = self.key_path(key);
         let Some(value) = self.raw(key) else {
             return Vec::new();
@@ -285,8 +309,14 @@ mod tests {
         top.finish(&mut errors);
         let text = errors.to_string();
         assert_eq!(errors.len(), 4, "{text}");
-        assert!(text.contains("a: expected an integer, got string \"x\""), "{text}");
-        assert!(text.contains("s.n: must be between 1 and 10, got 0"), "{text}");
+        assert!(
+            text.contains("a: expected an integer, got string \"x\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("s.n: must be between 1 and 10, got 0"),
+            "{text}"
+        );
         assert!(text.contains("s.d: missing unit"), "{text}");
         assert!(text.contains("s.typo: unknown key"), "{text}");
     }
@@ -300,6 +330,9 @@ mod tests {
             let _ = item.integer_in("w", 1, 1, 5, &mut errors);
             item.finish(&mut errors);
         }
-        assert_eq!(errors.to_string(), "b[1].w: expected an integer, got boolean true");
+        assert_eq!(
+            errors.to_string(),
+            "b[1].w: expected an integer, got boolean true"
+        );
     }
 }

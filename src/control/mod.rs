@@ -68,7 +68,11 @@ fn worker_count(workers: Workers) -> usize {
 
 impl Control {
     /// Starts every worker on `config` and waits until all of them listen.
-    pub fn start(config_path: &Path, config: Config, driver_override: Option<IoDriverChoice>) -> Result<Control, StartError> {
+    pub fn start(
+        config_path: &Path,
+        config: Config,
+        driver_override: Option<IoDriverChoice>,
+    ) -> Result<Control, StartError> {
         let driver = choose_driver(driver_override.unwrap_or(config.server.io_driver))?;
         let backend_addrs = resolve_backends(&config)?;
         // Frontends on port 0 get a concrete port that every worker then shares.
@@ -76,11 +80,12 @@ impl Control {
         let mut frontend_addrs = Vec::new();
         for frontend in &config.frontends {
             if frontend.listen.port() == 0 {
-                let reservation = reserve_port(frontend.listen).map_err(|source| StartError::Listen {
-                    name: frontend.name.clone(),
-                    address: frontend.listen,
-                    source,
-                })?;
+                let reservation =
+                    reserve_port(frontend.listen).map_err(|source| StartError::Listen {
+                        name: frontend.name.clone(),
+                        address: frontend.listen,
+                        source,
+                    })?;
                 frontend_addrs.push(reservation.address);
                 reservations.push(reservation);
             } else {
@@ -129,7 +134,12 @@ impl Control {
                     return Err(StartError::Worker { worker, error });
                 }
                 Ok(_) => {}
-                Err(_) => return Err(StartError::Worker { worker: 0, error: "all workers exited".into() }),
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        worker: 0,
+                        error: "all workers exited".into(),
+                    })
+                }
             }
         }
         drop(reservations);
@@ -140,7 +150,10 @@ impl Control {
             .zip(&control.snapshot.frontend_addrs)
             .map(|(frontend, address)| format!("{}={address}", frontend.name))
             .collect();
-        let epoll_workers = drivers.iter().filter(|driver| **driver == Driver::Epoll).count();
+        let epoll_workers = drivers
+            .iter()
+            .filter(|driver| **driver == Driver::Epoll)
+            .count();
         tracing::info!(
             workers = count,
             driver = if epoll_workers == 0 { "io_uring" } else if epoll_workers == count { "epoll" } else { "mixed" },
@@ -186,12 +199,16 @@ impl Control {
         let config = match load_config(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
+                // One line per event: log collectors split on newlines.
+                let error = error.to_string().replace('\n', "; ");
                 tracing::error!(error = %error, "reload refused; the running config stays");
                 return;
             }
         };
         if config.frontends != self.config.frontends || config.server != self.config.server {
-            tracing::warn!("reload: changes to [server] and [[frontends]] need a restart and were not applied");
+            tracing::warn!(
+                "reload: changes to [server] and [[frontends]] need a restart and were not applied"
+            );
         }
         let backend_addrs = match resolve_backends(&config) {
             Ok(addrs) => addrs,
@@ -220,7 +237,9 @@ impl Control {
         let deadline = Instant::now() + Duration::from_secs(5);
         while applied < self.workers.len() {
             match self.events.recv_deadline(deadline) {
-                Ok(FromWorker::Applied { version, .. }) if version == snapshot.version => applied += 1,
+                Ok(FromWorker::Applied { version, .. }) if version == snapshot.version => {
+                    applied += 1
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }

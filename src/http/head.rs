@@ -45,7 +45,12 @@ impl Method {
     /// RFC 9110 §9.2.2: repeating the request has the same effect as sending it once.
     pub fn is_idempotent(self) -> bool {
         match self {
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace => true,
+            Method::Get
+            | Method::Head
+            | Method::Put
+            | Method::Delete
+            | Method::Options
+            | Method::Trace => true,
             Method::Post | Method::Patch | Method::Connect | Method::Other => false,
         }
     }
@@ -221,7 +226,10 @@ fn read_framing_fields(buf: &[u8], fields: &[Field]) -> Result<FramingFields, He
         let value = &buf[field.value.clone()];
         if name.eq_ignore_ascii_case(b"content-length") {
             let length = parse_content_length(value)?;
-            if found.content_length.is_some_and(|previous| previous != length) {
+            if found
+                .content_length
+                .is_some_and(|previous| previous != length)
+            {
                 return Err(HeadError::Malformed("conflicting Content-Length values"));
             }
             found.content_length = Some(length);
@@ -254,9 +262,9 @@ fn read_framing_fields(buf: &[u8], fields: &[Field]) -> Result<FramingFields, He
 
 fn valid_host(host: &[u8]) -> bool {
     !host.is_empty()
-        && host.iter().all(|&byte| {
-            byte.is_ascii_alphanumeric() || b".-_~:[]%!$&'()*+,;=".contains(&byte)
-        })
+        && host
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || b".-_~:[]%!$&'()*+,;=".contains(&byte))
 }
 
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
@@ -293,15 +301,16 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
     let path_bytes = path.as_bytes();
     if path_bytes.first() != Some(&b'/') {
         // absolute-form (RFC 9112 §3.2.2): the target's authority replaces Host.
-        let scheme_len = if path_bytes.len() >= 7 && path_bytes[..7].eq_ignore_ascii_case(b"http://") {
-            7
-        } else if path_bytes.len() >= 8 && path_bytes[..8].eq_ignore_ascii_case(b"https://") {
-            8
-        } else if path_bytes == b"*" && method == Method::Options {
-            0
-        } else {
-            return Err(HeadError::Malformed("invalid request target"));
-        };
+        let scheme_len =
+            if path_bytes.len() >= 7 && path_bytes[..7].eq_ignore_ascii_case(b"http://") {
+                7
+            } else if path_bytes.len() >= 8 && path_bytes[..8].eq_ignore_ascii_case(b"https://") {
+                8
+            } else if path_bytes == b"*" && method == Method::Options {
+                0
+            } else {
+                return Err(HeadError::Malformed("invalid request target"));
+            };
         if scheme_len > 0 {
             let rest = &path_bytes[scheme_len..];
             let authority_len = rest
@@ -332,7 +341,8 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
         let value = &buf[field.value.clone()];
         if name.eq_ignore_ascii_case(b"host") {
             host_fields += 1;
-            if !valid_host(value) && !(value.is_empty() && version == Version::Http10) {
+            let empty_allowed = value.is_empty() && version == Version::Http10;
+            if !(valid_host(value) || empty_allowed) {
                 return Err(HeadError::Malformed("invalid Host"));
             }
             if host.is_none() && !value.is_empty() {
@@ -356,10 +366,14 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
     let framing_fields = read_framing_fields(buf, &fields)?;
     let framing = if framing_fields.transfer_encoding_seen {
         if version == Version::Http10 {
-            return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
         }
         if framing_fields.content_length.is_some() {
-            return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length"));
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
         }
         if !framing_fields.chunked_last {
             return Err(HeadError::Malformed("final transfer coding is not chunked"));
@@ -394,7 +408,11 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
 }
 
 /// Parses a response head to a request made with `method`. `Ok(None)` means more bytes are needed.
-pub fn parse_response(buf: &[u8], method: Method, limits: &HeadLimits) -> Result<Option<ResponseHead>, HeadError> {
+pub fn parse_response(
+    buf: &[u8],
+    method: Method,
+    limits: &HeadLimits,
+) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut response = httparse::Response::new(&mut headers[..max_headers]);
@@ -410,11 +428,16 @@ pub fn parse_response(buf: &[u8], method: Method, limits: &HeadLimits) -> Result
         return Err(HeadError::TooLarge(limits.max_head_bytes));
     }
     let version = version_of(response.version)?;
-    let status = response.code.ok_or(HeadError::Malformed("missing status code"))?;
+    let status = response
+        .code
+        .ok_or(HeadError::Malformed("missing status code"))?;
     if !(100..=999).contains(&status) {
         return Err(HeadError::Malformed("invalid status code"));
     }
-    let reason = response.reason.map(|reason| offset_in(buf, reason.as_bytes())).unwrap_or(0..0);
+    let reason = response
+        .reason
+        .map(|reason| offset_in(buf, reason.as_bytes()))
+        .unwrap_or(0..0);
     let fields: Vec<Field> = response
         .headers
         .iter()
@@ -429,31 +452,33 @@ pub fn parse_response(buf: &[u8], method: Method, limits: &HeadLimits) -> Result
         Version::Http10 => framing_fields.close || !framing_fields.keep_alive,
     };
     // RFC 9112 §6.3: the order of these rules matters.
-    let framing = if method == Method::Head || (100..200).contains(&status) || status == 204 || status == 304 {
-        BodyFraming::None
-    } else if framing_fields.transfer_encoding_seen {
-        if framing_fields.content_length.is_some() {
-            // Transfer-Encoding wins, but the connection cannot be trusted afterwards.
-            close = true;
-        }
-        if framing_fields.chunked_last && version == Version::Http11 {
-            if !framing_fields.chunked_only {
-                return Err(HeadError::UnsupportedTransferCoding);
+    let framing =
+        if method == Method::Head || (100..200).contains(&status) || status == 204 || status == 304
+        {
+            BodyFraming::None
+        } else if framing_fields.transfer_encoding_seen {
+            if framing_fields.content_length.is_some() {
+                // Transfer-Encoding wins, but the connection cannot be trusted afterwards.
+                close = true;
             }
-            BodyFraming::Chunked
-        } else {
-            close = true;
-            BodyFraming::UntilClose
-        }
-    } else {
-        match framing_fields.content_length {
-            Some(length) => BodyFraming::Length(length),
-            None => {
+            if framing_fields.chunked_last && version == Version::Http11 {
+                if !framing_fields.chunked_only {
+                    return Err(HeadError::UnsupportedTransferCoding);
+                }
+                BodyFraming::Chunked
+            } else {
                 close = true;
                 BodyFraming::UntilClose
             }
-        }
-    };
+        } else {
+            match framing_fields.content_length {
+                Some(length) => BodyFraming::Length(length),
+                None => {
+                    close = true;
+                    BodyFraming::UntilClose
+                }
+            }
+        };
     Ok(Some(ResponseHead {
         len,
         status,
@@ -481,7 +506,9 @@ mod tests {
     }
 
     fn response(text: &str, method: Method) -> ResponseHead {
-        parse_response(text.as_bytes(), method, &LIMITS).unwrap().unwrap()
+        parse_response(text.as_bytes(), method, &LIMITS)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -504,7 +531,12 @@ mod tests {
     #[test]
     fn http10_closes_unless_keep_alive() {
         assert!(request("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().close);
-        assert!(!request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap().close);
+        assert!(
+            !request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .close
+        );
     }
 
     #[test]
@@ -533,9 +565,10 @@ mod tests {
 
     #[test]
     fn identical_content_lengths_are_tolerated() {
-        let head = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head =
+            request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(head.framing, BodyFraming::Length(5));
     }
 
@@ -544,15 +577,22 @@ mod tests {
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
         assert_eq!(request(&long).unwrap_err(), HeadError::UriTooLong(256));
         let partial_long = format!("GET /{}", "a".repeat(300));
-        assert_eq!(request(&partial_long).unwrap_err(), HeadError::UriTooLong(256));
+        assert_eq!(
+            request(&partial_long).unwrap_err(),
+            HeadError::UriTooLong(256)
+        );
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "b".repeat(1100));
         assert_eq!(request(&big).unwrap_err(), HeadError::TooLarge(1024));
         let many: String = (0..20).map(|i| format!("X-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
         assert_eq!(request(&many).unwrap_err(), HeadError::TooManyHeaders(16));
-        assert_eq!(request("GET / HTTP/2.0\r\n\r\n").unwrap_err(), HeadError::UnsupportedVersion);
         assert_eq!(
-            request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err(),
+            request("GET / HTTP/2.0\r\n\r\n").unwrap_err(),
+            HeadError::UnsupportedVersion
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+                .unwrap_err(),
             HeadError::UnsupportedTransferCoding
         );
         assert_eq!(
@@ -584,7 +624,8 @@ mod tests {
 
     #[test]
     fn expect_continue_only_matters_with_a_body() {
-        let with_body = "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        let with_body =
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
         assert!(request(with_body).unwrap().unwrap().expect_continue);
         let without = "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
         assert!(!request(without).unwrap().unwrap().expect_continue);
@@ -592,18 +633,50 @@ mod tests {
 
     #[test]
     fn response_framing_follows_rfc_9112() {
-        assert_eq!(response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", Method::Get).framing, BodyFraming::Length(7));
-        assert_eq!(response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", Method::Head).framing, BodyFraming::None);
-        assert_eq!(response("HTTP/1.1 204 No Content\r\n\r\n", Method::Get).framing, BodyFraming::None);
-        assert_eq!(response("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", Method::Get).framing, BodyFraming::None);
-        assert_eq!(response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).framing, BodyFraming::Chunked);
+        assert_eq!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", Method::Get).framing,
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", Method::Head).framing,
+            BodyFraming::None
+        );
+        assert_eq!(
+            response("HTTP/1.1 204 No Content\r\n\r\n", Method::Get).framing,
+            BodyFraming::None
+        );
+        assert_eq!(
+            response(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::Get
+            )
+            .framing,
+            BodyFraming::None
+        );
+        assert_eq!(
+            response(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::Get
+            )
+            .framing,
+            BodyFraming::Chunked
+        );
         let until_close = response("HTTP/1.1 200 OK\r\n\r\n", Method::Get);
         assert_eq!(until_close.framing, BodyFraming::UntilClose);
         assert!(until_close.close);
-        let both = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Method::Get);
+        let both = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::Get,
+        );
         assert_eq!(both.framing, BodyFraming::Chunked);
         assert!(both.close);
         assert!(response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::Get).close);
-        assert!(response("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", Method::Get).close);
+        assert!(
+            response(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                Method::Get
+            )
+            .close
+        );
     }
 }

@@ -29,7 +29,15 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             Ok(None) => return,
             Err(error) => {
                 tracing::debug!(%peer, category = error.label(), error = %error, "refused request");
-                respond_with_error(&mut client, &generation, &error, Version::Http11, true, &mut scratch).await;
+                respond_with_error(
+                    &mut client,
+                    &generation,
+                    &error,
+                    Version::Http11,
+                    true,
+                    &mut scratch,
+                )
+                .await;
                 linger_close(client).await;
                 return;
             }
@@ -57,11 +65,24 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                         %peer, backend = failure.backend.as_deref().unwrap_or("-"), category = error.label(),
                         error = %error, "request failed"
                     ),
-                    Side::Client => tracing::debug!(%peer, category = error.label(), error = %error, "client failed"),
+                    Side::Client => {
+                        tracing::debug!(%peer, category = error.label(), error = %error, "client failed")
+                    }
                 }
-                let keep = failure.request_consumed && !failure.response_started && !head.close && !context.draining();
+                let keep = failure.request_consumed
+                    && !failure.response_started
+                    && !head.close
+                    && !context.draining();
                 if !failure.response_started {
-                    respond_with_error(&mut client, &generation, error, head.version, !keep, &mut scratch).await;
+                    respond_with_error(
+                        &mut client,
+                        &generation,
+                        error,
+                        head.version,
+                        !keep,
+                        &mut scratch,
+                    )
+                    .await;
                 }
                 if !keep {
                     if !failure.response_started {
@@ -97,7 +118,9 @@ async fn read_request_head(
             if context.draining() {
                 return Ok(None);
             }
-            client.fill_cancelable(timeouts.client_idle, context.idle_wait_handle()).await
+            client
+                .fill_cancelable(timeouts.client_idle, context.idle_wait_handle())
+                .await
         } else {
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeouts.client_header);
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -115,7 +138,9 @@ async fn read_request_head(
                 tracing::trace!(error = %error, "idle client connection closed");
                 return Ok(None);
             }
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(ProxyError::ClientHeaderTimeout),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(ProxyError::ClientHeaderTimeout)
+            }
             Err(error) => return Err(ProxyError::ClientIo(error)),
         }
     }
@@ -166,6 +191,11 @@ async fn respond_with_error(
     let body = format!("{status} {reason}: {}\n", error.label());
     scratch.clear();
     write_local_response(scratch, status, reason, &body, close, version);
-    let (_, buf) = client.write_all(std::mem::take(scratch), generation.config.timeouts.client_idle).await;
+    let (_, buf) = client
+        .write_all(
+            std::mem::take(scratch),
+            generation.config.timeouts.client_idle,
+        )
+        .await;
     *scratch = buf;
 }

@@ -63,9 +63,9 @@ impl ProxyError {
             ProxyError::NoBackend => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
-            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
-                Some(502)
-            }
+            ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamClosed { .. }
+            | ProxyError::BadResponse { .. } => Some(502),
         }
     }
 
@@ -159,13 +159,42 @@ mod tests {
     fn maps_categories_to_statuses() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         let cases: Vec<(ProxyError, Option<u16>, &str)> = vec![
-            (ProxyError::BadRequest(HeadError::Malformed("x")), Some(400), "bad_request"),
-            (ProxyError::BadRequest(HeadError::TooLarge(1)), Some(431), "header_too_large"),
-            (ProxyError::BadRequest(HeadError::UriTooLong(1)), Some(414), "uri_too_long"),
-            (ProxyError::BadRequest(HeadError::UnsupportedVersion), Some(505), "unsupported_version"),
+            (
+                ProxyError::BadRequest(HeadError::Malformed("x")),
+                Some(400),
+                "bad_request",
+            ),
+            (
+                ProxyError::BadRequest(HeadError::TooLarge(1)),
+                Some(431),
+                "header_too_large",
+            ),
+            (
+                ProxyError::BadRequest(HeadError::UriTooLong(1)),
+                Some(414),
+                "uri_too_long",
+            ),
+            (
+                ProxyError::BadRequest(HeadError::UnsupportedVersion),
+                Some(505),
+                "unsupported_version",
+            ),
             (ProxyError::NoBackend, Some(503), "no_backend"),
-            (ProxyError::ConnectFailed { backend: "b".into(), source: refused }, Some(502), "connect_failed"),
-            (ProxyError::UpstreamTimeout { backend: "b".into() }, Some(504), "upstream_timeout"),
+            (
+                ProxyError::ConnectFailed {
+                    backend: "b".into(),
+                    source: refused,
+                },
+                Some(502),
+                "connect_failed",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    backend: "b".into(),
+                },
+                Some(504),
+                "upstream_timeout",
+            ),
             (ProxyError::ClientClosed, None, "client_closed"),
         ];
         for (error, status, label) in cases {
@@ -176,7 +205,13 @@ mod tests {
 
     #[test]
     fn only_connect_failures_are_free_to_retry_anywhere() {
-        assert!(ProxyError::ConnectTimeout { backend: "b".into() }.nothing_sent());
-        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.nothing_sent());
+        assert!(ProxyError::ConnectTimeout {
+            backend: "b".into()
+        }
+        .nothing_sent());
+        assert!(!ProxyError::UpstreamTimeout {
+            backend: "b".into()
+        }
+        .nothing_sent());
     }
 }

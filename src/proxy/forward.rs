@@ -14,7 +14,9 @@ use monoio::net::TcpStream;
 use super::body::{copy_body, BodyError, CopyTimeouts, Encoding};
 use super::error::ProxyError;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
-use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
+use crate::http::rewrite::{
+    write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape,
+};
 use crate::http::{BodyFraming, Method};
 use crate::net::{write_all_timeout, BufferedStream};
 use crate::worker::context::{BackendState, Generation, WorkerContext};
@@ -46,7 +48,10 @@ pub struct Request<'a> {
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-async fn connect(backend: &BackendState, generation: &Generation) -> Result<BufferedStream, ProxyError> {
+async fn connect(
+    backend: &BackendState,
+    generation: &Generation,
+) -> Result<BufferedStream, ProxyError> {
     let timeout = generation.config.timeouts.connect;
     match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
@@ -77,7 +82,13 @@ async fn open_upstream(
             .balancer
             .pick(|index| !tried.contains(&index) && backends[index].available(now))
             // Every backend marked down: try one anyway rather than refuse outright; it may be back.
-            .or_else(|| if tried.is_empty() { generation.balancer.pick(|_| true) } else { None });
+            .or_else(|| {
+                if tried.is_empty() {
+                    generation.balancer.pick(|_| true)
+                } else {
+                    None
+                }
+            });
         let Some(index) = pick else {
             return Err(last_error.unwrap_or(ProxyError::NoBackend));
         };
@@ -95,7 +106,9 @@ async fn open_upstream(
                 backend.mark_failed(now + upstream.fail_timeout);
                 tried.push(index);
                 last_error = Some(error);
-                if tried.len() >= upstream.max_connect_attempts as usize || tried.len() >= backends.len() {
+                if tried.len() >= upstream.max_connect_attempts as usize
+                    || tried.len() >= backends.len()
+                {
                     return Err(last_error.unwrap_or(ProxyError::NoBackend));
                 }
             }
@@ -116,7 +129,10 @@ async fn read_response_head(
         any_byte |= !upstream.buffered().is_empty();
         match parse_response(upstream.buffered(), method, &generation.limits) {
             Ok(Some(head)) if head.status == 101 => {
-                return Err((bad_response(backend, "unexpected 101 Switching Protocols"), true));
+                return Err((
+                    bad_response(backend, "unexpected 101 Switching Protocols"),
+                    true,
+                ));
             }
             Ok(Some(head)) if head.status < 200 => {
                 // Interim responses (100 Continue, 103 Early Hints) are not forwarded: the proxy answered
@@ -168,7 +184,9 @@ fn bad_response(backend: &BackendState, reason: &str) -> ProxyError {
 
 fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
     match error {
-        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
+        BodyError::Read(source) | BodyError::Write(source)
+            if source.kind() == std::io::ErrorKind::TimedOut =>
+        {
             ProxyError::UpstreamTimeout {
                 backend: backend.id.clone(),
             }
@@ -186,7 +204,9 @@ fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
 
 fn client_error(error: BodyError) -> ProxyError {
     match error {
-        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
+        BodyError::Read(source) | BodyError::Write(source)
+            if source.kind() == std::io::ErrorKind::TimedOut =>
+        {
             ProxyError::ClientTimeout
         }
         BodyError::Read(source) | BodyError::Write(source) => ProxyError::ClientIo(source),
@@ -205,7 +225,10 @@ pub async fn forward(
 ) -> Result<Disposition, Failure> {
     let head = request.head;
     let timeouts = &generation.config.timeouts;
-    let fail = |error: ProxyError, response_started: bool, request_consumed: bool, backend: Option<&BackendState>| {
+    let fail = |error: ProxyError,
+                response_started: bool,
+                request_consumed: bool,
+                backend: Option<&BackendState>| {
         Failure {
             error,
             response_started,
@@ -234,7 +257,12 @@ pub async fn forward(
     let response = loop {
         // Send the head, and the body if there is one.
         if bodiless {
-            let (result, buf) = write_all_timeout(&mut upstream.stream, std::mem::take(scratch), timeouts.upstream_response).await;
+            let (result, buf) = write_all_timeout(
+                &mut upstream.stream,
+                std::mem::take(scratch),
+                timeouts.upstream_response,
+            )
+            .await;
             *scratch = buf;
             if let Err(source) = result {
                 let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
@@ -251,16 +279,31 @@ pub async fn forward(
             }
         } else {
             if head.expect_continue && head.version == Version::Http11 {
-                let (result, _) = client.write_all(CONTINUE.to_vec(), timeouts.client_idle).await;
+                let (result, _) = client
+                    .write_all(CONTINUE.to_vec(), timeouts.client_idle)
+                    .await;
                 if let Err(source) = result {
-                    return Err(fail(ProxyError::ClientIo(source), true, false, Some(&backend)));
+                    return Err(fail(
+                        ProxyError::ClientIo(source),
+                        true,
+                        false,
+                        Some(&backend),
+                    ));
                 }
             }
             let encoding = match head.framing {
                 BodyFraming::Chunked => Encoding::Chunked,
                 _ => Encoding::Identity,
             };
-            let copied = copy_body(client, &mut upstream.stream, head.framing, encoding, scratch, upstream_timeouts).await;
+            let copied = copy_body(
+                client,
+                &mut upstream.stream,
+                head.framing,
+                encoding,
+                scratch,
+                upstream_timeouts,
+            )
+            .await;
             if let Err(error) = copied {
                 let error = match error {
                     BodyError::Write(_) => upstream_error(&backend, error),
@@ -273,7 +316,10 @@ pub async fn forward(
         match read_response_head(&mut upstream, head.method, generation, &backend).await {
             Ok(response) => break response,
             Err((error, any_byte)) => {
-                let stale = matches!(error, ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. });
+                let stale = matches!(
+                    error,
+                    ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. }
+                );
                 // The backend may have acted on the request before closing: only an idempotent one is sent again.
                 let replayable = bodiless && head.method.is_idempotent() && !scratch.is_empty();
                 if stale && reused && !retried && !any_byte && replayable {
@@ -297,20 +343,35 @@ pub async fn forward(
         framing: client_framing,
         client_version: head.version,
         close,
-        worker: generation.config.server.expose_worker_header.then_some(context.index),
+        worker: generation
+            .config
+            .server
+            .expose_worker_header
+            .then_some(context.index),
     };
     scratch.clear();
     write_client_response(scratch, upstream.buffered(), &response, &shape);
     upstream.consume(response.len);
     let encoding = match client_framing {
         ClientFraming::Chunked => Encoding::Chunked,
-        ClientFraming::None | ClientFraming::Length(_) | ClientFraming::UntilClose => Encoding::Identity,
+        ClientFraming::None | ClientFraming::Length(_) | ClientFraming::UntilClose => {
+            Encoding::Identity
+        }
     };
     let client_timeouts = CopyTimeouts {
         read: timeouts.upstream_response,
         write: timeouts.client_idle,
     };
-    if let Err(error) = copy_body(&mut upstream, &mut client.stream, response.framing, encoding, scratch, client_timeouts).await {
+    if let Err(error) = copy_body(
+        &mut upstream,
+        &mut client.stream,
+        response.framing,
+        encoding,
+        scratch,
+        client_timeouts,
+    )
+    .await
+    {
         let error = match error {
             BodyError::Write(_) => client_error(error),
             other => upstream_error(&backend, other),
@@ -318,10 +379,16 @@ pub async fn forward(
         return Err(fail(error, true, true, Some(&backend)));
     }
 
-    let reusable = !response.close && response.framing != BodyFraming::UntilClose && upstream.buffered().is_empty();
+    let reusable = !response.close
+        && response.framing != BodyFraming::UntilClose
+        && upstream.buffered().is_empty();
     if reusable {
         let capacity = generation.config.upstream.max_idle_per_backend;
         backend.put_idle(upstream, Instant::now(), capacity);
     }
-    Ok(if close { Disposition::Close } else { Disposition::KeepAlive })
+    Ok(if close {
+        Disposition::Close
+    } else {
+        Disposition::KeepAlive
+    })
 }

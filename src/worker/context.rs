@@ -99,7 +99,11 @@ impl Generation {
                     .unwrap_or_else(|| Rc::new(BackendState::new(backend, addr)))
             })
             .collect();
-        let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
+        let weights: Vec<u32> = config
+            .backends
+            .iter()
+            .map(|backend| backend.weight)
+            .collect();
         Generation {
             version: snapshot.version,
             config: Arc::clone(config),
@@ -166,7 +170,8 @@ impl WorkerContext {
 
     /// Counts a client connection until the returned guard is dropped.
     pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
-        self.active_connections.set(self.active_connections.get() + 1);
+        self.active_connections
+            .set(self.active_connections.get() + 1);
         ConnectionGuard {
             context: Rc::clone(self),
         }

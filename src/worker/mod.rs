@@ -84,7 +84,11 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
 fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
-            tracing::warn!(worker = spec.index, core = core.id, "could not pin worker to its core");
+            tracing::warn!(
+                worker = spec.index,
+                core = core.id,
+                "could not pin worker to its core"
+            );
         }
     }
     let events = spec.events.clone();
@@ -95,7 +99,10 @@ fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStre
             .enable_timer()
             .build()
         {
-            Ok(mut runtime) => Ok(runtime.block_on(worker_main(spec, Driver::IoUring, inbox, wake_end))),
+            Ok(mut runtime) => {
+                runtime.block_on(worker_main(spec, Driver::IoUring, inbox, wake_end));
+                Ok(())
+            }
             Err(error) => {
                 // io_uring refused on this thread (memlock limit, seccomp): fall back rather than fail.
                 tracing::warn!(worker = index, error = %error, "io_uring unavailable; this worker uses epoll");
@@ -113,7 +120,11 @@ fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStre
     let _ = events.send(FromWorker::Stopped { worker: index });
 }
 
-fn run_epoll(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) -> std::io::Result<()> {
+fn run_epoll(
+    spec: WorkerSpec,
+    inbox: Receiver<ToWorker>,
+    wake_end: StdUnixStream,
+) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
@@ -121,16 +132,30 @@ fn run_epoll(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStrea
     Ok(())
 }
 
-async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
+async fn worker_main(
+    spec: WorkerSpec,
+    driver: Driver,
+    inbox: Receiver<ToWorker>,
+    wake_end: StdUnixStream,
+) {
     let index = spec.index;
     let mut listeners = Vec::new();
-    for (frontend, &address) in spec.snapshot.config.frontends.iter().zip(&spec.snapshot.frontend_addrs) {
+    for (frontend, &address) in spec
+        .snapshot
+        .config
+        .frontends
+        .iter()
+        .zip(&spec.snapshot.frontend_addrs)
+    {
         match bind_reuseport(address) {
             Ok(listener) => listeners.push(listener),
             Err(error) => {
                 let _ = spec.events.send(FromWorker::StartFailed {
                     worker: index,
-                    error: format!("frontend {:?} cannot listen on {address}: {error}", frontend.name),
+                    error: format!(
+                        "frontend {:?} cannot listen on {address}: {error}",
+                        frontend.name
+                    ),
                 });
                 return;
             }
@@ -147,13 +172,23 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         }
     };
 
-    let context = Rc::new(WorkerContext::new(index, Generation::build(&spec.snapshot, None)));
+    let context = Rc::new(WorkerContext::new(
+        index,
+        Generation::build(&spec.snapshot, None),
+    ));
     let accept_canceller = Canceller::new();
     for listener in listeners {
-        monoio::spawn(accept_loop(Rc::clone(&context), listener, accept_canceller.handle()));
+        monoio::spawn(accept_loop(
+            Rc::clone(&context),
+            listener,
+            accept_canceller.handle(),
+        ));
     }
     monoio::spawn(sweep_idle_pools(Rc::clone(&context)));
-    let _ = spec.events.send(FromWorker::Ready { worker: index, driver });
+    let _ = spec.events.send(FromWorker::Ready {
+        worker: index,
+        driver,
+    });
 
     serve_inbox(&context, &inbox, wake, &spec.events).await;
 
@@ -166,7 +201,11 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if context.active_connections() > 0 {
-        tracing::warn!(worker = index, connections = context.active_connections(), "grace period over; closing");
+        tracing::warn!(
+            worker = index,
+            connections = context.active_connections(),
+            "grace period over; closing"
+        );
     }
 }
 
@@ -201,7 +240,11 @@ async fn serve_inbox(
     }
 }
 
-async fn accept_loop(context: Rc<WorkerContext>, listener: TcpListener, cancel: monoio::io::CancelHandle) {
+async fn accept_loop(
+    context: Rc<WorkerContext>,
+    listener: TcpListener,
+    cancel: monoio::io::CancelHandle,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {

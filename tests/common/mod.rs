@@ -31,7 +31,10 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, command: &mut Command) -> Process {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
         unsafe {
             command.pre_exec(|| {
@@ -39,11 +42,22 @@ impl Process {
                 Ok(())
             });
         }
-        let mut child = command.spawn().unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
-            .into_iter()
-            .flatten()
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
         {
             let lines = Arc::clone(&lines);
             let label = name.to_string();
@@ -79,9 +93,18 @@ impl Process {
                 return line;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status} before printing {needle:?}:\n{}", self.name, self.output().join("\n"));
+                panic!(
+                    "{} exited with {status} before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "{} did not print {needle:?} in time:\n{}", self.name, self.output().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?} in time:\n{}",
+                self.name,
+                self.output().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -99,14 +122,19 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit in time", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit in time",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -123,9 +151,16 @@ impl Drop for Process {
 }
 
 fn parse_addr_after(line: &str, marker: &str) -> SocketAddr {
-    let start = line.find(marker).unwrap_or_else(|| panic!("no {marker:?} in {line:?}")) + marker.len();
-    let text: String = line[start..].chars().take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"').collect();
-    text.parse().unwrap_or_else(|_| panic!("bad address {text:?} in {line:?}"))
+    let start = line
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
+        + marker.len();
+    let text: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"')
+        .collect();
+    text.parse()
+        .unwrap_or_else(|_| panic!("bad address {text:?} in {line:?}"))
 }
 
 /// A running example backend.
@@ -142,7 +177,10 @@ impl Backend {
 
     pub fn start_with(id: &str, extra: &[&str]) -> Backend {
         let mut command = Command::new(BACKEND);
-        command.args(["--port", "0", "--id", id, "--quiet"]).args(extra);
+        if !extra.contains(&"--port") {
+            command.args(["--port", "0"]);
+        }
+        command.args(["--id", id, "--quiet"]).args(extra);
         let mut process = Process::spawn(&format!("backend-{id}"), &mut command);
         let line = process.wait_for_line("listening on ", READY_TIMEOUT);
         let addr = parse_addr_after(&line, "listening on ");
@@ -163,7 +201,12 @@ impl Backend {
         let body = response.text();
         let number = |key: &str| -> u64 {
             let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
-            body[start..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+            body[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap()
         };
         // The /stats request itself is one connection; it is counted before it is answered.
         (number("\"connections\":") - 1, number("\"requests\":") - 1)
@@ -201,13 +244,21 @@ impl Drop for TempDir {
 
 /// A config for tests: one frontend on an ephemeral loopback port, the given backends, and `extra` TOML appended.
 /// `extra` may hold `[server]` keys only through `server_extra`.
-pub fn config_for(backends: &[(&Backend, u32)], workers: usize, server_extra: &str, extra: &str) -> String {
+pub fn config_for(
+    backends: &[(&Backend, u32)],
+    workers: usize,
+    server_extra: &str,
+    extra: &str,
+) -> String {
     let mut text = format!(
         "[server]\nworkers = {workers}\npin_workers = false\nshutdown_grace = \"5s\"\nexpose_worker_header = true\n{server_extra}\n\
          [[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n"
     );
     for (backend, weight) in backends {
-        text.push_str(&format!("[[backends]]\nurl = \"{}\"\nweight = {weight}\n\n", backend.url()));
+        text.push_str(&format!(
+            "[[backends]]\nurl = \"{}\"\nweight = {weight}\n\n",
+            backend.url()
+        ));
     }
     text.push_str(extra);
     text
@@ -225,7 +276,10 @@ impl Corelb {
         let dir = TempDir::new();
         let path = dir.write("corelb.toml", config);
         let mut command = Command::new(CORELB);
-        command.args(["run", "-c"]).arg(&path).args(["--io-driver", &io_driver()]);
+        command
+            .args(["run", "-c"])
+            .arg(&path)
+            .args(["--io-driver", &io_driver()]);
         let mut process = Process::spawn("corelb", &mut command);
         let line = process.wait_for_line("corelb ready", READY_TIMEOUT);
         let addr = parse_addr_after(&line, "web=");
@@ -265,7 +319,9 @@ impl Response {
     }
 
     pub fn backend_id(&self) -> String {
-        self.header("X-Backend-Id").unwrap_or_else(|| panic!("no X-Backend-Id in {self:?}")).to_string()
+        self.header("X-Backend-Id")
+            .unwrap_or_else(|| panic!("no X-Backend-Id in {self:?}"))
+            .to_string()
     }
 }
 
@@ -277,10 +333,16 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap_or_else(|error| panic!("connect {addr}: {error}"));
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let stream =
+            TcpStream::connect(addr).unwrap_or_else(|error| panic!("connect {addr}: {error}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -308,7 +370,9 @@ impl Client {
             Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
             Ok(_) => false,
         };
-        self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         closed
     }
 
@@ -325,18 +389,31 @@ impl Client {
 
     /// Reads one response, handing the body to `sink` as it arrives; keeps it in memory only when `keep` is set.
     /// Returns the response and the body length.
-    pub fn read_response_streaming(&mut self, head_request: bool, sink: &mut dyn FnMut(&[u8]), keep: bool) -> (Response, u64) {
+    pub fn read_response_streaming(
+        &mut self,
+        head_request: bool,
+        sink: &mut dyn FnMut(&[u8]),
+        keep: bool,
+    ) -> (Response, u64) {
         let head_end = loop {
             if let Some(position) = self.buf.windows(4).position(|window| window == b"\r\n\r\n") {
                 break position + 4;
             }
-            assert!(self.fill() > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                self.fill() > 0,
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
         };
         let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("utf-8 head");
         self.buf.drain(..head_end);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap();
-        let version = if status_line.starts_with("HTTP/1.0") { 0 } else { 1 };
+        let version = if status_line.starts_with("HTTP/1.0") {
+            0
+        } else {
+            1
+        };
         let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
         let headers: Vec<(String, String)> = lines
             .filter(|line| !line.is_empty())
@@ -345,7 +422,13 @@ impl Client {
                 (name.to_string(), value.trim().to_string())
             })
             .collect();
-        let mut response = Response { status, version, headers, body: Vec::new(), chunked: false };
+        let mut response = Response {
+            status,
+            version,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+        };
         let mut length = 0u64;
         let mut deliver = |data: &[u8], body: &mut Vec<u8>| {
             length += data.len() as u64;
@@ -354,16 +437,23 @@ impl Client {
                 body.extend_from_slice(data);
             }
         };
-        let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
-        let chunked = response.header("Transfer-Encoding").is_some_and(|value| value.eq_ignore_ascii_case("chunked"));
-        let content_length = response.header("Content-Length").map(|value| value.parse::<u64>().expect("numeric Content-Length"));
+        let no_body =
+            head_request || status == 204 || status == 304 || (100..200).contains(&status);
+        let chunked = response
+            .header("Transfer-Encoding")
+            .is_some_and(|value| value.eq_ignore_ascii_case("chunked"));
+        let content_length = response
+            .header("Content-Length")
+            .map(|value| value.parse::<u64>().expect("numeric Content-Length"));
         let mut body = Vec::new();
         if no_body {
         } else if chunked {
             response.chunked = true;
             let mut decoder = corelb::http::ChunkedDecoder::new();
             loop {
-                let used = decoder.decode(&self.buf, |data| deliver(data, &mut body)).expect("valid chunked body");
+                let used = decoder
+                    .decode(&self.buf, |data| deliver(data, &mut body))
+                    .expect("valid chunked body");
                 self.buf.drain(..used);
                 if decoder.is_done() {
                     break;
@@ -374,7 +464,10 @@ impl Client {
             let mut remaining = content_length;
             while remaining > 0 {
                 if self.buf.is_empty() {
-                    assert!(self.fill() > 0, "connection closed with {remaining} body bytes missing");
+                    assert!(
+                        self.fill() > 0,
+                        "connection closed with {remaining} body bytes missing"
+                    );
                 }
                 let take = (self.buf.len() as u64).min(remaining) as usize;
                 deliver(&self.buf[..take], &mut body);
