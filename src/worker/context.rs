@@ -81,7 +81,10 @@ pub struct Generation {
 
 impl Generation {
     /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had.
-    pub fn build(snapshot: &Snapshot, previous: Option<&Generation>) -> Generation {
+    ///
+    /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
+    /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
+    pub fn build(snapshot: &Snapshot, previous: Option<&Generation>, worker: usize) -> Generation {
         let config = &snapshot.config;
         let backends = config
             .backends
@@ -104,11 +107,15 @@ impl Generation {
             .iter()
             .map(|backend| backend.weight)
             .collect();
+        let balancer = Balancer::new(config.balancer.algorithm, &weights);
+        for _ in 0..worker {
+            balancer.pick(|_| true);
+        }
         Generation {
             version: snapshot.version,
             config: Arc::clone(config),
             backends,
-            balancer: Balancer::new(config.balancer.algorithm, &weights),
+            balancer,
             limits: HeadLimits {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_request_line: config.limits.max_request_line,

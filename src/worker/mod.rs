@@ -174,7 +174,7 @@ async fn worker_main(
 
     let context = Rc::new(WorkerContext::new(
         index,
-        Generation::build(&spec.snapshot, None),
+        Generation::build(&spec.snapshot, None, index),
     ));
     let accept_canceller = Canceller::new();
     for listener in listeners {
@@ -221,7 +221,7 @@ async fn serve_inbox(
         while let Ok(message) = inbox.try_recv() {
             match message {
                 ToWorker::Apply(snapshot) => {
-                    let next = Generation::build(&snapshot, Some(&context.generation()));
+                    let next = Generation::build(&snapshot, Some(&context.generation()), context.index);
                     context.replace_generation(next);
                     let _ = events.send(FromWorker::Applied {
                         worker: context.index,

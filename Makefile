@@ -1,0 +1,28 @@
+# corelb — the two commands: `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: all build run test test-unit test-epoll lint fmt bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+## Build, start three example backends on 127.0.0.1:9001-9003 and corelb on config.toml (Ctrl-C stops all).
+run: build
+	scripts/run-demo.sh
+
+## Everything CI runs: formatting, lints, and the whole suite on io_uring and again on the epoll fallback.
+test: lint
+	$(CARGO) test --release
+	CORELB_TEST_IO_DRIVER=epoll $(CARGO) test --release --test '*'
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
