@@ -37,9 +37,10 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let logging = logging(&mut top, &mut errors);
     let metrics = metrics(&mut top, &mut errors);
     let control = control(&mut top, &mut errors);
+    let admin = admin(&mut top, &mut errors);
     top.finish(&mut errors);
 
-    check_port_clashes(&frontends, &metrics, &mut errors);
+    check_port_clashes(&frontends, &metrics, &admin, &mut errors);
     if errors.is_empty() {
         Ok(Config {
             server,
@@ -56,6 +57,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             logging,
             metrics,
             control,
+            admin,
         })
     } else {
         Err(errors)
@@ -462,9 +464,34 @@ fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
     if socket.is_empty() {
         errors.push(section.key_path("socket"), "must not be empty");
     }
+    let history = section.integer_in("history", 20, 1, 1000, errors) as usize;
     section.finish(errors);
     ControlConfig {
         socket: PathBuf::from(socket),
+        history,
+    }
+}
+
+fn admin(top: &mut Section, errors: &mut ConfigErrors) -> AdminConfig {
+    let mut section = top.section("admin", errors);
+    let enabled = section.or("enabled", false, errors);
+    let address = section.or("address", IpAddr::V4(Ipv4Addr::LOCALHOST), errors);
+    let port = section.integer_in("port", 9091, 0, 65535, errors) as u16;
+    let token = section.optional::<String>("token", errors);
+    if token.as_deref() == Some("") {
+        errors.push(section.key_path("token"), "must not be empty (remove the key for no token)");
+    }
+    if enabled && !address.is_loopback() && token.is_none() {
+        errors.push(
+            section.key_path("token"),
+            format!("is required when admin.address ({address}) is not a loopback address"),
+        );
+    }
+    section.finish(errors);
+    AdminConfig {
+        enabled,
+        listen: SocketAddr::new(address, port),
+        token,
     }
 }
 
@@ -472,6 +499,7 @@ fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
 fn check_port_clashes(
     frontends: &[FrontendConfig],
     metrics: &MetricsConfig,
+    admin: &AdminConfig,
     errors: &mut ConfigErrors,
 ) {
     let mut seen: Vec<(SocketAddr, String)> = Vec::new();
@@ -503,6 +531,9 @@ fn check_port_clashes(
             "metrics.port".to_string(),
             errors,
         );
+    }
+    if admin.enabled {
+        claim(admin.listen, "admin.port".to_string(), errors);
     }
 }
 

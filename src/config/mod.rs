@@ -5,12 +5,14 @@ mod build;
 pub mod duration;
 mod error;
 mod reader;
+mod render;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use build::parse_config;
+pub use render::{diff, to_toml};
 pub use error::{ConfigError, ConfigErrors};
 
 /// The whole, validated configuration. Immutable once built: a change is a new `Config`.
@@ -30,6 +32,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
+    pub admin: AdminConfig,
 }
 
 /// How many worker threads run, on which I/O driver, and how they stop.
@@ -240,6 +243,17 @@ pub struct MetricsConfig {
 pub struct ControlConfig {
     /// Unix control socket; a relative path is relative to the config file's folder.
     pub socket: PathBuf,
+    /// Applied config versions kept for `versions` and `rollback`.
+    pub history: usize,
+}
+
+/// The admin REST API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Bearer token the API requires; mandatory when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 /// Why a config file could not be used.

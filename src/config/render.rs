@@ -1,0 +1,244 @@
+//! A [`Config`] written back as TOML that [`parse_config`](super::parse_config) reads into the same `Config`, and a
+//! one-line summary of what changed between two configs. Used by `config show`, the version history and reload logs.
+
+use std::fmt::Write;
+
+use super::duration::format_duration;
+use super::*;
+
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn path(path: &Option<PathBuf>) -> Option<String> {
+    path.as_ref().map(|path| quote(&path.display().to_string()))
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::RoundRobin => "round_robin",
+        Algorithm::WeightedRoundRobin => "weighted_round_robin",
+    }
+}
+
+/// Writes `config` as TOML.
+pub fn to_toml(config: &Config) -> String {
+    let mut out = String::new();
+    let server = &config.server;
+    let workers = match server.workers {
+        Workers::Auto => "\"auto\"".to_string(),
+        Workers::Count(count) => count.to_string(),
+    };
+    let driver = match server.io_driver {
+        IoDriverChoice::Auto => "auto",
+        IoDriverChoice::IoUring => "io_uring",
+        IoDriverChoice::Epoll => "epoll",
+    };
+    let _ = writeln!(
+        out,
+        "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\n",
+        server.pin_workers,
+        format_duration(server.shutdown_grace),
+        server.expose_worker_header
+    );
+    for frontend in &config.frontends {
+        let _ = writeln!(
+            out,
+            "[[frontends]]\nname = {}\naddress = \"{}\"\nport = {}\n",
+            quote(&frontend.name),
+            frontend.listen.ip(),
+            frontend.listen.port()
+        );
+    }
+    let _ = writeln!(out, "[balancer]\nalgorithm = \"{}\"\n", algorithm_name(config.balancer.algorithm));
+    for backend in &config.backends {
+        let _ = writeln!(
+            out,
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\n",
+            quote(&backend.id),
+            quote(&backend.url),
+            backend.weight
+        );
+    }
+    let timeouts = &config.timeouts;
+    let _ = writeln!(
+        out,
+        "[timeouts]\nconnect = \"{}\"\nupstream_response = \"{}\"\nclient_header = \"{}\"\nclient_idle = \"{}\"\n",
+        format_duration(timeouts.connect),
+        format_duration(timeouts.upstream_response),
+        format_duration(timeouts.client_header),
+        format_duration(timeouts.client_idle)
+    );
+    let upstream = &config.upstream;
+    let _ = writeln!(
+        out,
+        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\n",
+        upstream.max_idle_per_backend,
+        format_duration(upstream.idle_timeout),
+        upstream.max_connect_attempts,
+        format_duration(upstream.fail_timeout)
+    );
+    let limits = &config.limits;
+    let _ = writeln!(
+        out,
+        "[limits]\nmax_header_bytes = {}\nmax_request_line = {}\nmax_headers = {}\n",
+        limits.max_header_bytes, limits.max_request_line, limits.max_headers
+    );
+    let health = &config.healthcheck;
+    let _ = writeln!(
+        out,
+        "[healthcheck]\nenabled = {}\ninterval = \"{}\"\ntimeout = \"{}\"\npath = {}\nhealthy_threshold = {}\nunhealthy_threshold = {}\n",
+        health.enabled,
+        format_duration(health.interval),
+        format_duration(health.timeout),
+        quote(&health.path),
+        health.healthy_threshold,
+        health.unhealthy_threshold
+    );
+    let tls = &config.tls;
+    let _ = writeln!(out, "[tls]\nenabled = {}", tls.enabled);
+    for (key, value) in [("cert", path(&tls.cert)), ("key", path(&tls.key)), ("ca", path(&tls.ca))] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{key} = {value}");
+        }
+    }
+    let client_auth = match tls.client_auth {
+        ClientAuth::None => "none",
+        ClientAuth::Optional => "optional",
+        ClientAuth::Required => "required",
+    };
+    let _ = writeln!(out, "client_auth = \"{client_auth}\"\n");
+    let limit = &config.ratelimit;
+    let _ = writeln!(
+        out,
+        "[ratelimit]\nenabled = {}\nrate = {:?}\nburst = {}\nalgorithm = \"{}\"\nscope = \"{}\"\n",
+        limit.enabled,
+        limit.rate,
+        limit.burst,
+        match limit.algorithm {
+            RateLimitAlgorithm::TokenBucket => "token_bucket",
+            RateLimitAlgorithm::SlidingWindow => "sliding_window",
+        },
+        match limit.scope {
+            RateLimitScope::Global => "global",
+            RateLimitScope::ClientIp => "client_ip",
+        }
+    );
+    let breaker = &config.circuitbreaker;
+    let _ = writeln!(
+        out,
+        "[circuitbreaker]\nenabled = {}\nthreshold = {}\ntimeout = \"{}\"\nmax_half_open = {}\n",
+        breaker.enabled,
+        breaker.threshold,
+        format_duration(breaker.timeout),
+        breaker.max_half_open
+    );
+    let _ = writeln!(
+        out,
+        "[logging]\nlevel = \"{}\"\nformat = \"{}\"\n",
+        config.logging.level.as_str(),
+        match config.logging.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "[metrics]\nenabled = {}\naddress = \"{}\"\nport = {}\n",
+        config.metrics.enabled, config.metrics.address, config.metrics.port
+    );
+    let _ = writeln!(
+        out,
+        "[control]\nsocket = {}\nhistory = {}\n",
+        quote(&config.control.socket.display().to_string()),
+        config.control.history
+    );
+    let admin = &config.admin;
+    let _ = writeln!(
+        out,
+        "[admin]\nenabled = {}\naddress = \"{}\"\nport = {}",
+        admin.enabled,
+        admin.listen.ip(),
+        admin.listen.port()
+    );
+    if let Some(token) = &admin.token {
+        let _ = writeln!(out, "token = {}", quote(token));
+    }
+    out
+}
+
+/// What changed from `old` to `new`, one short phrase per change, in config order.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    for backend in &new.backends {
+        match old.backends.iter().find(|previous| previous.id == backend.id) {
+            None => changes.push(format!("backend {} added ({}, weight {})", backend.id, backend.url, backend.weight)),
+            Some(previous) if previous.url != backend.url => {
+                changes.push(format!("backend {} url {} -> {}", backend.id, previous.url, backend.url))
+            }
+            Some(previous) if previous.weight != backend.weight => changes.push(format!(
+                "backend {} weight {} -> {}",
+                backend.id, previous.weight, backend.weight
+            )),
+            Some(_) => {}
+        }
+    }
+    for backend in &old.backends {
+        if !new.backends.iter().any(|next| next.id == backend.id) {
+            changes.push(format!("backend {} removed", backend.id));
+        }
+    }
+    let sections: [(&str, bool); 13] = [
+        ("server", old.server != new.server),
+        ("frontends", old.frontends != new.frontends),
+        ("balancer", old.balancer != new.balancer),
+        ("timeouts", old.timeouts != new.timeouts),
+        ("upstream", old.upstream != new.upstream),
+        ("limits", old.limits != new.limits),
+        ("healthcheck", old.healthcheck != new.healthcheck),
+        ("tls", old.tls != new.tls),
+        ("ratelimit", old.ratelimit != new.ratelimit),
+        ("circuitbreaker", old.circuitbreaker != new.circuitbreaker),
+        ("logging", old.logging != new.logging),
+        ("metrics", old.metrics != new.metrics),
+        ("control", old.control != new.control || old.admin != new.admin),
+    ];
+    for (name, changed) in sections {
+        if changed {
+            changes.push(format!("[{name}] changed"));
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_reads_back_identically() {
+        let text = include_str!("../../config.toml");
+        let config = parse_config(text).unwrap();
+        let rendered = to_toml(&config);
+        let again = parse_config(&rendered).unwrap_or_else(|errors| panic!("{errors}\n{rendered}"));
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn diff_names_each_backend_change() {
+        let base = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
+                    [[backends]]\nid = \"b\"\nurl = \"http://127.0.0.1:2\"\n";
+        let next = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\nweight = 4\n\
+                    [[backends]]\nid = \"c\"\nurl = \"http://127.0.0.1:3\"\n[timeouts]\nconnect = \"1s\"\n";
+        let changes = diff(&parse_config(base).unwrap(), &parse_config(next).unwrap());
+        assert_eq!(
+            changes,
+            [
+                "backend a weight 1 -> 4",
+                "backend c added (http://127.0.0.1:3, weight 1)",
+                "backend b removed",
+                "[timeouts] changed"
+            ]
+        );
+    }
+}
