@@ -32,6 +32,8 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and print every problem found; exit 0 when valid, 2 when not.
     Check(CheckArgs),
+    /// Talk to a running corelb through its control socket.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +77,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => check(&args.config),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Ctl(args)) => crate::ctl::run(&args),
         None => run(&cli.run),
     }
 }

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod http;
 pub mod logging;
 pub mod net;

@@ -175,6 +175,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let url = section.required::<String>("url", errors);
         let weight = section.integer_in("weight", 1, 1, 1000, errors) as u32;
         let id = section.optional::<String>("id", errors);
+        let drain = section.or("drain", false, errors);
         let parsed = url.as_deref().and_then(|url| match parse_backend_url(url) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
@@ -193,6 +194,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
             host,
             port,
             weight,
+            drain,
         };
         backend.id = id.unwrap_or_else(|| backend.authority());
         if !ids.insert(backend.id.clone()) {

@@ -81,6 +81,8 @@ pub struct BackendConfig {
     pub port: u16,
     /// Relative share for weighted algorithms, 1..=1000.
     pub weight: u32,
+    /// Draining: no new requests are sent to it; requests in flight finish.
+    pub drain: bool,
 }
 
 impl BackendConfig {
@@ -278,9 +280,13 @@ pub fn load_config(path: &Path) -> Result<Config, LoadError> {
         path: path.to_path_buf(),
         errors,
     })?;
+    resolve_relative_paths(&mut config, path.parent().unwrap_or(Path::new("")));
+    Ok(config)
+}
+
+/// Makes paths in `config` that are relative (to the config file) absolute against `folder`.
+pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
     if config.control.socket.is_relative() {
-        let folder = path.parent().unwrap_or(Path::new(""));
         config.control.socket = folder.join(&config.control.socket);
     }
-    Ok(config)
 }

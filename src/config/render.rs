@@ -54,10 +54,11 @@ pub fn to_toml(config: &Config) -> String {
     for backend in &config.backends {
         let _ = writeln!(
             out,
-            "[[backends]]\nid = {}\nurl = {}\nweight = {}\n",
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}\n",
             quote(&backend.id),
             quote(&backend.url),
-            backend.weight
+            backend.weight,
+            backend.drain
         );
     }
     let timeouts = &config.timeouts;
@@ -179,6 +180,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             Some(previous) if previous.weight != backend.weight => changes.push(format!(
                 "backend {} weight {} -> {}",
                 backend.id, previous.weight, backend.weight
+            )),
+            Some(previous) if previous.drain != backend.drain => changes.push(format!(
+                "backend {} {}",
+                backend.id,
+                if backend.drain { "draining" } else { "active" }
             )),
             Some(_) => {}
         }

@@ -1,20 +1,39 @@
-//! The control thread: owns the authoritative config, starts the workers, turns each applied config into a
-//! [`Snapshot`] broadcast to every worker, and handles signals (SIGHUP reloads, SIGTERM/SIGINT drain and stop).
-//! It is the only place that does blocking work such as DNS and file reads; workers never do.
+//! The control thread: owns the authoritative config and its version history, starts the workers, and applies every
+//! change — from the Unix socket, the admin API, a file reload or SIGHUP — through one function, [`Control::execute`].
+//! A change becomes a new [`Snapshot`] broadcast to every worker and is acknowledged only once every worker has
+//! applied it. The control thread also does the blocking work workers must never do (DNS, files, health probes).
 
+mod admin;
+pub mod command;
+mod history;
 mod resolve;
+mod rollout;
+mod socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, Sender};
+use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{load_config, Config, IoDriverChoice, Workers};
+use crate::config::{
+    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice, LogLevel, Workers,
+};
 use crate::net::listener::{reserve_port, PortReservation};
-use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerSpec};
+use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec};
+use command::{Command, CommandError, ErrorKind, Source};
+use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
+use rollout::Rollout;
+
+/// How long a change may take to reach every worker before it is reported failed.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `status` waits for workers' live figures.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the control loop wakes without events (rollout steps).
+const TICK: Duration = Duration::from_millis(100);
 
 /// Why corelb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +50,22 @@ pub enum StartError {
     IoUringUnavailable,
     #[error("worker {worker} failed to start: {error}")]
     Worker { worker: usize, error: String },
+    #[error("control socket {path}: {source}")]
+    ControlSocket { path: PathBuf, source: std::io::Error },
+    #[error("admin API on {address}: {source}")]
+    Admin {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A command on its way to the control thread, with where to send the result.
+pub struct ControlRequest {
+    pub command: Command,
+    pub source: Source,
+    pub reply: Sender<Result<Value, CommandError>>,
 }
 
 /// The running control plane.
@@ -40,8 +73,14 @@ pub struct Control {
     config_path: PathBuf,
     config: Arc<Config>,
     snapshot: Arc<Snapshot>,
+    history: History,
     workers: Vec<WorkerHandle>,
+    drivers: Vec<Driver>,
     events: Receiver<FromWorker>,
+    started: Instant,
+    rollout: Option<Rollout>,
+    requests: Receiver<ControlRequest>,
+    request_sender: Sender<ControlRequest>,
 }
 
 /// Chooses the driver for every worker: io_uring when allowed, epoll otherwise (said once, here).
@@ -66,13 +105,14 @@ fn worker_count(workers: Workers) -> usize {
     }
 }
 
+fn invalid_config(errors: impl std::fmt::Display) -> CommandError {
+    CommandError::new(ErrorKind::InvalidConfig, errors.to_string())
+}
+
 impl Control {
-    /// Starts every worker on `config` and waits until all of them listen.
-    pub fn start(
-        config_path: &Path,
-        config: Config,
-        driver_override: Option<IoDriverChoice>,
-    ) -> Result<Control, StartError> {
+    /// Starts every worker on `config`, the control socket and (when enabled) the admin API, and waits until all
+    /// of them listen.
+    pub fn start(config_path: &Path, config: Config, driver_override: Option<IoDriverChoice>) -> Result<Control, StartError> {
         let driver = choose_driver(driver_override.unwrap_or(config.server.io_driver))?;
         let backend_addrs = resolve_backends(&config)?;
         // Frontends on port 0 get a concrete port that every worker then shares.
@@ -80,12 +120,11 @@ impl Control {
         let mut frontend_addrs = Vec::new();
         for frontend in &config.frontends {
             if frontend.listen.port() == 0 {
-                let reservation =
-                    reserve_port(frontend.listen).map_err(|source| StartError::Listen {
-                        name: frontend.name.clone(),
-                        address: frontend.listen,
-                        source,
-                    })?;
+                let reservation = reserve_port(frontend.listen).map_err(|source| StartError::Listen {
+                    name: frontend.name.clone(),
+                    address: frontend.listen,
+                    source,
+                })?;
                 frontend_addrs.push(reservation.address);
                 reservations.push(reservation);
             } else {
@@ -99,6 +138,18 @@ impl Control {
             backend_addrs,
             frontend_addrs,
         });
+
+        let (request_sender, requests) = crossbeam_channel::unbounded();
+        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| StartError::ControlSocket {
+            path: config.control.socket.clone(),
+            source,
+        })?;
+        if config.admin.enabled {
+            admin::serve(&config.admin, request_sender.clone()).map_err(|source| StartError::Admin {
+                address: config.admin.listen,
+                source,
+            })?;
+        }
 
         let count = worker_count(config.server.workers);
         let cores = if config.server.pin_workers {
@@ -118,28 +169,40 @@ impl Control {
                 events: event_sender.clone(),
             })?);
         }
+        let mut history = History::new(config.control.history);
+        history.push(VersionRecord {
+            version: 1,
+            applied_at: SystemTime::now(),
+            source: Source::File.describe(),
+            summary: "initial config".to_string(),
+            config: Arc::clone(&config),
+        });
         let mut control = Control {
             config_path: config_path.to_path_buf(),
             config,
             snapshot,
+            history,
             workers,
+            drivers: vec![driver; count],
             events,
+            started: Instant::now(),
+            rollout: None,
+            requests,
+            request_sender,
         };
-        let mut drivers = Vec::with_capacity(count);
-        while drivers.len() < count {
+        let mut ready = 0;
+        while ready < count {
             match control.events.recv() {
-                Ok(FromWorker::Ready { driver, .. }) => drivers.push(driver),
+                Ok(FromWorker::Ready { worker, driver }) => {
+                    control.drivers[worker] = driver;
+                    ready += 1;
+                }
                 Ok(FromWorker::StartFailed { worker, error }) => {
                     control.stop_workers();
                     return Err(StartError::Worker { worker, error });
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    return Err(StartError::Worker {
-                        worker: 0,
-                        error: "all workers exited".into(),
-                    })
-                }
+                Err(_) => return Err(StartError::Worker { worker: 0, error: "all workers exited".into() }),
             }
         }
         drop(reservations);
@@ -150,23 +213,21 @@ impl Control {
             .zip(&control.snapshot.frontend_addrs)
             .map(|(frontend, address)| format!("{}={address}", frontend.name))
             .collect();
-        let epoll_workers = drivers
-            .iter()
-            .filter(|driver| **driver == Driver::Epoll)
-            .count();
+        let epoll_workers = control.drivers.iter().filter(|driver| **driver == Driver::Epoll).count();
         tracing::info!(
             workers = count,
             driver = if epoll_workers == 0 { "io_uring" } else if epoll_workers == count { "epoll" } else { "mixed" },
             backends = control.config.backends.len(),
             listening = %listening.join(","),
+            control_socket = %control.config.control.socket.display(),
             "corelb ready"
         );
         Ok(control)
     }
 
-    /// The frontend addresses actually listened on.
-    pub fn frontend_addrs(&self) -> &[std::net::SocketAddr] {
-        &self.snapshot.frontend_addrs
+    /// A sender for commands, as the socket and admin API use; for embedding corelb.
+    pub fn requests(&self) -> Sender<ControlRequest> {
+        self.request_sender.clone()
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and stops every worker.
@@ -175,8 +236,18 @@ impl Control {
         loop {
             select! {
                 recv(signals) -> signal => match signal {
-                    Ok(SIGHUP) => self.reload_from_file(),
+                    Ok(SIGHUP) => {
+                        if let Err(error) = self.execute(Command::Reload, Source::Signal) {
+                            tracing::error!(error = %error.message.replace('\n', "; "), "reload refused; the running config stays");
+                        }
+                    }
                     Ok(_) | Err(_) => break,
+                },
+                recv(self.requests) -> request => {
+                    if let Ok(request) = request {
+                        let result = self.execute(request.command, request.source);
+                        let _ = request.reply.send(result);
+                    }
                 },
                 recv(self.events) -> event => match event {
                     Ok(FromWorker::Stopped { worker }) => {
@@ -186,72 +257,311 @@ impl Control {
                     Ok(_) => {}
                     Err(_) => break,
                 },
+                default(TICK) => self.rollout_tick(),
             }
         }
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         self.stop_workers();
+        let _ = std::fs::remove_file(&self.config.control.socket);
         tracing::info!("corelb stopped");
         Ok(())
     }
 
-    /// Re-reads the config file and applies it, or keeps the running config and says why not.
-    fn reload_from_file(&mut self) {
-        let config = match load_config(&self.config_path) {
-            Ok(config) => config,
-            Err(error) => {
-                // One line per event: log collectors split on newlines.
-                let error = error.to_string().replace('\n', "; ");
-                tracing::error!(error = %error, "reload refused; the running config stays");
-                return;
-            }
-        };
-        if config.frontends != self.config.frontends || config.server != self.config.server {
-            tracing::warn!(
-                "reload: changes to [server] and [[frontends]] need a restart and were not applied"
+    /// Runs one command. Every change path ends here.
+    pub fn execute(&mut self, command: Command, source: Source) -> Result<Value, CommandError> {
+        if self.rollout.as_ref().is_some_and(Rollout::is_active) && !command.is_read_only() {
+            let allowed = matches!(
+                command,
+                Command::RolloutPause | Command::RolloutResume | Command::RolloutAbort | Command::LogLevel { .. }
             );
-        }
-        let backend_addrs = match resolve_backends(&config) {
-            Ok(addrs) => addrs,
-            Err(error) => {
-                tracing::error!(error = %error, "reload refused; the running config stays");
-                return;
+            if !allowed {
+                return Err(CommandError::new(
+                    ErrorKind::Conflict,
+                    "a rollout is in progress; pause, finish or abort it first",
+                ));
             }
-        };
-        let mut config = config;
-        config.server = self.config.server.clone();
-        config.frontends = self.config.frontends.clone();
-        let config = Arc::new(config);
+        }
+        match command {
+            Command::Status => Ok(self.status()),
+            Command::ConfigShow => Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) })),
+            Command::ConfigApply { toml } => {
+                let candidate = self.parse_candidate(&toml)?;
+                self.commit(candidate, &source, None)
+            }
+            Command::ConfigDiff { toml } => {
+                let candidate = self.parse_candidate(&toml)?;
+                Ok(json!({
+                    "changes": diff(&self.config, &candidate),
+                    "restart_required": self.restart_reasons(&candidate),
+                }))
+            }
+            Command::Reload => {
+                let candidate = load_config(&self.config_path).map_err(invalid_config)?;
+                self.commit(candidate, &source, None)
+            }
+            Command::Backends => Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() })),
+            Command::BackendAdd { url, weight, id } => {
+                let mut text = to_toml(&self.config);
+                text.push_str(&format!(
+                    "\n[[backends]]\nurl = {}\nweight = {}\n",
+                    toml::Value::String(url),
+                    weight.map_or(1, i64::from)
+                ));
+                if let Some(id) = id {
+                    text.push_str(&format!("id = {}\n", toml::Value::String(id)));
+                }
+                let candidate = self.parse_candidate(&text)?;
+                self.commit(candidate, &source, None)
+            }
+            Command::BackendRemove { id } => {
+                let mut candidate = (*self.config).clone();
+                let index = self.backend_index(&id)?;
+                candidate.backends.remove(index);
+                self.commit(candidate, &source, None)
+            }
+            Command::BackendSet { id, weight } => {
+                let mut candidate = (*self.config).clone();
+                let index = self.backend_index(&id)?;
+                candidate.backends[index].weight = weight;
+                self.commit(candidate, &source, None)
+            }
+            Command::BackendDrain { id } => {
+                let mut candidate = (*self.config).clone();
+                let index = self.backend_index(&id)?;
+                candidate.backends[index].drain = true;
+                self.commit(candidate, &source, None)
+            }
+            Command::Versions => Ok(json!({
+                "current": self.snapshot.version,
+                "versions": self.history.iter().map(VersionRecord::to_json).collect::<Vec<_>>(),
+            })),
+            Command::Rollback { version } => {
+                let record = match version {
+                    Some(version) => self.history.find(version).ok_or_else(|| {
+                        CommandError::new(ErrorKind::NotFound, format!("version {version} is not in the history"))
+                    })?,
+                    None => self
+                        .history
+                        .previous()
+                        .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "there is no previous version"))?,
+                };
+                let label = format!("rollback to version {}", record.version);
+                let candidate = (*record.config).clone();
+                self.commit(candidate, &source, Some(label))
+            }
+            Command::LogLevel { level } => {
+                let parsed = match level.as_str() {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    "trace" => LogLevel::Trace,
+                    other => {
+                        return Err(CommandError::invalid_request(format!(
+                            "unknown level {other:?} (use error, warn, info, debug or trace)"
+                        )))
+                    }
+                };
+                crate::logging::set_level(parsed).map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
+                tracing::warn!(level = parsed.as_str(), source = %source.describe(), "log level changed");
+                Ok(json!({ "level": parsed.as_str() }))
+            }
+            Command::RolloutStart { to, batch, interval } => self.rollout_start(to, batch, interval),
+            Command::RolloutStatus => Ok(self.rollout.as_ref().map_or(json!({"state": "none"}), Rollout::status)),
+            Command::RolloutPause | Command::RolloutResume => {
+                let pause = command == Command::RolloutPause;
+                let rollout = self
+                    .rollout
+                    .as_mut()
+                    .filter(|rollout| rollout.is_active())
+                    .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "no rollout in progress"))?;
+                rollout.set_paused(pause);
+                Ok(rollout.status())
+            }
+            Command::RolloutAbort => self.rollout_abort(),
+        }
+    }
+
+    /// Parses a whole config given as text, resolving relative paths as the config file's would be.
+    fn parse_candidate(&self, text: &str) -> Result<Config, CommandError> {
+        let mut candidate = parse_config(text).map_err(invalid_config)?;
+        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
+        Ok(candidate)
+    }
+
+    fn backend_index(&self, id: &str) -> Result<usize, CommandError> {
+        self.config
+            .backends
+            .iter()
+            .position(|backend| backend.id == id)
+            .ok_or_else(|| CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}")))
+    }
+
+    /// What in `candidate` cannot change without a restart.
+    fn restart_reasons(&self, candidate: &Config) -> Vec<&'static str> {
+        let current = &self.config;
+        let mut reasons = Vec::new();
+        if candidate.server != current.server {
+            reasons.push("[server]");
+        }
+        if candidate.frontends != current.frontends {
+            reasons.push("[[frontends]]");
+        }
+        if candidate.control.socket != current.control.socket {
+            reasons.push("control.socket");
+        }
+        if candidate.admin != current.admin {
+            reasons.push("[admin]");
+        }
+        reasons
+    }
+
+    /// Validates `candidate` with the same rules as a config file, broadcasts it and waits until every worker has
+    /// applied it. Nothing changes when it is refused.
+    fn commit(&mut self, candidate: Config, source: &Source, label: Option<String>) -> Result<Value, CommandError> {
+        // One set of rules for every path: whatever was edited goes through the file parser again.
+        let mut candidate = parse_config(&to_toml(&candidate)).map_err(invalid_config)?;
+        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
+        let reasons = self.restart_reasons(&candidate);
+        if !reasons.is_empty() {
+            return Err(CommandError::new(
+                ErrorKind::RestartRequired,
+                format!("changes to {} need a restart; nothing was applied", reasons.join(", ")),
+            ));
+        }
+        let changes = diff(&self.config, &candidate);
+        if changes.is_empty() && label.is_none() {
+            return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
+        }
+        let backend_addrs = resolve_backends(&candidate).map_err(invalid_config)?;
+        let started = Instant::now();
+        let version = self.snapshot.version + 1;
+        let candidate = Arc::new(candidate);
         let snapshot = Arc::new(Snapshot {
-            version: self.snapshot.version + 1,
-            config: Arc::clone(&config),
+            version,
+            config: Arc::clone(&candidate),
             backend_addrs,
             frontend_addrs: self.snapshot.frontend_addrs.clone(),
         });
-        let started = Instant::now();
-        for worker in &mut self.workers {
-            if let Err(error) = worker.send(ToWorker::Apply(Arc::clone(&snapshot))) {
-                tracing::error!(error = %error, "reload could not reach a worker");
-            }
+        self.broadcast(&snapshot)?;
+        let elapsed = started.elapsed();
+        let summary = match &label {
+            Some(label) if changes.is_empty() => label.clone(),
+            Some(label) => format!("{label}: {}", changes.join("; ")),
+            None => changes.join("; "),
+        };
+        if candidate.logging.level != self.config.logging.level {
+            let _ = crate::logging::set_level(candidate.logging.level);
         }
-        let mut applied = 0;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while applied < self.workers.len() {
+        self.history.set_capacity(candidate.control.history);
+        self.history.push(VersionRecord {
+            version,
+            applied_at: SystemTime::now(),
+            source: source.describe(),
+            summary: summary.clone(),
+            config: Arc::clone(&candidate),
+        });
+        self.config = candidate;
+        self.snapshot = snapshot;
+        tracing::info!(
+            version,
+            source = %source.describe(),
+            changes = %summary,
+            applied_in_us = elapsed.as_micros() as u64,
+            "config applied on every worker"
+        );
+        Ok(json!({
+            "version": version,
+            "changes": changes,
+            "applied": true,
+            "applied_in_us": elapsed.as_micros() as u64,
+        }))
+    }
+
+    /// Sends `snapshot` to every worker and waits for each acknowledgement.
+    fn broadcast(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), CommandError> {
+        for worker in &mut self.workers {
+            worker
+                .send(ToWorker::Apply(Arc::clone(snapshot)))
+                .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
+        }
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut applied = vec![false; self.workers.len()];
+        while applied.iter().any(|done| !done) {
             match self.events.recv_deadline(deadline) {
-                Ok(FromWorker::Applied { version, .. }) if version == snapshot.version => {
-                    applied += 1
+                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
+                Ok(FromWorker::Stopped { worker }) => {
+                    return Err(CommandError::new(ErrorKind::Unavailable, format!("worker {worker} has stopped")))
                 }
                 Ok(_) => {}
-                Err(_) => break,
+                Err(_) => {
+                    return Err(CommandError::new(
+                        ErrorKind::Unavailable,
+                        "not every worker acknowledged the change in time",
+                    ))
+                }
             }
         }
-        tracing::info!(
-            version = snapshot.version,
-            workers_applied = applied,
-            elapsed = ?started.elapsed(),
-            "config reloaded"
-        );
-        self.config = config;
-        self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// Live per-worker figures, gathered without stopping any worker for longer than a copy.
+    fn reports(&mut self) -> Vec<WorkerReport> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for worker in &mut self.workers {
+            if worker.send(ToWorker::Report(sender.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        (0..asked).filter_map(|_| receiver.recv_deadline(deadline).ok()).collect()
+    }
+
+    fn backends_json(&mut self) -> Vec<Value> {
+        let reports = self.reports();
+        self.config
+            .backends
+            .iter()
+            .zip(&self.snapshot.backend_addrs)
+            .map(|(backend, address)| {
+                let mut in_flight = 0;
+                let mut idle = 0;
+                let mut down_on = 0;
+                for report in &reports {
+                    if let Some(seen) = report.backends.iter().find(|seen| seen.id == backend.id) {
+                        in_flight += seen.in_flight;
+                        idle += seen.idle_connections;
+                        down_on += usize::from(seen.down);
+                    }
+                }
+                let health = if down_on == 0 { "up" } else if down_on == reports.len() { "down" } else { "degraded" };
+                json!({
+                    "id": backend.id,
+                    "url": backend.url,
+                    "address": address.to_string(),
+                    "weight": backend.weight,
+                    "state": if backend.drain { "draining" } else { "active" },
+                    "health": health,
+                    "in_flight": in_flight,
+                    "idle_connections": idle,
+                })
+            })
+            .collect()
+    }
+
+    fn status(&mut self) -> Value {
+        let backends = self.backends_json();
+        json!({
+            "version": self.snapshot.version,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config_file": self.config_path.display().to_string(),
+            "workers": self.drivers.iter().enumerate().map(|(index, driver)| json!({"index": index, "driver": driver.as_str()})).collect::<Vec<_>>(),
+            "frontends": self.config.frontends.iter().zip(&self.snapshot.frontend_addrs).map(|(frontend, address)| json!({"name": frontend.name, "address": address.to_string()})).collect::<Vec<_>>(),
+            "algorithm": format!("{:?}", self.config.balancer.algorithm),
+            "backends": backends,
+            "rollout": self.rollout.as_ref().map(Rollout::status),
+        })
     }
 
     fn stop_workers(&mut self) {

@@ -78,13 +78,14 @@ async fn open_upstream(
     loop {
         let now = Instant::now();
         let backends = &generation.backends;
+        let accepting = &generation.accepting;
         let pick = generation
             .balancer
-            .pick(|index| !tried.contains(&index) && backends[index].available(now))
+            .pick(|index| accepting[index] && !tried.contains(&index) && backends[index].available(now))
             // Every backend marked down: try one anyway rather than refuse outright; it may be back.
             .or_else(|| {
                 if tried.is_empty() {
-                    generation.balancer.pick(|_| true)
+                    generation.balancer.pick(|index| accepting[index])
                 } else {
                     None
                 }
@@ -241,6 +242,7 @@ pub async fn forward(
     let (backend, mut upstream, mut reused) = open_upstream(generation)
         .await
         .map_err(|error| fail(error, false, bodiless, None))?;
+    let _in_flight = backend.begin_request();
     let client_side = ClientSide {
         address: request.peer.ip(),
         scheme: "http",

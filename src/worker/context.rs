@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{CancelHandle, Canceller};
 
-use super::messages::Snapshot;
+use super::messages::{BackendReport, Snapshot};
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
@@ -27,6 +27,7 @@ pub struct BackendState {
     idle: RefCell<IdlePool<BufferedStream>>,
     /// Until when this worker skips the backend after a failed connect.
     down_until: Cell<Option<Instant>>,
+    in_flight: Cell<u32>,
 }
 
 impl BackendState {
@@ -37,6 +38,24 @@ impl BackendState {
             authority: config.authority().into_bytes(),
             idle: RefCell::new(IdlePool::default()),
             down_until: Cell::new(None),
+            in_flight: Cell::new(0),
+        }
+    }
+
+    /// Counts a request in flight to this backend until the guard is dropped.
+    pub fn begin_request(self: &Rc<Self>) -> InFlightGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlightGuard {
+            backend: Rc::clone(self),
+        }
+    }
+
+    pub fn report(&self, now: Instant) -> BackendReport {
+        BackendReport {
+            id: self.id.clone(),
+            in_flight: self.in_flight.get(),
+            idle_connections: self.idle.borrow().len(),
+            down: !self.available(now),
         }
     }
 
@@ -69,6 +88,17 @@ impl BackendState {
     }
 }
 
+pub struct InFlightGuard {
+    backend: Rc<BackendState>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let count = &self.backend.in_flight;
+        count.set(count.get().saturating_sub(1));
+    }
+}
+
 /// Everything a request needs that changes only with the config. A request keeps the `Rc<Generation>` it started
 /// with, so a config change never alters a request in flight.
 pub struct Generation {
@@ -77,6 +107,8 @@ pub struct Generation {
     pub backends: Vec<Rc<BackendState>>,
     pub balancer: Balancer,
     pub limits: HeadLimits,
+    /// Per backend: may take new requests (not draining).
+    pub accepting: Vec<bool>,
 }
 
 impl Generation {
@@ -116,6 +148,7 @@ impl Generation {
             config: Arc::clone(config),
             backends,
             balancer,
+            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
             limits: HeadLimits {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_request_line: config.limits.max_request_line,

@@ -33,9 +33,30 @@ impl Driver {
     }
 }
 
+/// One backend as one worker sees it right now.
+#[derive(Debug, Clone)]
+pub struct BackendReport {
+    pub id: String,
+    pub in_flight: u32,
+    pub idle_connections: usize,
+    /// Marked down after a failed connect.
+    pub down: bool,
+}
+
+/// A worker's answer to [`ToWorker::Report`].
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    pub worker: usize,
+    pub version: u64,
+    pub active_connections: usize,
+    pub backends: Vec<BackendReport>,
+}
+
 #[derive(Debug)]
 pub enum ToWorker {
     Apply(Arc<Snapshot>),
+    /// Send a [`WorkerReport`] on the given channel.
+    Report(crossbeam_channel::Sender<WorkerReport>),
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

@@ -16,7 +16,7 @@ use monoio::net::{TcpListener, UnixStream};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 use context::{Generation, WorkerContext};
-pub use messages::{Driver, FromWorker, Snapshot, ToWorker};
+pub use messages::{BackendReport, Driver, FromWorker, Snapshot, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 4096;
@@ -226,6 +226,16 @@ async fn serve_inbox(
                     let _ = events.send(FromWorker::Applied {
                         worker: context.index,
                         version: snapshot.version,
+                    });
+                }
+                ToWorker::Report(reply) => {
+                    let generation = context.generation();
+                    let now = Instant::now();
+                    let _ = reply.send(WorkerReport {
+                        worker: context.index,
+                        version: generation.version,
+                        active_connections: context.active_connections(),
+                        backends: generation.backends.iter().map(|backend| backend.report(now)).collect(),
                     });
                 }
                 ToWorker::Shutdown => return,

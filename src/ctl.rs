@@ -1,0 +1,317 @@
+//! `corelb ctl`: the control socket's client. Sends one request line, prints the reply as a readable table (or raw
+//! JSON with `--json`). Exit status: 0 applied/answered, 1 refused by corelb, 2 the socket cannot be reached.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::load_config;
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Control socket path (default: control.socket of the config file).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Config file used to find the socket when --socket is not given.
+    #[arg(short, long, default_value = "config.toml")]
+    config: PathBuf,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Version, uptime, workers, frontends and backends with health, weight and in-flight requests.
+    Status,
+    /// Show, apply or diff the whole config.
+    #[command(subcommand)]
+    Config(ConfigVerb),
+    /// Re-read the config file (like SIGHUP).
+    Reload,
+    /// List backends.
+    Backends,
+    /// Add, remove, reweight or drain one backend.
+    #[command(subcommand)]
+    Backend(BackendVerb),
+    /// List the applied config versions.
+    Versions,
+    /// Restore a previous version (default: the one before the current).
+    Rollback { version: Option<u64> },
+    /// Change the log level: error, warn, info, debug or trace.
+    LogLevel { level: String },
+    /// Replace the backend set in batches; without --to, shows the rollout's status.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigVerb {
+    /// Print the running config as TOML.
+    Show,
+    /// Apply a whole new config file.
+    Apply { file: PathBuf },
+    /// Show what applying a file would change, without applying it.
+    Diff { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendVerb {
+    /// Add a backend.
+    Add {
+        url: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Remove a backend (requests in flight to it finish).
+    Remove { id: String },
+    /// Change a backend's weight.
+    Set {
+        id: String,
+        #[arg(long)]
+        weight: u32,
+    },
+    /// Send no new requests to a backend; requests in flight finish.
+    Drain { id: String },
+}
+
+#[derive(Debug, Args)]
+struct RolloutArgs {
+    /// status (default), pause, resume or abort.
+    action: Option<String>,
+    /// The new backend set: a config file whose [[backends]] to use, or comma-separated URLs.
+    #[arg(long)]
+    to: Option<String>,
+    /// Backends replaced per step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Pause between steps, e.g. "5s".
+    #[arg(long, default_value = "5s")]
+    interval: String,
+}
+
+/// Exit status when the socket cannot be reached or the request cannot be built.
+const EXIT_UNREACHABLE: u8 = 2;
+
+fn read_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+}
+
+fn target_urls(to: &str) -> Result<Vec<String>, String> {
+    let path = Path::new(to);
+    if path.is_file() {
+        let config = load_config(path).map_err(|error| error.to_string())?;
+        return Ok(config.backends.into_iter().map(|backend| backend.url).collect());
+    }
+    Ok(to.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect())
+}
+
+fn request_for(verb: &Verb) -> Result<Value, String> {
+    Ok(match verb {
+        Verb::Status => json!({"cmd": "status"}),
+        Verb::Config(ConfigVerb::Show) => json!({"cmd": "config_show"}),
+        Verb::Config(ConfigVerb::Apply { file }) => json!({"cmd": "config_apply", "toml": read_file(file)?}),
+        Verb::Config(ConfigVerb::Diff { file }) => json!({"cmd": "config_diff", "toml": read_file(file)?}),
+        Verb::Reload => json!({"cmd": "reload"}),
+        Verb::Backends => json!({"cmd": "backends"}),
+        Verb::Backend(BackendVerb::Add { url, weight, id }) => {
+            json!({"cmd": "backend_add", "url": url, "weight": weight, "id": id})
+        }
+        Verb::Backend(BackendVerb::Remove { id }) => json!({"cmd": "backend_remove", "backend": id}),
+        Verb::Backend(BackendVerb::Set { id, weight }) => json!({"cmd": "backend_set", "backend": id, "weight": weight}),
+        Verb::Backend(BackendVerb::Drain { id }) => json!({"cmd": "backend_drain", "backend": id}),
+        Verb::Versions => json!({"cmd": "versions"}),
+        Verb::Rollback { version } => json!({"cmd": "rollback", "version": version}),
+        Verb::LogLevel { level } => json!({"cmd": "log_level", "level": level}),
+        Verb::Rollout(args) => match (&args.to, args.action.as_deref()) {
+            (Some(to), None | Some("start")) => json!({
+                "cmd": "rollout_start",
+                "to": target_urls(to)?,
+                "batch": args.batch,
+                "interval": args.interval,
+            }),
+            (None, None | Some("status")) => json!({"cmd": "rollout_status"}),
+            (None, Some(action @ ("pause" | "resume" | "abort"))) => json!({"cmd": format!("rollout_{action}")}),
+            (_, Some(other)) => return Err(format!("unknown rollout action {other:?} (status, pause, resume, abort)")),
+        },
+    })
+}
+
+fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
+    if let Some(socket) = &args.socket {
+        return Ok(socket.clone());
+    }
+    load_config(&args.config)
+        .map(|config| config.control.socket)
+        .map_err(|error| format!("{error}\n(use --socket PATH to name the control socket directly)"))
+}
+
+/// Runs `corelb ctl`.
+pub fn run(args: &CtlArgs) -> ExitCode {
+    let request = match request_for(&args.verb) {
+        Ok(request) => request,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let path = match socket_path(args) {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let reply = match exchange(&path, &request) {
+        Ok(reply) => reply,
+        Err(error) => {
+            eprintln!("error: cannot reach corelb at {}: {error}", path.display());
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let ok = reply.get("ok").and_then(Value::as_bool).unwrap_or(false);
+    if args.json {
+        println!("{reply}");
+    } else if ok {
+        print_result(&args.verb, reply.get("result").unwrap_or(&Value::Null));
+    } else {
+        let error = reply.get("error").cloned().unwrap_or(Value::Null);
+        eprintln!(
+            "refused ({}): {}",
+            error.get("kind").and_then(Value::as_str).unwrap_or("error"),
+            error.get("message").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn exchange(path: &Path, request: &Value) -> std::io::Result<Value> {
+    let mut stream = UnixStream::connect(path)?;
+    let mut line = request.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+}
+
+fn text(value: &Value, key: &str) -> String {
+    match value.get(key) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => "-".to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|header| header.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn print_backends(backends: &Value) {
+    let rows: Vec<Vec<String>> = backends
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|backend| {
+            ["id", "url", "weight", "state", "health", "in_flight", "idle_connections"]
+                .iter()
+                .map(|key| text(backend, key))
+                .collect()
+        })
+        .collect();
+    print_table(&["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE"], &rows);
+}
+
+fn print_result(verb: &Verb, result: &Value) {
+    match verb {
+        Verb::Status => {
+            let workers = result.get("workers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let drivers: Vec<String> = workers.iter().map(|worker| text(worker, "driver")).collect();
+            println!(
+                "corelb: config version {}, up {}s, {} workers ({}), {}",
+                text(result, "version"),
+                text(result, "uptime_seconds"),
+                workers.len(),
+                drivers.join(","),
+                text(result, "algorithm")
+            );
+            for frontend in result.get("frontends").and_then(Value::as_array).into_iter().flatten() {
+                println!("frontend {} on {}", text(frontend, "name"), text(frontend, "address"));
+            }
+            print_backends(result.get("backends").unwrap_or(&Value::Null));
+            if let Some(rollout) = result.get("rollout").filter(|rollout| !rollout.is_null()) {
+                println!("rollout: {}", text(rollout, "state"));
+            }
+        }
+        Verb::Backends => print_backends(result.get("backends").unwrap_or(&Value::Null)),
+        Verb::Config(ConfigVerb::Show) => print!("{}", text(result, "toml")),
+        Verb::Config(ConfigVerb::Diff { .. }) => {
+            let changes = result.get("changes").and_then(Value::as_array).cloned().unwrap_or_default();
+            if changes.is_empty() {
+                println!("no changes");
+            }
+            for change in changes {
+                println!("{}", change.as_str().unwrap_or_default());
+            }
+            let restart = result.get("restart_required").and_then(Value::as_array).cloned().unwrap_or_default();
+            if !restart.is_empty() {
+                println!("needs a restart: {}", restart.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+            }
+        }
+        Verb::Versions => {
+            let current = text(result, "current");
+            let rows: Vec<Vec<String>> = result
+                .get("versions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|record| {
+                    let version = text(record, "version");
+                    let marker = if version == current { "*" } else { "" };
+                    vec![format!("{version}{marker}"), text(record, "applied_at"), text(record, "source"), text(record, "summary")]
+                })
+                .collect();
+            print_table(&["VERSION", "APPLIED", "SOURCE", "SUMMARY"], &rows);
+        }
+        Verb::LogLevel { .. } => println!("log level: {}", text(result, "level")),
+        Verb::Rollout(_) => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
+        _ => {
+            let changes: Vec<String> = result
+                .get("changes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|change| change.as_str().map(str::to_owned))
+                .collect();
+            if result.get("applied").and_then(Value::as_bool) == Some(false) {
+                println!("no change (version {})", text(result, "version"));
+            } else {
+                println!("applied version {} on every worker: {}", text(result, "version"), changes.join("; "));
+            }
+        }
+    }
+}
