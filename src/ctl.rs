@@ -101,31 +101,49 @@ struct RolloutArgs {
 const EXIT_UNREACHABLE: u8 = 2;
 
 fn read_file(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
 }
 
 fn target_urls(to: &str) -> Result<Vec<String>, String> {
     let path = Path::new(to);
     if path.is_file() {
         let config = load_config(path).map_err(|error| error.to_string())?;
-        return Ok(config.backends.into_iter().map(|backend| backend.url).collect());
+        return Ok(config
+            .backends
+            .into_iter()
+            .map(|backend| backend.url)
+            .collect());
     }
-    Ok(to.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect())
+    Ok(to
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 fn request_for(verb: &Verb) -> Result<Value, String> {
     Ok(match verb {
         Verb::Status => json!({"cmd": "status"}),
         Verb::Config(ConfigVerb::Show) => json!({"cmd": "config_show"}),
-        Verb::Config(ConfigVerb::Apply { file }) => json!({"cmd": "config_apply", "toml": read_file(file)?}),
-        Verb::Config(ConfigVerb::Diff { file }) => json!({"cmd": "config_diff", "toml": read_file(file)?}),
+        Verb::Config(ConfigVerb::Apply { file }) => {
+            json!({"cmd": "config_apply", "toml": read_file(file)?})
+        }
+        Verb::Config(ConfigVerb::Diff { file }) => {
+            json!({"cmd": "config_diff", "toml": read_file(file)?})
+        }
         Verb::Reload => json!({"cmd": "reload"}),
         Verb::Backends => json!({"cmd": "backends"}),
         Verb::Backend(BackendVerb::Add { url, weight, id }) => {
             json!({"cmd": "backend_add", "url": url, "weight": weight, "id": id})
         }
-        Verb::Backend(BackendVerb::Remove { id }) => json!({"cmd": "backend_remove", "backend": id}),
-        Verb::Backend(BackendVerb::Set { id, weight }) => json!({"cmd": "backend_set", "backend": id, "weight": weight}),
+        Verb::Backend(BackendVerb::Remove { id }) => {
+            json!({"cmd": "backend_remove", "backend": id})
+        }
+        Verb::Backend(BackendVerb::Set { id, weight }) => {
+            json!({"cmd": "backend_set", "backend": id, "weight": weight})
+        }
         Verb::Backend(BackendVerb::Drain { id }) => json!({"cmd": "backend_drain", "backend": id}),
         Verb::Versions => json!({"cmd": "versions"}),
         Verb::Rollback { version } => json!({"cmd": "rollback", "version": version}),
@@ -138,8 +156,14 @@ fn request_for(verb: &Verb) -> Result<Value, String> {
                 "interval": args.interval,
             }),
             (None, None | Some("status")) => json!({"cmd": "rollout_status"}),
-            (None, Some(action @ ("pause" | "resume" | "abort"))) => json!({"cmd": format!("rollout_{action}")}),
-            (_, Some(other)) => return Err(format!("unknown rollout action {other:?} (status, pause, resume, abort)")),
+            (None, Some(action @ ("pause" | "resume" | "abort"))) => {
+                json!({"cmd": format!("rollout_{action}")})
+            }
+            (_, Some(other)) => {
+                return Err(format!(
+                    "unknown rollout action {other:?} (status, pause, resume, abort)"
+                ))
+            }
         },
     })
 }
@@ -150,7 +174,9 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
     }
     load_config(&args.config)
         .map(|config| config.control.socket)
-        .map_err(|error| format!("{error}\n(use --socket PATH to name the control socket directly)"))
+        .map_err(|error| {
+            format!("{error}\n(use --socket PATH to name the control socket directly)")
+        })
 }
 
 /// Runs `corelb ctl`.
@@ -203,7 +229,8 @@ fn exchange(path: &Path, request: &Value) -> std::io::Result<Value> {
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+    serde_json::from_str(&reply)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
 }
 
 fn text(value: &Value, key: &str) -> String {
@@ -222,7 +249,11 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|header| header.to_string()).collect());
@@ -237,20 +268,46 @@ fn print_backends(backends: &Value) {
         .into_iter()
         .flatten()
         .map(|backend| {
-            ["id", "url", "weight", "state", "health", "in_flight", "idle_connections"]
-                .iter()
-                .map(|key| text(backend, key))
-                .collect()
+            [
+                "id",
+                "url",
+                "weight",
+                "state",
+                "health",
+                "in_flight",
+                "idle_connections",
+            ]
+            .iter()
+            .map(|key| text(backend, key))
+            .collect()
         })
         .collect();
-    print_table(&["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE"], &rows);
+    print_table(
+        &[
+            "ID",
+            "URL",
+            "WEIGHT",
+            "STATE",
+            "HEALTH",
+            "IN-FLIGHT",
+            "IDLE",
+        ],
+        &rows,
+    );
 }
 
 fn print_result(verb: &Verb, result: &Value) {
     match verb {
         Verb::Status => {
-            let workers = result.get("workers").and_then(Value::as_array).cloned().unwrap_or_default();
-            let drivers: Vec<String> = workers.iter().map(|worker| text(worker, "driver")).collect();
+            let workers = result
+                .get("workers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let drivers: Vec<String> = workers
+                .iter()
+                .map(|worker| text(worker, "driver"))
+                .collect();
             println!(
                 "corelb: config version {}, up {}s, {} workers ({}), {}",
                 text(result, "version"),
@@ -259,8 +316,17 @@ fn print_result(verb: &Verb, result: &Value) {
                 drivers.join(","),
                 text(result, "algorithm")
             );
-            for frontend in result.get("frontends").and_then(Value::as_array).into_iter().flatten() {
-                println!("frontend {} on {}", text(frontend, "name"), text(frontend, "address"));
+            for frontend in result
+                .get("frontends")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "frontend {} on {}",
+                    text(frontend, "name"),
+                    text(frontend, "address")
+                );
             }
             print_backends(result.get("backends").unwrap_or(&Value::Null));
             if let Some(rollout) = result.get("rollout").filter(|rollout| !rollout.is_null()) {
@@ -270,16 +336,31 @@ fn print_result(verb: &Verb, result: &Value) {
         Verb::Backends => print_backends(result.get("backends").unwrap_or(&Value::Null)),
         Verb::Config(ConfigVerb::Show) => print!("{}", text(result, "toml")),
         Verb::Config(ConfigVerb::Diff { .. }) => {
-            let changes = result.get("changes").and_then(Value::as_array).cloned().unwrap_or_default();
+            let changes = result
+                .get("changes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if changes.is_empty() {
                 println!("no changes");
             }
             for change in changes {
                 println!("{}", change.as_str().unwrap_or_default());
             }
-            let restart = result.get("restart_required").and_then(Value::as_array).cloned().unwrap_or_default();
+            let restart = result
+                .get("restart_required")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if !restart.is_empty() {
-                println!("needs a restart: {}", restart.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+                println!(
+                    "needs a restart: {}",
+                    restart
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
         Verb::Versions => {
@@ -292,13 +373,21 @@ fn print_result(verb: &Verb, result: &Value) {
                 .map(|record| {
                     let version = text(record, "version");
                     let marker = if version == current { "*" } else { "" };
-                    vec![format!("{version}{marker}"), text(record, "applied_at"), text(record, "source"), text(record, "summary")]
+                    vec![
+                        format!("{version}{marker}"),
+                        text(record, "applied_at"),
+                        text(record, "source"),
+                        text(record, "summary"),
+                    ]
                 })
                 .collect();
             print_table(&["VERSION", "APPLIED", "SOURCE", "SUMMARY"], &rows);
         }
         Verb::LogLevel { .. } => println!("log level: {}", text(result, "level")),
-        Verb::Rollout(_) => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
+        Verb::Rollout(_) => println!(
+            "{}",
+            serde_json::to_string_pretty(result).unwrap_or_default()
+        ),
         _ => {
             let changes: Vec<String> = result
                 .get("changes")
@@ -310,7 +399,11 @@ fn print_result(verb: &Verb, result: &Value) {
             if result.get("applied").and_then(Value::as_bool) == Some(false) {
                 println!("no change (version {})", text(result, "version"));
             } else {
-                println!("applied version {} on every worker: {}", text(result, "version"), changes.join("; "));
+                println!(
+                    "applied version {} on every worker: {}",
+                    text(result, "version"),
+                    changes.join("; ")
+                );
             }
         }
     }

@@ -28,7 +28,11 @@ pub fn init(config: &LoggingConfig) {
         LogFormat::Text => Box::new(output),
         LogFormat::Json => Box::new(output.json().flatten_event(true)),
     };
-    if tracing_subscriber::registry().with(output.and_then(filter)).try_init().is_ok() {
+    if tracing_subscriber::registry()
+        .with(output.and_then(filter))
+        .try_init()
+        .is_ok()
+    {
         let _ = LEVEL_HANDLE.set(handle);
     }
 }

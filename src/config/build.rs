@@ -481,7 +481,10 @@ fn admin(top: &mut Section, errors: &mut ConfigErrors) -> AdminConfig {
     let port = section.integer_in("port", 9091, 0, 65535, errors) as u16;
     let token = section.optional::<String>("token", errors);
     if token.as_deref() == Some("") {
-        errors.push(section.key_path("token"), "must not be empty (remove the key for no token)");
+        errors.push(
+            section.key_path("token"),
+            "must not be empty (remove the key for no token)",
+        );
     }
     if enabled && !address.is_loopback() && token.is_none() {
         errors.push(

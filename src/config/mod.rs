@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use build::parse_config;
-pub use render::{diff, to_toml};
 pub use error::{ConfigError, ConfigErrors};
+pub use render::{diff, to_toml};
 
 /// The whole, validated configuration. Immutable once built: a change is a new `Config`.
 #[derive(Debug, Clone, PartialEq)]

@@ -50,7 +50,11 @@ pub fn to_toml(config: &Config) -> String {
             frontend.listen.port()
         );
     }
-    let _ = writeln!(out, "[balancer]\nalgorithm = \"{}\"\n", algorithm_name(config.balancer.algorithm));
+    let _ = writeln!(
+        out,
+        "[balancer]\nalgorithm = \"{}\"\n",
+        algorithm_name(config.balancer.algorithm)
+    );
     for backend in &config.backends {
         let _ = writeln!(
             out,
@@ -98,7 +102,11 @@ pub fn to_toml(config: &Config) -> String {
     );
     let tls = &config.tls;
     let _ = writeln!(out, "[tls]\nenabled = {}", tls.enabled);
-    for (key, value) in [("cert", path(&tls.cert)), ("key", path(&tls.key)), ("ca", path(&tls.ca))] {
+    for (key, value) in [
+        ("cert", path(&tls.cert)),
+        ("key", path(&tls.key)),
+        ("ca", path(&tls.ca)),
+    ] {
         if let Some(value) = value {
             let _ = writeln!(out, "{key} = {value}");
         }
@@ -172,11 +180,19 @@ pub fn to_toml(config: &Config) -> String {
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
     for backend in &new.backends {
-        match old.backends.iter().find(|previous| previous.id == backend.id) {
-            None => changes.push(format!("backend {} added ({}, weight {})", backend.id, backend.url, backend.weight)),
-            Some(previous) if previous.url != backend.url => {
-                changes.push(format!("backend {} url {} -> {}", backend.id, previous.url, backend.url))
-            }
+        match old
+            .backends
+            .iter()
+            .find(|previous| previous.id == backend.id)
+        {
+            None => changes.push(format!(
+                "backend {} added ({}, weight {})",
+                backend.id, backend.url, backend.weight
+            )),
+            Some(previous) if previous.url != backend.url => changes.push(format!(
+                "backend {} url {} -> {}",
+                backend.id, previous.url, backend.url
+            )),
             Some(previous) if previous.weight != backend.weight => changes.push(format!(
                 "backend {} weight {} -> {}",
                 backend.id, previous.weight, backend.weight
@@ -207,7 +223,10 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("circuitbreaker", old.circuitbreaker != new.circuitbreaker),
         ("logging", old.logging != new.logging),
         ("metrics", old.metrics != new.metrics),
-        ("control", old.control != new.control || old.admin != new.admin),
+        (
+            "control",
+            old.control != new.control || old.admin != new.admin,
+        ),
     ];
     for (name, changed) in sections {
         if changed {
@@ -232,7 +251,8 @@ mod tests {
 
     #[test]
     fn diff_names_each_backend_change() {
-        let base = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
+        let base =
+            "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
                     [[backends]]\nid = \"b\"\nurl = \"http://127.0.0.1:2\"\n";
         let next = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\nweight = 4\n\
                     [[backends]]\nid = \"c\"\nurl = \"http://127.0.0.1:3\"\n[timeouts]\nconnect = \"1s\"\n";

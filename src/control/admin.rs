@@ -9,7 +9,9 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use super::command::{command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
+use super::command::{
+    command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES,
+};
 use super::socket::dispatch;
 use super::ControlRequest;
 use crate::config::AdminConfig;
@@ -55,26 +57,38 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head = loop {
-        if let Some(head) = parse_request(&buf, &LIMITS).map_err(|error| CommandError::invalid_request(error.to_string()))? {
+        if let Some(head) = parse_request(&buf, &LIMITS)
+            .map_err(|error| CommandError::invalid_request(error.to_string()))?
+        {
             break head;
         }
-        let read = stream.read(&mut chunk).map_err(|error| CommandError::invalid_request(error.to_string()))?;
+        let read = stream
+            .read(&mut chunk)
+            .map_err(|error| CommandError::invalid_request(error.to_string()))?;
         if read == 0 {
-            return Err(CommandError::invalid_request("connection closed mid-request"));
+            return Err(CommandError::invalid_request(
+                "connection closed mid-request",
+            ));
         }
         buf.extend_from_slice(&chunk[..read]);
     };
     let length = match head.framing {
         BodyFraming::None => 0,
         BodyFraming::Length(length) if length as usize <= MAX_REQUEST_BYTES => length as usize,
-        BodyFraming::Length(_) => return Err(CommandError::invalid_request("request body exceeds 1 MiB")),
+        BodyFraming::Length(_) => {
+            return Err(CommandError::invalid_request("request body exceeds 1 MiB"))
+        }
         BodyFraming::Chunked | BodyFraming::UntilClose => {
-            return Err(CommandError::invalid_request("send the body with Content-Length"))
+            return Err(CommandError::invalid_request(
+                "send the body with Content-Length",
+            ))
         }
     };
     let mut body = buf[head.len..].to_vec();
     while body.len() < length {
-        let read = stream.read(&mut chunk).map_err(|error| CommandError::invalid_request(error.to_string()))?;
+        let read = stream
+            .read(&mut chunk)
+            .map_err(|error| CommandError::invalid_request(error.to_string()))?;
         if read == 0 {
             return Err(CommandError::invalid_request("connection closed mid-body"));
         }
@@ -101,8 +115,12 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(CommandError::invalid_request("the body must be a JSON object")),
-        Err(error) => Err(CommandError::invalid_request(format!("malformed JSON: {error}"))),
+        Ok(_) => Err(CommandError::invalid_request(
+            "the body must be a JSON object",
+        )),
+        Err(error) => Err(CommandError::invalid_request(format!(
+            "malformed JSON: {error}"
+        ))),
     }
 }
 
@@ -110,25 +128,32 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError
 fn route(request: &ApiRequest) -> Result<Command, CommandError> {
     let path = request.path.split('?').next().unwrap_or("");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let mut object = json_body(&request.body)?;
-    let with = |mut object: serde_json::Map<String, Value>, name: &str| {
+    let object = || json_body(&request.body);
+    let with = |object: Result<serde_json::Map<String, Value>, CommandError>, name: &str| {
+        let mut object = object?;
         object.insert("cmd".to_string(), json!(name));
         command_from_json(&object)
     };
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v1", "status"]) => Ok(Command::Status),
         ("GET", ["api", "v1", "backends"]) => Ok(Command::Backends),
-        ("POST", ["api", "v1", "backends"]) => with(object, "backend_add"),
+        ("POST", ["api", "v1", "backends"]) => with(object(), "backend_add"),
         ("PUT", ["api", "v1", "backends", id]) => {
-            let drain = object.get("drain").and_then(Value::as_bool).unwrap_or(false);
-            if drain {
+            let mut object = object()?;
+            if object
+                .get("drain")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
                 Ok(Command::BackendDrain { id: id.to_string() })
             } else {
                 object.insert("backend".to_string(), json!(id));
-                with(object, "backend_set")
+                with(Ok(object), "backend_set")
             }
         }
-        ("DELETE", ["api", "v1", "backends", id]) => Ok(Command::BackendRemove { id: id.to_string() }),
+        ("DELETE", ["api", "v1", "backends", id]) => {
+            Ok(Command::BackendRemove { id: id.to_string() })
+        }
         ("GET", ["api", "v1", "config"]) => Ok(Command::ConfigShow),
         ("POST", ["api", "v1", "config"]) => {
             let toml = String::from_utf8(request.body.clone())
@@ -136,27 +161,49 @@ fn route(request: &ApiRequest) -> Result<Command, CommandError> {
             Ok(Command::ConfigApply { toml })
         }
         ("GET", ["api", "v1", "versions"]) => Ok(Command::Versions),
-        ("POST", ["api", "v1", "rollback"]) => with(object, "rollback"),
-        _ => Err(CommandError::new(ErrorKind::NotFound, format!("no such endpoint: {} {path}", request.method))),
+        ("POST", ["api", "v1", "rollback"]) => with(object(), "rollback"),
+        _ => Err(CommandError::new(
+            ErrorKind::NotFound,
+            format!("no such endpoint: {} {path}", request.method),
+        )),
     }
 }
 
 fn authorised(request: &ApiRequest, token: Option<&str>) -> bool {
     let Some(token) = token else { return true };
-    let Some(given) = request.authorization.as_deref().and_then(|value| value.strip_prefix("Bearer ")) else {
+    let Some(given) = request
+        .authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
         return false;
     };
     // Constant-time comparison: the token is a secret.
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
-fn serve_client(mut stream: TcpStream, requests: &Sender<ControlRequest>, token: Option<&str>) -> io::Result<()> {
+fn serve_client(
+    mut stream: TcpStream,
+    requests: &Sender<ControlRequest>,
+    token: Option<&str>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_default();
     let result = read_request(&mut stream).and_then(|request| {
         if !authorised(&request, token) {
-            return Err(CommandError::new(ErrorKind::Unauthorized, "missing or wrong bearer token"));
+            return Err(CommandError::new(
+                ErrorKind::Unauthorized,
+                "missing or wrong bearer token",
+            ));
         }
         let command = route(&request)?;
         dispatch(requests, command, Source::Api { peer })

@@ -14,18 +14,41 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub enum Command {
     Status,
     ConfigShow,
-    ConfigApply { toml: String },
-    ConfigDiff { toml: String },
+    ConfigApply {
+        toml: String,
+    },
+    ConfigDiff {
+        toml: String,
+    },
     Reload,
     Backends,
-    BackendAdd { url: String, weight: Option<u32>, id: Option<String> },
-    BackendRemove { id: String },
-    BackendSet { id: String, weight: u32 },
-    BackendDrain { id: String },
+    BackendAdd {
+        url: String,
+        weight: Option<u32>,
+        id: Option<String>,
+    },
+    BackendRemove {
+        id: String,
+    },
+    BackendSet {
+        id: String,
+        weight: u32,
+    },
+    BackendDrain {
+        id: String,
+    },
     Versions,
-    Rollback { version: Option<u64> },
-    LogLevel { level: String },
-    RolloutStart { to: Vec<String>, batch: usize, interval: Duration },
+    Rollback {
+        version: Option<u64>,
+    },
+    LogLevel {
+        level: String,
+    },
+    RolloutStart {
+        to: Vec<String>,
+        batch: usize,
+        interval: Duration,
+    },
     RolloutStatus,
     RolloutPause,
     RolloutResume,
@@ -143,7 +166,9 @@ impl CommandError {
 fn string_field(object: &Map<String, Value>, key: &str) -> Result<String, CommandError> {
     match object.get(key) {
         Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(CommandError::invalid_request(format!("{key:?} must be a string, got {other}"))),
+        Some(other) => Err(CommandError::invalid_request(format!(
+            "{key:?} must be a string, got {other}"
+        ))),
         None => Err(CommandError::invalid_request(format!("missing {key:?}"))),
     }
 }
@@ -151,16 +176,20 @@ fn string_field(object: &Map<String, Value>, key: &str) -> Result<String, Comman
 fn optional_u64(object: &Map<String, Value>, key: &str) -> Result<Option<u64>, CommandError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| CommandError::invalid_request(format!("{key:?} must be a non-negative integer, got {value}"))),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            CommandError::invalid_request(format!(
+                "{key:?} must be a non-negative integer, got {value}"
+            ))
+        }),
     }
 }
 
 fn weight_field(object: &Map<String, Value>) -> Result<Option<u32>, CommandError> {
     optional_u64(object, "weight")?
-        .map(|weight| u32::try_from(weight).map_err(|_| CommandError::invalid_request("\"weight\" is too large")))
+        .map(|weight| {
+            u32::try_from(weight)
+                .map_err(|_| CommandError::invalid_request("\"weight\" is too large"))
+        })
         .transpose()
 }
 
@@ -188,7 +217,8 @@ pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, Command
         },
         "backend_set" => Command::BackendSet {
             id: string_field(object, "backend")?,
-            weight: weight_field(object)?.ok_or_else(|| CommandError::invalid_request("missing \"weight\""))?,
+            weight: weight_field(object)?
+                .ok_or_else(|| CommandError::invalid_request("missing \"weight\""))?,
         },
         "backend_drain" => Command::BackendDrain {
             id: string_field(object, "backend")?,
@@ -206,24 +236,42 @@ pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, Command
                     .iter()
                     .map(|item| item.as_str().map(str::to_owned))
                     .collect::<Option<Vec<String>>>()
-                    .ok_or_else(|| CommandError::invalid_request("\"to\" must be a list of backend URLs"))?,
-                _ => return Err(CommandError::invalid_request("\"to\" must be a list of backend URLs")),
+                    .ok_or_else(|| {
+                        CommandError::invalid_request("\"to\" must be a list of backend URLs")
+                    })?,
+                _ => {
+                    return Err(CommandError::invalid_request(
+                        "\"to\" must be a list of backend URLs",
+                    ))
+                }
             };
             let batch = optional_u64(object, "batch")?.unwrap_or(1).max(1) as usize;
             let interval = match object.get("interval") {
                 None => Duration::from_secs(5),
-                Some(Value::String(text)) => {
-                    parse_duration(text).map_err(|reason| CommandError::invalid_request(format!("\"interval\": {reason}")))?
+                Some(Value::String(text)) => parse_duration(text).map_err(|reason| {
+                    CommandError::invalid_request(format!("\"interval\": {reason}"))
+                })?,
+                Some(other) => {
+                    return Err(CommandError::invalid_request(format!(
+                        "\"interval\" must be a duration string, got {other}"
+                    )))
                 }
-                Some(other) => return Err(CommandError::invalid_request(format!("\"interval\" must be a duration string, got {other}"))),
             };
-            Command::RolloutStart { to, batch, interval }
+            Command::RolloutStart {
+                to,
+                batch,
+                interval,
+            }
         }
         "rollout_status" => Command::RolloutStatus,
         "rollout_pause" => Command::RolloutPause,
         "rollout_resume" => Command::RolloutResume,
         "rollout_abort" => Command::RolloutAbort,
-        other => return Err(CommandError::invalid_request(format!("unknown command {other:?}"))),
+        other => {
+            return Err(CommandError::invalid_request(format!(
+                "unknown command {other:?}"
+            )))
+        }
     };
     Ok(command)
 }
@@ -232,7 +280,9 @@ pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, Command
 pub fn reply_json(id: Option<&Value>, result: &Result<Value, CommandError>) -> Value {
     let mut reply = match result {
         Ok(result) => json!({ "ok": true, "result": result }),
-        Err(error) => json!({ "ok": false, "error": { "kind": error.kind.as_str(), "message": error.message } }),
+        Err(error) => {
+            json!({ "ok": false, "error": { "kind": error.kind.as_str(), "message": error.message } })
+        }
     };
     if let (Some(id), Some(object)) = (id, reply.as_object_mut()) {
         object.insert("id".to_string(), id.clone());
@@ -244,10 +294,22 @@ pub fn reply_json(id: Option<&Value>, result: &Result<Value, CommandError>) -> V
 pub fn parse_request_line(line: &str) -> (Option<Value>, Result<Command, CommandError>) {
     let value: Value = match serde_json::from_str(line) {
         Ok(value) => value,
-        Err(error) => return (None, Err(CommandError::invalid_request(format!("malformed JSON: {error}")))),
+        Err(error) => {
+            return (
+                None,
+                Err(CommandError::invalid_request(format!(
+                    "malformed JSON: {error}"
+                ))),
+            )
+        }
     };
     let Some(object) = value.as_object() else {
-        return (None, Err(CommandError::invalid_request("a request must be a JSON object")));
+        return (
+            None,
+            Err(CommandError::invalid_request(
+                "a request must be a JSON object",
+            )),
+        );
     };
     (object.get("id").cloned(), command_from_json(object))
 }
@@ -258,7 +320,9 @@ mod tests {
 
     #[test]
     fn parses_commands_and_keeps_the_id() {
-        let (id, command) = parse_request_line(r#"{"id": 7, "cmd": "backend_add", "url": "http://127.0.0.1:1", "weight": 3}"#);
+        let (id, command) = parse_request_line(
+            r#"{"id": 7, "cmd": "backend_add", "url": "http://127.0.0.1:1", "weight": 3}"#,
+        );
         assert_eq!(id, Some(json!(7)));
         assert_eq!(
             command.unwrap(),
@@ -272,15 +336,31 @@ mod tests {
 
     #[test]
     fn refuses_malformed_requests_with_a_kind() {
-        for line in ["{", "[1]", r#"{"cmd": 3}"#, r#"{"cmd": "fly"}"#, r#"{"cmd": "backend_set", "backend": "a"}"#] {
+        for line in [
+            "{",
+            "[1]",
+            r#"{"cmd": 3}"#,
+            r#"{"cmd": "fly"}"#,
+            r#"{"cmd": "backend_set", "backend": "a"}"#,
+        ] {
             let (_, command) = parse_request_line(line);
-            assert_eq!(command.unwrap_err().kind, ErrorKind::InvalidRequest, "{line}");
+            assert_eq!(
+                command.unwrap_err().kind,
+                ErrorKind::InvalidRequest,
+                "{line}"
+            );
         }
     }
 
     #[test]
     fn replies_echo_the_id() {
-        let reply = reply_json(Some(&json!("x")), &Err(CommandError::new(ErrorKind::NotFound, "no backend b")));
-        assert_eq!(reply, json!({"ok": false, "error": {"kind": "not_found", "message": "no backend b"}, "id": "x"}));
+        let reply = reply_json(
+            Some(&json!("x")),
+            &Err(CommandError::new(ErrorKind::NotFound, "no backend b")),
+        );
+        assert_eq!(
+            reply,
+            json!({"ok": false, "error": {"kind": "not_found", "message": "no backend b"}, "id": "x"})
+        );
     }
 }

@@ -19,10 +19,13 @@ use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{
-    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice, LogLevel, Workers,
+    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice,
+    LogLevel, Workers,
 };
 use crate::net::listener::{reserve_port, PortReservation};
-use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec};
+use crate::worker::{
+    self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec,
+};
 use command::{Command, CommandError, ErrorKind, Source};
 use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
@@ -51,7 +54,10 @@ pub enum StartError {
     #[error("worker {worker} failed to start: {error}")]
     Worker { worker: usize, error: String },
     #[error("control socket {path}: {source}")]
-    ControlSocket { path: PathBuf, source: std::io::Error },
+    ControlSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("admin API on {address}: {source}")]
     Admin {
         address: std::net::SocketAddr,
@@ -112,7 +118,11 @@ fn invalid_config(errors: impl std::fmt::Display) -> CommandError {
 impl Control {
     /// Starts every worker on `config`, the control socket and (when enabled) the admin API, and waits until all
     /// of them listen.
-    pub fn start(config_path: &Path, config: Config, driver_override: Option<IoDriverChoice>) -> Result<Control, StartError> {
+    pub fn start(
+        config_path: &Path,
+        config: Config,
+        driver_override: Option<IoDriverChoice>,
+    ) -> Result<Control, StartError> {
         let driver = choose_driver(driver_override.unwrap_or(config.server.io_driver))?;
         let backend_addrs = resolve_backends(&config)?;
         // Frontends on port 0 get a concrete port that every worker then shares.
@@ -120,11 +130,12 @@ impl Control {
         let mut frontend_addrs = Vec::new();
         for frontend in &config.frontends {
             if frontend.listen.port() == 0 {
-                let reservation = reserve_port(frontend.listen).map_err(|source| StartError::Listen {
-                    name: frontend.name.clone(),
-                    address: frontend.listen,
-                    source,
-                })?;
+                let reservation =
+                    reserve_port(frontend.listen).map_err(|source| StartError::Listen {
+                        name: frontend.name.clone(),
+                        address: frontend.listen,
+                        source,
+                    })?;
                 frontend_addrs.push(reservation.address);
                 reservations.push(reservation);
             } else {
@@ -140,14 +151,18 @@ impl Control {
         });
 
         let (request_sender, requests) = crossbeam_channel::unbounded();
-        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| StartError::ControlSocket {
-            path: config.control.socket.clone(),
-            source,
+        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| {
+            StartError::ControlSocket {
+                path: config.control.socket.clone(),
+                source,
+            }
         })?;
         if config.admin.enabled {
-            admin::serve(&config.admin, request_sender.clone()).map_err(|source| StartError::Admin {
-                address: config.admin.listen,
-                source,
+            admin::serve(&config.admin, request_sender.clone()).map_err(|source| {
+                StartError::Admin {
+                    address: config.admin.listen,
+                    source,
+                }
             })?;
         }
 
@@ -202,7 +217,12 @@ impl Control {
                     return Err(StartError::Worker { worker, error });
                 }
                 Ok(_) => {}
-                Err(_) => return Err(StartError::Worker { worker: 0, error: "all workers exited".into() }),
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        worker: 0,
+                        error: "all workers exited".into(),
+                    })
+                }
             }
         }
         drop(reservations);
@@ -213,7 +233,11 @@ impl Control {
             .zip(&control.snapshot.frontend_addrs)
             .map(|(frontend, address)| format!("{}={address}", frontend.name))
             .collect();
-        let epoll_workers = control.drivers.iter().filter(|driver| **driver == Driver::Epoll).count();
+        let epoll_workers = control
+            .drivers
+            .iter()
+            .filter(|driver| **driver == Driver::Epoll)
+            .count();
         tracing::info!(
             workers = count,
             driver = if epoll_workers == 0 { "io_uring" } else if epoll_workers == count { "epoll" } else { "mixed" },
@@ -257,8 +281,10 @@ impl Control {
                     Ok(_) => {}
                     Err(_) => break,
                 },
-                default(TICK) => self.rollout_tick(),
+                default(TICK) => {},
             }
+            // Every pass, not only idle ones: a client polling faster than TICK must not starve a rollout.
+            self.rollout_tick();
         }
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         self.stop_workers();
@@ -272,7 +298,10 @@ impl Control {
         if self.rollout.as_ref().is_some_and(Rollout::is_active) && !command.is_read_only() {
             let allowed = matches!(
                 command,
-                Command::RolloutPause | Command::RolloutResume | Command::RolloutAbort | Command::LogLevel { .. }
+                Command::RolloutPause
+                    | Command::RolloutResume
+                    | Command::RolloutAbort
+                    | Command::LogLevel { .. }
             );
             if !allowed {
                 return Err(CommandError::new(
@@ -283,7 +312,9 @@ impl Control {
         }
         match command {
             Command::Status => Ok(self.status()),
-            Command::ConfigShow => Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) })),
+            Command::ConfigShow => {
+                Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) }))
+            }
             Command::ConfigApply { toml } => {
                 let candidate = self.parse_candidate(&toml)?;
                 self.commit(candidate, &source, None)
@@ -299,7 +330,9 @@ impl Control {
                 let candidate = load_config(&self.config_path).map_err(invalid_config)?;
                 self.commit(candidate, &source, None)
             }
-            Command::Backends => Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() })),
+            Command::Backends => {
+                Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() }))
+            }
             Command::BackendAdd { url, weight, id } => {
                 let mut text = to_toml(&self.config);
                 text.push_str(&format!(
@@ -338,12 +371,14 @@ impl Control {
             Command::Rollback { version } => {
                 let record = match version {
                     Some(version) => self.history.find(version).ok_or_else(|| {
-                        CommandError::new(ErrorKind::NotFound, format!("version {version} is not in the history"))
+                        CommandError::new(
+                            ErrorKind::NotFound,
+                            format!("version {version} is not in the history"),
+                        )
                     })?,
-                    None => self
-                        .history
-                        .previous()
-                        .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "there is no previous version"))?,
+                    None => self.history.previous().ok_or_else(|| {
+                        CommandError::new(ErrorKind::NotFound, "there is no previous version")
+                    })?,
                 };
                 let label = format!("rollback to version {}", record.version);
                 let candidate = (*record.config).clone();
@@ -362,19 +397,29 @@ impl Control {
                         )))
                     }
                 };
-                crate::logging::set_level(parsed).map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
+                crate::logging::set_level(parsed)
+                    .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
                 tracing::warn!(level = parsed.as_str(), source = %source.describe(), "log level changed");
                 Ok(json!({ "level": parsed.as_str() }))
             }
-            Command::RolloutStart { to, batch, interval } => self.rollout_start(to, batch, interval),
-            Command::RolloutStatus => Ok(self.rollout.as_ref().map_or(json!({"state": "none"}), Rollout::status)),
+            Command::RolloutStart {
+                to,
+                batch,
+                interval,
+            } => self.rollout_start(to, batch, interval),
+            Command::RolloutStatus => Ok(self
+                .rollout
+                .as_ref()
+                .map_or(json!({"state": "none"}), Rollout::status)),
             Command::RolloutPause | Command::RolloutResume => {
                 let pause = command == Command::RolloutPause;
                 let rollout = self
                     .rollout
                     .as_mut()
                     .filter(|rollout| rollout.is_active())
-                    .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "no rollout in progress"))?;
+                    .ok_or_else(|| {
+                        CommandError::new(ErrorKind::NotFound, "no rollout in progress")
+                    })?;
                 rollout.set_paused(pause);
                 Ok(rollout.status())
             }
@@ -385,7 +430,10 @@ impl Control {
     /// Parses a whole config given as text, resolving relative paths as the config file's would be.
     fn parse_candidate(&self, text: &str) -> Result<Config, CommandError> {
         let mut candidate = parse_config(text).map_err(invalid_config)?;
-        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
+        resolve_relative_paths(
+            &mut candidate,
+            self.config_path.parent().unwrap_or(Path::new("")),
+        );
         Ok(candidate)
     }
 
@@ -394,7 +442,9 @@ impl Control {
             .backends
             .iter()
             .position(|backend| backend.id == id)
-            .ok_or_else(|| CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}")))
+            .ok_or_else(|| {
+                CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}"))
+            })
     }
 
     /// What in `candidate` cannot change without a restart.
@@ -418,20 +468,33 @@ impl Control {
 
     /// Validates `candidate` with the same rules as a config file, broadcasts it and waits until every worker has
     /// applied it. Nothing changes when it is refused.
-    fn commit(&mut self, candidate: Config, source: &Source, label: Option<String>) -> Result<Value, CommandError> {
+    fn commit(
+        &mut self,
+        candidate: Config,
+        source: &Source,
+        label: Option<String>,
+    ) -> Result<Value, CommandError> {
         // One set of rules for every path: whatever was edited goes through the file parser again.
         let mut candidate = parse_config(&to_toml(&candidate)).map_err(invalid_config)?;
-        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
+        resolve_relative_paths(
+            &mut candidate,
+            self.config_path.parent().unwrap_or(Path::new("")),
+        );
         let reasons = self.restart_reasons(&candidate);
         if !reasons.is_empty() {
             return Err(CommandError::new(
                 ErrorKind::RestartRequired,
-                format!("changes to {} need a restart; nothing was applied", reasons.join(", ")),
+                format!(
+                    "changes to {} need a restart; nothing was applied",
+                    reasons.join(", ")
+                ),
             ));
         }
         let changes = diff(&self.config, &candidate);
         if changes.is_empty() && label.is_none() {
-            return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
+            return Ok(
+                json!({ "version": self.snapshot.version, "changes": changes, "applied": false }),
+            );
         }
         let backend_addrs = resolve_backends(&candidate).map_err(invalid_config)?;
         let started = Instant::now();
@@ -489,9 +552,14 @@ impl Control {
         let mut applied = vec![false; self.workers.len()];
         while applied.iter().any(|done| !done) {
             match self.events.recv_deadline(deadline) {
-                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
+                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => {
+                    applied[worker] = true
+                }
                 Ok(FromWorker::Stopped { worker }) => {
-                    return Err(CommandError::new(ErrorKind::Unavailable, format!("worker {worker} has stopped")))
+                    return Err(CommandError::new(
+                        ErrorKind::Unavailable,
+                        format!("worker {worker} has stopped"),
+                    ))
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -515,7 +583,9 @@ impl Control {
             }
         }
         let deadline = Instant::now() + REPORT_TIMEOUT;
-        (0..asked).filter_map(|_| receiver.recv_deadline(deadline).ok()).collect()
+        (0..asked)
+            .filter_map(|_| receiver.recv_deadline(deadline).ok())
+            .collect()
     }
 
     fn backends_json(&mut self) -> Vec<Value> {
@@ -535,7 +605,13 @@ impl Control {
                         down_on += usize::from(seen.down);
                     }
                 }
-                let health = if down_on == 0 { "up" } else if down_on == reports.len() { "down" } else { "degraded" };
+                let health = if down_on == 0 {
+                    "up"
+                } else if down_on == reports.len() {
+                    "down"
+                } else {
+                    "degraded"
+                };
                 json!({
                     "id": backend.id,
                     "url": backend.url,

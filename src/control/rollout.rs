@@ -61,7 +61,11 @@ impl Rollout {
     }
 
     pub fn set_paused(&mut self, paused: bool) {
-        self.state = if paused { State::Paused } else { State::Running };
+        self.state = if paused {
+            State::Paused
+        } else {
+            State::Running
+        };
         if !paused {
             self.last_error = None;
             self.next_step = Instant::now();
@@ -91,11 +95,18 @@ fn normalise(url: &str) -> &str {
 
 /// `GET path` against a backend; healthy means a 2xx status within `timeout`.
 fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
-    stream.set_read_timeout(Some(timeout)).map_err(|error| error.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|error| error.to_string())?;
+    let mut stream =
+        TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|error| error.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-rollout\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|error| error.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|error| error.to_string())?;
     let mut head = [0u8; 32];
     let read = stream.read(&mut head).map_err(|error| error.to_string())?;
     let line = String::from_utf8_lossy(&head[..read]);
@@ -103,16 +114,31 @@ fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Resu
     if status.starts_with('2') {
         Ok(())
     } else {
-        Err(format!("{path} answered {:?}", line.lines().next().unwrap_or("")))
+        Err(format!(
+            "{path} answered {:?}",
+            line.lines().next().unwrap_or("")
+        ))
     }
 }
 
 impl Control {
-    pub(super) fn rollout_start(&mut self, to: Vec<String>, batch: usize, interval: Duration) -> Result<Value, CommandError> {
+    pub(super) fn rollout_start(
+        &mut self,
+        to: Vec<String>,
+        batch: usize,
+        interval: Duration,
+    ) -> Result<Value, CommandError> {
         if to.is_empty() {
-            return Err(CommandError::invalid_request("a rollout needs at least one target backend URL"));
+            return Err(CommandError::invalid_request(
+                "a rollout needs at least one target backend URL",
+            ));
         }
-        let current_urls: Vec<&str> = self.config.backends.iter().map(|backend| normalise(&backend.url)).collect();
+        let current_urls: Vec<&str> = self
+            .config
+            .backends
+            .iter()
+            .map(|backend| normalise(&backend.url))
+            .collect();
         let target: Vec<&str> = to.iter().map(|url| normalise(url)).collect();
         let to_add: VecDeque<String> = to
             .iter()
@@ -127,7 +153,9 @@ impl Control {
             .map(|backend| backend.id.clone())
             .collect();
         if to_add.is_empty() && to_remove.is_empty() {
-            return Err(CommandError::invalid_request("the backend set is already the target set"));
+            return Err(CommandError::invalid_request(
+                "the backend set is already the target set",
+            ));
         }
         let rollout = Rollout {
             original: Arc::clone(&self.config),
@@ -156,21 +184,29 @@ impl Control {
                 rollout.state = State::Aborted;
                 Arc::clone(&rollout.original)
             }
-            _ => return Err(CommandError::new(ErrorKind::NotFound, "no rollout in progress")),
+            _ => {
+                return Err(CommandError::new(
+                    ErrorKind::NotFound,
+                    "no rollout in progress",
+                ))
+            }
         };
         let mut restored = (*self.config).clone();
         restored.backends = original.backends.clone();
-        let result = self.commit(restored, &Source::Rollout, Some("rollout aborted: starting backend set restored".into()));
+        let result = self.commit(
+            restored,
+            &Source::Rollout,
+            Some("rollout aborted: starting backend set restored".into()),
+        );
         tracing::warn!("rollout aborted");
         result
     }
 
     /// Takes the next rollout step when one is due.
     pub(super) fn rollout_tick(&mut self) {
-        let due = self
-            .rollout
-            .as_ref()
-            .is_some_and(|rollout| rollout.state == State::Running && Instant::now() >= rollout.next_step);
+        let due = self.rollout.as_ref().is_some_and(|rollout| {
+            rollout.state == State::Running && Instant::now() >= rollout.next_step
+        });
         if !due {
             return;
         }
@@ -187,14 +223,22 @@ impl Control {
     }
 
     fn rollout_step(&mut self) -> Result<(), String> {
-        let Some(rollout) = self.rollout.as_mut() else { return Ok(()) };
+        let Some(rollout) = self.rollout.as_mut() else {
+            return Ok(());
+        };
         // 1. Remove what the previous step drained.
         if !rollout.draining.is_empty() {
             let ids = std::mem::take(&mut rollout.draining);
             let mut candidate = (*self.config).clone();
-            candidate.backends.retain(|backend| !ids.contains(&backend.id));
-            self.commit(candidate, &Source::Rollout, Some(format!("rollout: removed {}", ids.join(", "))))
-                .map_err(|error| error.message)?;
+            candidate
+                .backends
+                .retain(|backend| !ids.contains(&backend.id));
+            self.commit(
+                candidate,
+                &Source::Rollout,
+                Some(format!("rollout: removed {}", ids.join(", "))),
+            )
+            .map_err(|error| error.message)?;
             if let Some(rollout) = self.rollout.as_mut() {
                 rollout.removed.extend(ids);
             }
@@ -205,7 +249,14 @@ impl Control {
             let unproven = rollout.unproven.clone();
             let health = &self.config.healthcheck;
             for id in &unproven {
-                let Some(index) = self.config.backends.iter().position(|backend| &backend.id == id) else { continue };
+                let Some(index) = self
+                    .config
+                    .backends
+                    .iter()
+                    .position(|backend| &backend.id == id)
+                else {
+                    continue;
+                };
                 let backend = &self.config.backends[index];
                 let address = self.snapshot.backend_addrs[index];
                 probe(address, &backend.authority(), &health.path, health.timeout)
@@ -222,13 +273,24 @@ impl Control {
             let urls: Vec<String> = rollout.to_add.drain(..count).collect();
             let mut text = crate::config::to_toml(&self.config);
             for url in &urls {
-                text.push_str(&format!("\n[[backends]]\nurl = {}\n", toml::Value::String(url.clone())));
+                text.push_str(&format!(
+                    "\n[[backends]]\nurl = {}\n",
+                    toml::Value::String(url.clone())
+                ));
             }
-            let candidate = crate::config::parse_config(&text).map_err(|errors| errors.to_string().replace('\n', "; "))?;
+            let candidate = crate::config::parse_config(&text)
+                .map_err(|errors| errors.to_string().replace('\n', "; "))?;
             resolve_backends(&candidate).map_err(|error| error.to_string())?;
-            let ids: Vec<String> = candidate.backends[self.config.backends.len()..].iter().map(|backend| backend.id.clone()).collect();
-            self.commit(candidate, &Source::Rollout, Some(format!("rollout: added {}", urls.join(", "))))
-                .map_err(|error| error.message)?;
+            let ids: Vec<String> = candidate.backends[self.config.backends.len()..]
+                .iter()
+                .map(|backend| backend.id.clone())
+                .collect();
+            self.commit(
+                candidate,
+                &Source::Rollout,
+                Some(format!("rollout: added {}", urls.join(", "))),
+            )
+            .map_err(|error| error.message)?;
             if let Some(rollout) = self.rollout.as_mut() {
                 rollout.added.extend(ids.iter().cloned());
                 rollout.unproven = ids;
@@ -245,7 +307,9 @@ impl Control {
     }
 
     fn rollout_drain_next(&mut self) -> Result<(), String> {
-        let Some(rollout) = self.rollout.as_mut() else { return Ok(()) };
+        let Some(rollout) = self.rollout.as_mut() else {
+            return Ok(());
+        };
         let count = rollout.batch.min(rollout.to_remove.len());
         if count == 0 {
             return Ok(());
@@ -257,8 +321,12 @@ impl Control {
                 backend.drain = true;
             }
         }
-        self.commit(candidate, &Source::Rollout, Some(format!("rollout: draining {}", ids.join(", "))))
-            .map_err(|error| error.message)?;
+        self.commit(
+            candidate,
+            &Source::Rollout,
+            Some(format!("rollout: draining {}", ids.join(", "))),
+        )
+        .map_err(|error| error.message)?;
         if let Some(rollout) = self.rollout.as_mut() {
             rollout.draining = ids;
         }

@@ -11,7 +11,9 @@ use std::path::Path;
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
+use super::command::{
+    parse_request_line, reply_json, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES,
+};
 use super::ControlRequest;
 
 /// Binds the socket (mode 0600) and serves it on a background thread.
@@ -44,7 +46,11 @@ pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
 
 /// The uid of the process on the other end, from SO_PEERCRED.
 fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `length` bytes into `credentials`, which is a valid ucred.
     let result = unsafe {
@@ -73,7 +79,13 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
     loop {
         let available = reader.fill_buf()?;
         if available.is_empty() {
-            return Ok(if line.is_empty() && !too_long { Line::End } else if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&line).into_owned()) });
+            return Ok(if line.is_empty() && !too_long {
+                Line::End
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(String::from_utf8_lossy(&line).into_owned())
+            });
         }
         let (chunk, found_end) = match available.iter().position(|&byte| byte == b'\n') {
             Some(position) => (&available[..position], Some(position + 1)),
@@ -90,21 +102,29 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
         let consumed = found_end.unwrap_or(available.len());
         reader.consume(consumed);
         if found_end.is_some() {
-            return Ok(if too_long { Line::TooLong } else { Line::Text(String::from_utf8_lossy(&line).into_owned()) });
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(String::from_utf8_lossy(&line).into_owned())
+            });
         }
     }
 }
 
 fn serve_client(stream: UnixStream, requests: Sender<ControlRequest>) {
     let uid = peer_uid(&stream);
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let (id, result) = match read_line(&mut reader) {
             Ok(Line::End) | Err(_) => return,
             Ok(Line::TooLong) => (
                 None,
-                Err(CommandError::invalid_request(format!("request line exceeds {MAX_REQUEST_BYTES} bytes"))),
+                Err(CommandError::invalid_request(format!(
+                    "request line exceeds {MAX_REQUEST_BYTES} bytes"
+                ))),
             ),
             Ok(Line::Text(line)) if line.trim().is_empty() => continue,
             Ok(Line::Text(line)) => {
@@ -125,10 +145,18 @@ fn serve_client(stream: UnixStream, requests: Sender<ControlRequest>) {
 }
 
 /// Hands a command to the control thread and waits for its result.
-pub fn dispatch(requests: &Sender<ControlRequest>, command: super::command::Command, source: Source) -> Result<Value, CommandError> {
+pub fn dispatch(
+    requests: &Sender<ControlRequest>,
+    command: super::command::Command,
+    source: Source,
+) -> Result<Value, CommandError> {
     let (reply, result) = crossbeam_channel::bounded(1);
     requests
-        .send(ControlRequest { command, source, reply })
+        .send(ControlRequest {
+            command,
+            source,
+            reply,
+        })
         .map_err(|_| CommandError::new(ErrorKind::Unavailable, "corelb is shutting down"))?;
     result
         .recv()
@@ -145,7 +173,9 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', MAX_REQUEST_BYTES + 10));
         input.extend_from_slice(b"\nlast");
         let mut reader = BufReader::with_capacity(4096, &input[..]);
-        assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "{\"cmd\":\"status\"}"));
+        assert!(
+            matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "{\"cmd\":\"status\"}")
+        );
         assert!(matches!(read_line(&mut reader).unwrap(), Line::TooLong));
         assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "last"));
         assert!(matches!(read_line(&mut reader).unwrap(), Line::End));

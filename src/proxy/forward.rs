@@ -81,7 +81,9 @@ async fn open_upstream(
         let accepting = &generation.accepting;
         let pick = generation
             .balancer
-            .pick(|index| accepting[index] && !tried.contains(&index) && backends[index].available(now))
+            .pick(|index| {
+                accepting[index] && !tried.contains(&index) && backends[index].available(now)
+            })
             // Every backend marked down: try one anyway rather than refuse outright; it may be back.
             .or_else(|| {
                 if tried.is_empty() {

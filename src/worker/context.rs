@@ -148,7 +148,11 @@ impl Generation {
             config: Arc::clone(config),
             backends,
             balancer,
-            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
+            accepting: config
+                .backends
+                .iter()
+                .map(|backend| !backend.drain)
+                .collect(),
             limits: HeadLimits {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_request_line: config.limits.max_request_line,

@@ -221,7 +221,8 @@ async fn serve_inbox(
         while let Ok(message) = inbox.try_recv() {
             match message {
                 ToWorker::Apply(snapshot) => {
-                    let next = Generation::build(&snapshot, Some(&context.generation()), context.index);
+                    let next =
+                        Generation::build(&snapshot, Some(&context.generation()), context.index);
                     context.replace_generation(next);
                     let _ = events.send(FromWorker::Applied {
                         worker: context.index,
@@ -235,7 +236,11 @@ async fn serve_inbox(
                         worker: context.index,
                         version: generation.version,
                         active_connections: context.active_connections(),
-                        backends: generation.backends.iter().map(|backend| backend.report(now)).collect(),
+                        backends: generation
+                            .backends
+                            .iter()
+                            .map(|backend| backend.report(now))
+                            .collect(),
                     });
                 }
                 ToWorker::Shutdown => return,

@@ -290,6 +290,54 @@ impl Corelb {
         Client::connect(self.addr)
     }
 
+    /// The control socket path (the harness configs use the default, next to the config file).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.0.join("corelb.sock")
+    }
+
+    /// Runs `corelb ctl --socket ... ARGS`; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(CORELB)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run corelb ctl");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Sends raw lines on one control socket connection and returns one parsed reply per line.
+    pub fn control_lines(&self, lines: &[&[u8]]) -> Vec<serde_json::Value> {
+        use std::os::unix::net::UnixStream;
+        let mut stream = UnixStream::connect(self.socket()).expect("connect control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        lines
+            .iter()
+            .map(|line| {
+                stream.write_all(line).unwrap();
+                stream.write_all(b"\n").unwrap();
+                let mut reply = String::new();
+                reader.read_line(&mut reply).expect("reply line");
+                serde_json::from_str(&reply)
+                    .unwrap_or_else(|error| panic!("bad reply {reply:?}: {error}"))
+            })
+            .collect()
+    }
+
+    /// One control command as JSON; returns the reply.
+    pub fn control(&self, request: serde_json::Value) -> serde_json::Value {
+        self.control_lines(&[request.to_string().as_bytes()])
+            .remove(0)
+    }
+
     pub fn get(&self, path: &str) -> Response {
         self.client().get(path)
     }

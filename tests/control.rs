@@ -1,0 +1,576 @@
+//! The control plane through the real binary: every verb over `corelb ctl` and raw socket lines, its error cases,
+//! and live changes under continuous load with zero failed requests.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{config_for, Backend, Client, Corelb, TempDir};
+use serde_json::json;
+
+fn three() -> [Backend; 3] {
+    [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    ]
+}
+
+fn served_by(corelb: &Corelb, count: usize) -> HashMap<String, usize> {
+    let mut client = corelb.client();
+    let mut seen = HashMap::new();
+    for _ in 0..count {
+        *seen.entry(client.get("/").backend_id()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn every_verb_works_through_ctl() {
+    let backends = three();
+    let corelb = Corelb::start(&config_for(
+        &[(&backends[0], 1), (&backends[1], 1)],
+        2,
+        "",
+        "",
+    ));
+    let a = backends[0].addr.to_string();
+    let b = backends[1].addr.to_string();
+
+    let (code, out, err) = corelb.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("config version 1") && out.contains("2 workers") && out.contains(&a),
+        "{out}"
+    );
+
+    let (code, out, _) = corelb.ctl(&["backend", "add", &backends[2].url(), "--weight", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("applied version 2 on every worker"), "{out}");
+    let c = backends[2].addr.to_string();
+    assert!(
+        served_by(&corelb, 30).contains_key("c"),
+        "added backend serves"
+    );
+
+    let (code, out, _) = corelb.ctl(&["backend", "set", &c, "--weight", "5"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, _) = corelb.ctl(&["backend", "drain", &a]);
+    assert_eq!(code, 0);
+    assert!(
+        !served_by(&corelb, 20).contains_key("a"),
+        "drained backend gets no new requests"
+    );
+    let (_, out, _) = corelb.ctl(&["backends"]);
+    assert!(
+        out.lines()
+            .any(|line| line.contains(&a) && line.contains("draining")),
+        "{out}"
+    );
+
+    let (code, _, _) = corelb.ctl(&["backend", "remove", &a]);
+    assert_eq!(code, 0);
+    let (_, out, _) = corelb.ctl(&["config", "show"]);
+    assert!(
+        !out.contains(&a) && out.contains(&b) && out.contains("weight = 5"),
+        "{out}"
+    );
+
+    let (_, out, _) = corelb.ctl(&["versions"]);
+    assert!(
+        out.contains("5*") && out.contains("initial config") && out.contains("socket (uid"),
+        "{out}"
+    );
+    let (code, out, _) = corelb.ctl(&["rollback"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = corelb.ctl(&["config", "show"]);
+    assert!(
+        out.contains(&a),
+        "rollback restored the removed backend: {out}"
+    );
+    let (code, _, _) = corelb.ctl(&["rollback", "1"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = corelb.ctl(&["backends"]);
+    assert!(!out.contains(&c), "version 1 had no backend c: {out}");
+
+    let dir = TempDir::new();
+    let weighted = "[balancer]\nalgorithm = \"weighted_round_robin\"\n";
+    let file = dir.write(
+        "next.toml",
+        &config_for(&[(&backends[1], 2), (&backends[2], 1)], 2, "", weighted),
+    );
+    let (code, out, _) = corelb.ctl(&["config", "diff", file.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("backend {a} removed"))
+            && out.contains(&format!("backend {c} added")),
+        "{out}"
+    );
+    let (code, _, _) = corelb.ctl(&["config", "apply", file.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let seen = served_by(&corelb, 30);
+    assert_eq!(
+        (seen.get("b"), seen.get("c"), seen.get("a")),
+        (Some(&20), Some(&10), None),
+        "{seen:?}"
+    );
+
+    std::fs::write(
+        corelb.dir.0.join("corelb.toml"),
+        config_for(&[(&backends[0], 1)], 2, "", ""),
+    )
+    .unwrap();
+    let (code, _, _) = corelb.ctl(&["reload"]);
+    assert_eq!(code, 0);
+    assert_eq!(served_by(&corelb, 5).keys().collect::<Vec<_>>(), ["a"]);
+
+    let (code, out, _) = corelb.ctl(&["log-level", "debug"]);
+    assert_eq!((code, out.trim()), (0, "log level: debug"));
+    let (code, out, _) = corelb.ctl(&["--json", "status"]);
+    assert_eq!(code, 0);
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["result"]["workers"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn refusals_have_a_kind_and_change_nothing() {
+    let backends = three();
+    let corelb = Corelb::start(&config_for(&[(&backends[0], 1)], 1, "", ""));
+    let dir = TempDir::new();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["backend".into(), "remove".into(), "nope".into()],
+            "refused (not_found)",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "set".into(),
+                backends[0].addr.to_string(),
+                "--weight".into(),
+                "0".into(),
+            ],
+            "weight: must be between 1 and 1000",
+        ),
+        (
+            vec!["backend".into(), "add".into(), "ftp://x".into()],
+            "refused (invalid_config)",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "remove".into(),
+                backends[0].addr.to_string(),
+            ],
+            "backends: at least one",
+        ),
+        (vec!["rollback".into(), "99".into()], "refused (not_found)"),
+        (
+            vec!["log-level".into(), "loud".into()],
+            "refused (invalid_request)",
+        ),
+        (
+            vec![
+                "config".into(),
+                "apply".into(),
+                dir.write("bad.toml", "[[frontends]\n")
+                    .display()
+                    .to_string(),
+            ],
+            "TOML syntax error",
+        ),
+        (
+            vec![
+                "config".into(),
+                "apply".into(),
+                dir.write("restart.toml", &config_for(&[(&backends[0], 1)], 2, "", ""))
+                    .display()
+                    .to_string(),
+            ],
+            "refused (restart_required)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = corelb.ctl(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
+    }
+    let (_, out, _) = corelb.ctl(&["versions"]);
+    assert!(
+        out.contains("1*") && !out.contains("\n2"),
+        "nothing was applied: {out}"
+    );
+
+    let output = std::process::Command::new(common::CORELB)
+        .args(["ctl", "--socket", "/nonexistent/corelb.sock", "status"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach corelb"), "{err}");
+}
+
+#[test]
+fn raw_socket_lines_malformed_and_oversized() {
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "", ""));
+    let oversized = vec![b'x'; 1024 * 1024 + 100];
+    let replies = corelb.control_lines(&[
+        br#"{"id": 1, "cmd": "status"}"#,
+        b"{not json",
+        br#"{"id": "q", "cmd": "teleport"}"#,
+        &oversized,
+        br#"{"id": 2, "cmd": "backends"}"#,
+    ]);
+    assert_eq!(replies[0]["id"], 1);
+    assert_eq!(replies[0]["ok"], true);
+    assert_eq!(replies[1]["error"]["kind"], "invalid_request");
+    assert!(replies[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+    assert_eq!(replies[2]["id"], "q");
+    assert_eq!(replies[2]["error"]["kind"], "invalid_request");
+    assert!(
+        replies[3]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds"),
+        "{}",
+        replies[3]
+    );
+    assert_eq!(replies[4]["id"], 2, "the connection stays usable");
+    assert_eq!(
+        replies[4]["result"]["backends"][0]["id"],
+        backend.addr.to_string()
+    );
+
+    // Many clients at once.
+    let socket = corelb.socket();
+    let clients: Vec<_> = (0..16)
+        .map(|index| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+                stream
+                    .write_all(format!("{{\"id\": {index}, \"cmd\": \"versions\"}}\n").as_bytes())
+                    .unwrap();
+                let mut line = String::new();
+                BufReader::new(stream).read_line(&mut line).unwrap();
+                serde_json::from_str::<serde_json::Value>(&line).unwrap()["id"] == index
+            })
+        })
+        .collect();
+    assert!(clients.into_iter().all(|client| client.join().unwrap()));
+    let mode = std::fs::metadata(corelb.socket())
+        .map(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(mode, 0o600);
+}
+
+/// A bounded load on loopback: `threads` keep-alive clients, each request recorded with its send time.
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(corelb: &Corelb, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let log = Arc::clone(&log);
+                let addr = corelb.addr;
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(addr);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            return;
+                        }
+                        let sent = Instant::now();
+                        // A failed exchange is recorded as status 0, not a panic, and the client reconnects.
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                client.get("/")
+                            }));
+                        let (status, id) = match outcome {
+                            Ok(response) => (
+                                response.status,
+                                response.header("X-Backend-Id").unwrap_or("").to_string(),
+                            ),
+                            Err(_) => {
+                                client = Client::connect(addr);
+                                (0, String::new())
+                            }
+                        };
+                        log.lock().unwrap().push((sent, status, id));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            log,
+            threads: handles,
+        }
+    }
+
+    fn finish(self) -> Vec<(Instant, u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("load thread");
+        }
+        Arc::try_unwrap(self.log).unwrap().into_inner().unwrap()
+    }
+}
+
+#[test]
+fn live_changes_under_load_lose_no_request() {
+    let backends = [
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+        Backend::start("d"),
+    ];
+    let corelb = Corelb::start(&config_for(
+        &[(&backends[0], 1), (&backends[1], 1)],
+        2,
+        "",
+        "",
+    ));
+    let load = Load::start(&corelb, 4);
+    std::thread::sleep(Duration::from_millis(200));
+    // (removed at, no longer absent from, backend): no request sent in between, 1s after removal, may reach it.
+    let mut absences: Vec<(Instant, Instant, &str)> = Vec::new();
+    let mut apply_times = Vec::new();
+    let mut ctl = |args: &[&str]| {
+        let started = Instant::now();
+        let (code, out, err) = corelb.ctl(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        apply_times.push(started.elapsed());
+        Instant::now()
+    };
+    ctl(&["backend", "add", &backends[2].url()]);
+    ctl(&[
+        "backend",
+        "set",
+        &backends[0].addr.to_string(),
+        "--weight",
+        "3",
+    ]);
+    ctl(&["backend", "drain", &backends[1].addr.to_string()]);
+    let removed_b = ctl(&["backend", "remove", &backends[1].addr.to_string()]);
+    let dir = TempDir::new();
+    for round in 0..20 {
+        let weight = 1 + round % 5;
+        let file = dir.write(
+            "round.toml",
+            &config_for(
+                &[(&backends[0], weight), (&backends[2], 1), (&backends[3], 1)],
+                2,
+                "",
+                "",
+            ),
+        );
+        ctl(&["config", "apply", file.to_str().unwrap()]);
+    }
+    // Full rollout from {a, c, d} to {b, d}, then roll back the last version.
+    let before_rollout = corelb.control(json!({"cmd": "versions"}))["result"]["current"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let target = format!("{},{}", backends[1].url(), backends[3].url());
+    let rollout_issued = Instant::now();
+    ctl(&[
+        "rollout",
+        "--to",
+        &target,
+        "--batch",
+        "1",
+        "--interval",
+        "100ms",
+    ]);
+    absences.push((removed_b, rollout_issued, "b"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = corelb.control(json!({"cmd": "rollout_status"}));
+        if reply["result"]["state"] == "done" {
+            break;
+        }
+        assert_ne!(
+            reply["result"]["state"], "paused",
+            "rollout paused: {reply}"
+        );
+        assert!(Instant::now() < deadline, "rollout did not finish: {reply}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rolled_out = Instant::now();
+    std::thread::sleep(Duration::from_millis(1300));
+    let rollback_issued = Instant::now();
+    let rolled_back = ctl(&["rollback", &before_rollout]);
+    absences.push((rolled_out, rollback_issued, "a"));
+    absences.push((rolled_out, rollback_issued, "c"));
+    std::thread::sleep(Duration::from_millis(500));
+    let log = load.finish();
+
+    let failed: Vec<_> = log
+        .iter()
+        .filter(|(_, status, id)| *status != 200 || id.is_empty())
+        .collect();
+    assert!(log.len() > 500, "load ran: {} requests", log.len());
+    assert_eq!(
+        failed.len(),
+        0,
+        "failed requests under live changes: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    for (removed_at, back_at, removed) in absences {
+        let late = log
+            .iter()
+            .filter(|(sent, _, id)| {
+                *sent > removed_at + Duration::from_secs(1) && *sent < back_at && id == removed
+            })
+            .count();
+        assert_eq!(
+            late, 0,
+            "backend {removed} still served requests sent more than 1s after its removal"
+        );
+    }
+    let after_rollback: Vec<&str> = log
+        .iter()
+        .filter(|(sent, _, _)| *sent > rolled_back + Duration::from_millis(100))
+        .map(|(_, _, id)| id.as_str())
+        .collect();
+    assert!(
+        after_rollback.contains(&"a"),
+        "the rollback restored a's traffic"
+    );
+    let slowest = apply_times.iter().max().unwrap();
+    eprintln!(
+        "{} requests, 0 failed; {} changes, slowest ctl round trip {slowest:?}",
+        log.len(),
+        apply_times.len()
+    );
+}
+
+#[test]
+fn admin_api_runs_the_same_commands() {
+    let backends = three();
+    let server = "";
+    let admin = "[admin]\nenabled = true\naddress = \"127.0.0.1\"\nport = 0\ntoken = \"s3cret\"\n";
+    let corelb = Corelb::start(&config_for(&[(&backends[0], 1)], 1, server, admin));
+    let line = corelb
+        .process
+        .output()
+        .into_iter()
+        .find(|line| line.contains("admin API listening"))
+        .expect("admin line");
+    let start = line.find("address=").unwrap() + "address=".len();
+    let addr: std::net::SocketAddr = line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let call = |method: &str, path: &str, body: &str, token: Option<&str>| {
+        let mut client = Client::connect(addr);
+        let auth = token
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        client.send(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let response = client.read_response();
+        let value: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        (response.status, value)
+    };
+    let token = Some("s3cret");
+    assert_eq!(call("GET", "/api/v1/backends", "", None).0, 401);
+    assert_eq!(call("GET", "/api/v1/backends", "", Some("wrong")).0, 401);
+    let (status, body) = call("GET", "/api/v1/backends", "", token);
+    assert_eq!(
+        (status, body["result"]["backends"].as_array().unwrap().len()),
+        (200, 1)
+    );
+    let (status, body) = call(
+        "POST",
+        "/api/v1/backends",
+        &json!({"url": backends[1].url(), "weight": 2}).to_string(),
+        token,
+    );
+    assert_eq!(status, 200, "{body}");
+    let b = backends[1].addr.to_string();
+    let (status, _) = call(
+        "PUT",
+        &format!("/api/v1/backends/{b}"),
+        r#"{"weight": 4}"#,
+        token,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        call("PUT", "/api/v1/backends/nope", r#"{"weight": 4}"#, token).0,
+        404
+    );
+    assert_eq!(call("POST", "/api/v1/backends", "{broken", token).0, 400);
+    assert_eq!(
+        call("POST", "/api/v1/backends", r#"{"url": "ftp://x"}"#, token).0,
+        422
+    );
+    let (status, body) = call("GET", "/api/v1/config", "", token);
+    assert_eq!(status, 200);
+    assert!(body["result"]["toml"]
+        .as_str()
+        .unwrap()
+        .contains("weight = 4"));
+    let (status, _) = call("DELETE", &format!("/api/v1/backends/{b}"), "", token);
+    assert_eq!(status, 200);
+    let (status, body) = call("GET", "/api/v1/versions", "", token);
+    assert_eq!((status, body["result"]["current"].as_u64()), (200, Some(4)));
+    let (status, _) = call("POST", "/api/v1/rollback", r#"{"version": 2}"#, token);
+    assert_eq!(status, 200);
+    assert!(
+        served_by(&corelb, 10).contains_key("b"),
+        "rollback through the API restored b"
+    );
+    let new_config = config_for(&[(&backends[2], 1)], 1, server, admin);
+    let (status, body) = call("POST", "/api/v1/config", &new_config, token);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&corelb, 3).keys().collect::<Vec<_>>(), ["c"]);
+    assert_eq!(call("GET", "/api/v1/nothing", "", token).0, 404);
+}
+
+#[test]
+fn admin_api_off_loopback_requires_a_token() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "open.toml",
+        "[[frontends]]\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n[admin]\nenabled = true\naddress = \"0.0.0.0\"\n",
+    );
+    let output = std::process::Command::new(common::CORELB)
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(
+        "admin.token: is required when admin.address (0.0.0.0) is not a loopback address"
+    ));
+}
