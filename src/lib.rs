@@ -2,6 +2,7 @@
 //! below follow it: pure modules (`config`, `http`, `balance`, `upstream`), per-core modules (`net`, `proxy`,
 //! `worker`), and the `control` thread that reaches the cores only through messages.
 
+pub mod access_log;
 pub mod balance;
 pub mod cli;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod control;
 pub mod ctl;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod upstream;

@@ -38,6 +38,8 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let metrics = metrics(&mut top, &mut errors);
     let control = control(&mut top, &mut errors);
     let admin = admin(&mut top, &mut errors);
+    let access_log = access_log(&mut top, &mut errors);
+    let health_endpoint = health_endpoint(&mut top, &mut errors);
     top.finish(&mut errors);
 
     check_port_clashes(&frontends, &metrics, &admin, &mut errors);
@@ -58,6 +60,8 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             metrics,
             control,
             admin,
+            access_log,
+            health_endpoint,
         })
     } else {
         Err(errors)
@@ -455,7 +459,6 @@ fn metrics(top: &mut Section, errors: &mut ConfigErrors) -> MetricsConfig {
         address: section.or("address", IpAddr::V4(Ipv4Addr::LOCALHOST), errors),
         port: section.integer_in("port", 9090, 0, 65535, errors) as u16,
     };
-    refuse_unimplemented(&section, config.enabled, "the metrics endpoint", errors);
     section.finish(errors);
     config
 }
@@ -472,6 +475,38 @@ fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
         socket: PathBuf::from(socket),
         history,
     }
+}
+
+fn access_log(top: &mut Section, errors: &mut ConfigErrors) -> AccessLogConfig {
+    let mut section = top.section("access_log", errors);
+    let enabled = section.or("enabled", false, errors);
+    let format = section.choice(
+        "format",
+        AccessLogFormat::Json,
+        &[("json", AccessLogFormat::Json), ("combined", AccessLogFormat::Combined)],
+        errors,
+    );
+    let path = section.or("path", "stderr".to_string(), errors);
+    if path.is_empty() {
+        errors.push(section.key_path("path"), "must be \"stderr\" or a file path");
+    }
+    section.finish(errors);
+    AccessLogConfig {
+        enabled,
+        format,
+        path: (path != "stderr").then(|| PathBuf::from(path)),
+    }
+}
+
+fn health_endpoint(top: &mut Section, errors: &mut ConfigErrors) -> HealthEndpointConfig {
+    let mut section = top.section("health_endpoint", errors);
+    let enabled = section.or("enabled", true, errors);
+    let path = section.or("path", "/health".to_string(), errors);
+    if !path.starts_with('/') {
+        errors.push(section.key_path("path"), format!("must start with /, got {path:?}"));
+    }
+    section.finish(errors);
+    HealthEndpointConfig { enabled, path }
 }
 
 fn admin(top: &mut Section, errors: &mut ConfigErrors) -> AdminConfig {

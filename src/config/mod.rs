@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub admin: AdminConfig,
+    pub access_log: AccessLogConfig,
+    pub health_endpoint: HealthEndpointConfig,
 }
 
 /// How many worker threads run, on which I/O driver, and how they stop.
@@ -249,6 +251,29 @@ pub struct ControlConfig {
     pub history: usize,
 }
 
+/// One line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// `None` writes to stderr; a file is appended to and reopened on SIGUSR1.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    /// The combined log format, followed by corelb's own fields as `key=value`.
+    Combined,
+}
+
+/// corelb's own health answer on every frontend (and on the metrics listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEndpointConfig {
+    pub enabled: bool,
+    pub path: String,
+}
+
 /// The admin REST API listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -288,5 +313,8 @@ pub fn load_config(path: &Path) -> Result<Config, LoadError> {
 pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
     if config.control.socket.is_relative() {
         config.control.socket = folder.join(&config.control.socket);
+    }
+    if let Some(path) = config.access_log.path.as_mut().filter(|path| path.is_relative()) {
+        *path = folder.join(&*path);
     }
 }

@@ -173,6 +173,24 @@ pub fn to_toml(config: &Config) -> String {
     if let Some(token) = &admin.token {
         let _ = writeln!(out, "token = {}", quote(token));
     }
+    let access = &config.access_log;
+    let _ = writeln!(
+        out,
+        "\n[access_log]\nenabled = {}\nformat = \"{}\"\npath = {}",
+        access.enabled,
+        match access.format {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Combined => "combined",
+        },
+        access.path.as_ref().map_or_else(|| "\"stderr\"".to_string(), |path| quote(&path.display().to_string()))
+    );
+    let health = &config.health_endpoint;
+    let _ = writeln!(
+        out,
+        "\n[health_endpoint]\nenabled = {}\npath = {}",
+        health.enabled,
+        quote(&health.path)
+    );
     out
 }
 
@@ -210,7 +228,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             changes.push(format!("backend {} removed", backend.id));
         }
     }
-    let sections: [(&str, bool); 13] = [
+    let sections: [(&str, bool); 15] = [
         ("server", old.server != new.server),
         ("frontends", old.frontends != new.frontends),
         ("balancer", old.balancer != new.balancer),
@@ -223,10 +241,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("circuitbreaker", old.circuitbreaker != new.circuitbreaker),
         ("logging", old.logging != new.logging),
         ("metrics", old.metrics != new.metrics),
-        (
-            "control",
-            old.control != new.control || old.admin != new.admin,
-        ),
+        ("control", old.control != new.control || old.admin != new.admin),
+        ("access_log", old.access_log != new.access_log),
+        ("health_endpoint", old.health_endpoint != new.health_endpoint),
     ];
     for (name, changed) in sections {
         if changed {

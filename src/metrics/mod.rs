@@ -1,0 +1,310 @@
+//! Metrics as per-core data: each worker counts into its own [`WorkerMetrics`] (plain integers, no atomics), the
+//! control thread collects copies and merges them ([`Merged`]), and renders the result once per scrape
+//! (`control::metrics_text`). Totals are exact because merging is addition.
+
+pub mod histogram;
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::http::Method;
+pub use histogram::Histogram;
+
+/// Method label values: a bounded set, never the raw method.
+pub const METHOD_CLASSES: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OTHER"];
+/// Status class label values.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const CELLS: usize = METHOD_CLASSES.len() * STATUS_CLASSES.len();
+/// The backend label of requests answered without a backend (refused, no backend available).
+pub const NO_BACKEND: &str = "none";
+
+pub fn method_class(method: Method) -> usize {
+    match method {
+        Method::Get => 0,
+        Method::Head => 1,
+        Method::Post => 2,
+        Method::Put => 3,
+        Method::Delete => 4,
+        Method::Options | Method::Trace | Method::Patch | Method::Connect | Method::Other => 5,
+    }
+}
+
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// One frontend's figures on one worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrontendSeries {
+    pub name: String,
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    pub duration: Histogram,
+}
+
+/// One backend's figures on one worker. Requests are per (frontend, method class, status class).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendSeries {
+    pub id: String,
+    /// `[frontend][method][status]`, flattened.
+    pub requests: Vec<u64>,
+    pub upstream: Histogram,
+    pub connections_new: u64,
+    pub connections_reused: u64,
+    pub connections_open: u64,
+    /// Filled when a snapshot is taken.
+    pub connections_idle: u64,
+    pub weight: u32,
+    /// Not marked down by this worker (filled when a snapshot is taken).
+    pub up: bool,
+}
+
+/// What one finished request contributes.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord {
+    pub frontend: usize,
+    /// Slot from [`WorkerMetrics::backend_slot`]; 0 when no backend was involved.
+    pub backend: usize,
+    pub method: Method,
+    pub status: u16,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
+    pub received: u64,
+    pub sent: u64,
+    pub error: Option<&'static str>,
+}
+
+/// Everything one worker counts. Slots only grow, so a backend removed from the config keeps its totals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerMetrics {
+    pub worker: usize,
+    pub frontends: Vec<FrontendSeries>,
+    pub backends: Vec<BackendSeries>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub retries: BTreeMap<&'static str, u64>,
+    pub requests: u64,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: usize, frontends: &[String]) -> WorkerMetrics {
+        let mut metrics = WorkerMetrics {
+            worker,
+            frontends: frontends
+                .iter()
+                .map(|name| FrontendSeries {
+                    name: name.clone(),
+                    ..FrontendSeries::default()
+                })
+                .collect(),
+            backends: Vec::new(),
+            errors: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            requests: 0,
+        };
+        metrics.backend_slot(NO_BACKEND);
+        metrics
+    }
+
+    /// The slot counting for backend `id`, created on first use.
+    pub fn backend_slot(&mut self, id: &str) -> usize {
+        if let Some(slot) = self.backends.iter().position(|series| series.id == id) {
+            return slot;
+        }
+        self.backends.push(BackendSeries {
+            id: id.to_string(),
+            requests: vec![0; self.frontends.len() * CELLS],
+            up: true,
+            ..BackendSeries::default()
+        });
+        self.backends.len() - 1
+    }
+
+    pub fn record(&mut self, record: &RequestRecord) {
+        self.requests += 1;
+        if let Some(frontend) = self.frontends.get_mut(record.frontend) {
+            frontend.received_bytes += record.received;
+            frontend.sent_bytes += record.sent;
+            frontend.duration.observe(record.duration.as_secs_f64());
+        }
+        if let Some(backend) = self.backends.get_mut(record.backend) {
+            let cell = record.frontend * CELLS + method_class(record.method) * STATUS_CLASSES.len() + status_class(record.status);
+            if let Some(count) = backend.requests.get_mut(cell) {
+                *count += 1;
+            }
+            if let Some(upstream) = record.upstream {
+                backend.upstream.observe(upstream.as_secs_f64());
+            }
+        }
+        if let Some(category) = record.error {
+            *self.errors.entry(category).or_insert(0) += 1;
+        }
+    }
+
+    pub fn connection_opened(&mut self, frontend: usize) {
+        if let Some(series) = self.frontends.get_mut(frontend) {
+            series.connections_total += 1;
+            series.connections_active += 1;
+        }
+    }
+
+    pub fn connection_closed(&mut self, frontend: usize) {
+        if let Some(series) = self.frontends.get_mut(frontend) {
+            series.connections_active = series.connections_active.saturating_sub(1);
+        }
+    }
+
+    pub fn upstream_connected(&mut self, slot: usize, reused: bool) {
+        if let Some(series) = self.backends.get_mut(slot) {
+            if reused {
+                series.connections_reused += 1;
+            } else {
+                series.connections_new += 1;
+                series.connections_open += 1;
+            }
+        }
+    }
+
+    pub fn upstream_closed(&mut self, slot: usize) {
+        if let Some(series) = self.backends.get_mut(slot) {
+            series.connections_open = series.connections_open.saturating_sub(1);
+        }
+    }
+
+    pub fn retried(&mut self, reason: &'static str) {
+        *self.retries.entry(reason).or_insert(0) += 1;
+    }
+}
+
+/// Every worker's metrics added together, by frontend name and backend id.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    pub frontends: BTreeMap<String, FrontendSeries>,
+    pub backends: BTreeMap<String, BackendSeries>,
+    pub frontend_names: Vec<String>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub retries: BTreeMap<&'static str, u64>,
+    pub worker_requests: Vec<(usize, u64)>,
+    /// Workers that said a backend is up, and that reported it at all.
+    pub backend_up_votes: BTreeMap<String, (usize, usize)>,
+}
+
+impl Merged {
+    pub fn merge(workers: &[WorkerMetrics]) -> Merged {
+        let mut merged = Merged::default();
+        for worker in workers {
+            merged.worker_requests.push((worker.worker, worker.requests));
+            if merged.frontend_names.is_empty() {
+                merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
+            }
+            for series in &worker.frontends {
+                let total = merged.frontends.entry(series.name.clone()).or_insert_with(|| FrontendSeries {
+                    name: series.name.clone(),
+                    ..FrontendSeries::default()
+                });
+                total.connections_total += series.connections_total;
+                total.connections_active += series.connections_active;
+                total.received_bytes += series.received_bytes;
+                total.sent_bytes += series.sent_bytes;
+                total.duration.merge(&series.duration);
+            }
+            for series in &worker.backends {
+                let total = merged.backends.entry(series.id.clone()).or_insert_with(|| BackendSeries {
+                    id: series.id.clone(),
+                    requests: vec![0; series.requests.len()],
+                    ..BackendSeries::default()
+                });
+                for (mine, theirs) in total.requests.iter_mut().zip(&series.requests) {
+                    *mine += theirs;
+                }
+                total.upstream.merge(&series.upstream);
+                total.connections_new += series.connections_new;
+                total.connections_reused += series.connections_reused;
+                total.connections_open += series.connections_open;
+                total.connections_idle += series.connections_idle;
+                total.weight = total.weight.max(series.weight);
+                let votes = merged.backend_up_votes.entry(series.id.clone()).or_insert((0, 0));
+                votes.0 += usize::from(series.up);
+                votes.1 += 1;
+            }
+            for (category, count) in &worker.errors {
+                *merged.errors.entry(category).or_insert(0) += count;
+            }
+            for (reason, count) in &worker.retries {
+                *merged.retries.entry(reason).or_insert(0) += count;
+            }
+        }
+        merged
+    }
+
+    /// Requests per (frontend, backend, method class, status class), non-zero cells only.
+    pub fn request_cells(&self) -> Vec<(&str, &str, &'static str, &'static str, u64)> {
+        let mut cells = Vec::new();
+        for (id, series) in &self.backends {
+            for (index, &count) in series.requests.iter().enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                let frontend = index / CELLS;
+                let method = index % CELLS / STATUS_CLASSES.len();
+                let status = index % STATUS_CLASSES.len();
+                let name = self.frontend_names.get(frontend).map_or("?", String::as_str);
+                cells.push((name, id.as_str(), METHOD_CLASSES[method], STATUS_CLASSES[status], count));
+            }
+        }
+        cells
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.worker_requests.iter().map(|(_, count)| count).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(frontend: usize, backend: usize, status: u16) -> RequestRecord {
+        RequestRecord {
+            frontend,
+            backend,
+            method: Method::Get,
+            status,
+            duration: Duration::from_micros(300),
+            upstream: (backend != 0).then_some(Duration::from_micros(200)),
+            received: 100,
+            sent: 1000,
+            error: (status >= 500).then_some("connect_failed"),
+        }
+    }
+
+    #[test]
+    fn merged_totals_are_exact_across_workers() {
+        let names = vec!["web".to_string(), "api".to_string()];
+        let mut first = WorkerMetrics::new(0, &names);
+        let mut second = WorkerMetrics::new(1, &names);
+        let a_first = first.backend_slot("a");
+        let b_second = second.backend_slot("b");
+        let a_second = second.backend_slot("a");
+        for _ in 0..7 {
+            first.record(&record(0, a_first, 200));
+        }
+        for _ in 0..5 {
+            second.record(&record(1, a_second, 200));
+            second.record(&record(0, b_second, 502));
+        }
+        second.record(&record(0, 0, 400));
+        let merged = Merged::merge(&[first, second]);
+        assert_eq!(merged.total_requests(), 18);
+        let cells: u64 = merged.request_cells().iter().map(|cell| cell.4).sum();
+        assert_eq!(cells, 18, "every request is in exactly one cell");
+        assert!(merged.request_cells().contains(&("api", "a", "GET", "2xx", 5)));
+        assert!(merged.request_cells().contains(&("web", "none", "GET", "4xx", 1)));
+        assert_eq!(merged.backends["a"].upstream.count(), 12);
+        assert_eq!(merged.frontends["web"].duration.count(), 13);
+        assert_eq!(merged.errors["connect_failed"], 5);
+    }
+}
+pub mod render;

@@ -1,0 +1,212 @@
+//! Renders merged metrics in the Prometheus text format with the `prometheus` crate's encoder, so the output
+//! follows the exposition format exactly (escaping, `+Inf`, `_bucket`/`_sum`/`_count`).
+
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram as ProtoHistogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+
+use super::names::*;
+use super::{Histogram, Merged};
+
+/// Figures only the control thread knows.
+#[derive(Debug, Clone)]
+pub struct ControlFigures {
+    pub config_version: u64,
+    pub last_reload_successful: bool,
+    pub last_reload_unix_seconds: f64,
+    pub io_driver: String,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
+
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_string());
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        Family(family)
+    }
+
+    fn counter(&mut self, pairs: &[(&str, &str)], value: f64) {
+        let mut counter = Counter::default();
+        counter.set_value(value);
+        let mut metric = Metric::default();
+        metric.set_label(labels(pairs));
+        metric.set_counter(counter);
+        self.0.mut_metric().push(metric);
+    }
+
+    fn gauge(&mut self, pairs: &[(&str, &str)], value: f64) {
+        let mut gauge = Gauge::default();
+        gauge.set_value(value);
+        let mut metric = Metric::default();
+        metric.set_label(labels(pairs));
+        metric.set_gauge(gauge);
+        self.0.mut_metric().push(metric);
+    }
+
+    fn histogram(&mut self, pairs: &[(&str, &str)], histogram: &Histogram) {
+        let mut proto = ProtoHistogram::default();
+        proto.set_sample_count(histogram.count());
+        proto.set_sample_sum(histogram.sum());
+        let buckets = histogram
+            .cumulative()
+            .map(|(bound, count)| {
+                let mut bucket = Bucket::default();
+                bucket.set_upper_bound(bound);
+                bucket.set_cumulative_count(count);
+                bucket
+            })
+            .collect();
+        proto.set_bucket(buckets);
+        let mut metric = Metric::default();
+        metric.set_label(labels(pairs));
+        metric.set_histogram(proto);
+        self.0.mut_metric().push(metric);
+    }
+}
+
+/// The whole exposition for one scrape.
+pub fn render(merged: &Merged, control: &ControlFigures) -> String {
+    let mut families = Vec::new();
+
+    let mut requests = Family::new(REQUESTS, "Requests answered, by frontend, backend, method and status class.", MetricType::COUNTER);
+    for (frontend, backend, method, status, count) in merged.request_cells() {
+        requests.counter(&[("frontend", frontend), ("backend", backend), ("method", method), ("status_class", status)], count as f64);
+    }
+    families.push(requests);
+
+    let mut duration = Family::new(REQUEST_DURATION, "Time from a complete request head to the last response byte.", MetricType::HISTOGRAM);
+    let mut received = Family::new(RECEIVED_BYTES, "Bytes received from clients (heads and bodies).", MetricType::COUNTER);
+    let mut sent = Family::new(SENT_BYTES, "Bytes sent to clients (heads and bodies).", MetricType::COUNTER);
+    let mut active = Family::new(CLIENT_CONNECTIONS_ACTIVE, "Client connections open now.", MetricType::GAUGE);
+    let mut accepted = Family::new(CLIENT_CONNECTIONS, "Client connections accepted.", MetricType::COUNTER);
+    for (name, series) in &merged.frontends {
+        let pairs = [("frontend", name.as_str())];
+        duration.histogram(&pairs, &series.duration);
+        received.counter(&pairs, series.received_bytes as f64);
+        sent.counter(&pairs, series.sent_bytes as f64);
+        active.gauge(&pairs, series.connections_active as f64);
+        accepted.counter(&pairs, series.connections_total as f64);
+    }
+    families.extend([duration, received, sent, active, accepted]);
+
+    let mut upstream = Family::new(UPSTREAM_RESPONSE, "Time from sending a request upstream to its response head.", MetricType::HISTOGRAM);
+    let mut connections = Family::new(UPSTREAM_CONNECTIONS, "Upstream connections used, newly opened or reused from the pool.", MetricType::COUNTER);
+    let mut idle = Family::new(UPSTREAM_CONNECTIONS_IDLE, "Idle upstream keep-alive connections.", MetricType::GAUGE);
+    let mut open = Family::new(UPSTREAM_CONNECTIONS_OPEN, "Upstream connections open (in use plus idle).", MetricType::GAUGE);
+    let mut up = Family::new(BACKEND_UP, "1 when no worker has the backend marked down.", MetricType::GAUGE);
+    let mut weight = Family::new(BACKEND_WEIGHT, "Configured backend weight.", MetricType::GAUGE);
+    for (id, series) in &merged.backends {
+        if id == super::NO_BACKEND {
+            continue;
+        }
+        let pairs = [("backend", id.as_str())];
+        upstream.histogram(&pairs, &series.upstream);
+        connections.counter(&[("backend", id), ("kind", "new")], series.connections_new as f64);
+        connections.counter(&[("backend", id), ("kind", "reused")], series.connections_reused as f64);
+        idle.gauge(&pairs, series.connections_idle as f64);
+        open.gauge(&pairs, series.connections_open as f64);
+        if let Some((votes, workers)) = merged.backend_up_votes.get(id) {
+            up.gauge(&pairs, if votes == workers { 1.0 } else { 0.0 });
+        }
+        weight.gauge(&pairs, f64::from(series.weight));
+    }
+    families.extend([upstream, connections, idle, open, up, weight]);
+
+    let mut errors = Family::new(ERRORS, "Failed requests by error category.", MetricType::COUNTER);
+    for (category, count) in &merged.errors {
+        errors.counter(&[("category", category)], *count as f64);
+    }
+    families.push(errors);
+    let mut retries = Family::new(RETRIES, "Requests sent again: to another backend after a failed connect, or on a fresh connection after a stale one.", MetricType::COUNTER);
+    for (reason, count) in &merged.retries {
+        retries.counter(&[("reason", reason)], *count as f64);
+    }
+    families.push(retries);
+    let mut per_worker = Family::new(WORKER_REQUESTS, "Requests answered by each worker (shows SO_REUSEPORT imbalance).", MetricType::COUNTER);
+    for (worker, count) in &merged.worker_requests {
+        per_worker.counter(&[("worker", &worker.to_string())], *count as f64);
+    }
+    families.push(per_worker);
+
+    let mut version = Family::new(CONFIG_VERSION, "Version of the config in force.", MetricType::GAUGE);
+    version.gauge(&[], control.config_version as f64);
+    let mut reload_ok = Family::new(CONFIG_LAST_RELOAD_SUCCESS, "1 when the last reload or apply succeeded.", MetricType::GAUGE);
+    reload_ok.gauge(&[], if control.last_reload_successful { 1.0 } else { 0.0 });
+    let mut reload_time = Family::new(CONFIG_LAST_RELOAD_TIME, "When the last reload or apply was attempted.", MetricType::GAUGE);
+    reload_time.gauge(&[], control.last_reload_unix_seconds);
+    let mut build = Family::new(BUILD_INFO, "Build and runtime facts; always 1.", MetricType::GAUGE);
+    build.gauge(&[("version", env!("CARGO_PKG_VERSION")), ("io_driver", &control.io_driver)], 1.0);
+    families.extend([version, reload_ok, reload_time, build]);
+
+    let families: Vec<MetricFamily> = families
+        .into_iter()
+        .map(|family| family.0)
+        .filter(|family| !family.get_metric().is_empty())
+        .collect();
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for valid families; an error would be a bug in the names above.
+    if let Err(error) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %error, "metrics encoding failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Method;
+    use crate::metrics::{RequestRecord, WorkerMetrics};
+    use std::time::Duration;
+
+    #[test]
+    fn renders_every_family_with_exact_counts() {
+        let mut worker = WorkerMetrics::new(0, &["web".to_string()]);
+        let slot = worker.backend_slot("a");
+        worker.connection_opened(0);
+        worker.upstream_connected(slot, false);
+        worker.retried("connect");
+        for _ in 0..3 {
+            worker.record(&RequestRecord {
+                frontend: 0,
+                backend: slot,
+                method: Method::Post,
+                status: 201,
+                duration: Duration::from_micros(120),
+                upstream: Some(Duration::from_micros(80)),
+                received: 10,
+                sent: 20,
+                error: None,
+            });
+        }
+        let text = render(
+            &Merged::merge(&[worker]),
+            &ControlFigures {
+                config_version: 3,
+                last_reload_successful: true,
+                last_reload_unix_seconds: 1.0,
+                io_driver: "io_uring".into(),
+            },
+        );
+        assert!(text.contains("corelb_requests_total{frontend=\"web\",backend=\"a\",method=\"POST\",status_class=\"2xx\"} 3"), "{text}");
+        assert!(text.contains("corelb_request_duration_seconds_bucket{frontend=\"web\",le=\"0.00025\"} 3"), "{text}");
+        assert!(text.contains("corelb_request_duration_seconds_count{frontend=\"web\"} 3"), "{text}");
+        assert!(text.contains("corelb_upstream_connections_total{backend=\"a\",kind=\"new\"} 1"), "{text}");
+        assert!(text.contains("corelb_config_version 3"), "{text}");
+        assert!(text.contains("corelb_build_info{version=\""), "{text}");
+        assert!(text.contains("# TYPE corelb_retries_total counter"), "{text}");
+    }
+}
