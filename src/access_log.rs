@@ -52,7 +52,9 @@ pub fn start_writer(path: Option<PathBuf>) -> std::io::Result<Sender<LogMessage>
                         if let Some(path) = &path {
                             match open(path) {
                                 Ok(reopened) => file = Some(reopened),
-                                Err(error) => tracing::error!(error = %error, path = %path.display(), "access log reopen failed"),
+                                Err(error) => {
+                                    tracing::error!(error = %error, path = %path.display(), "access log reopen failed")
+                                }
                             }
                         }
                     }
@@ -129,7 +131,11 @@ fn civil(time: SystemTime) -> (i64, u32, u32, u64, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day, seconds % 86_400, since.subsec_millis())
 }
@@ -174,7 +180,9 @@ pub fn format_entry(out: &mut String, entry: &Entry, format: AccessLogFormat) {
             let _ = writeln!(out, ",\"request_id\":\"{}\"}}", entry.request_id);
         }
         AccessLogFormat::Combined => {
-            const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
             let month_name = MONTHS[(month as usize).clamp(1, 12) - 1];
             let _ = write!(
                 out,
@@ -186,7 +194,15 @@ pub fn format_entry(out: &mut String, entry: &Entry, format: AccessLogFormat) {
             let _ = write!(out, " {}\" {} {} \"", entry.version, entry.status, entry.bytes_sent);
             quoted_escaped(out, if entry.referer.is_empty() { b"-" } else { entry.referer }, 256);
             out.push_str("\" \"");
-            quoted_escaped(out, if entry.user_agent.is_empty() { b"-" } else { entry.user_agent }, 256);
+            quoted_escaped(
+                out,
+                if entry.user_agent.is_empty() {
+                    b"-"
+                } else {
+                    entry.user_agent
+                },
+                256,
+            );
             let _ = write!(out, "\" rt={duration:.6} urt=");
             match entry.upstream {
                 Some(upstream) => {
@@ -243,7 +259,16 @@ mod tests {
         assert_eq!(value["status"], 200);
         assert_eq!(value["upstream_seconds"], 0.0009);
         assert_eq!(value["error"], serde_json::Value::Null);
-        for key in ["client", "method", "bytes_sent", "duration_seconds", "backend", "worker", "request_id", "frontend"] {
+        for key in [
+            "client",
+            "method",
+            "bytes_sent",
+            "duration_seconds",
+            "backend",
+            "worker",
+            "request_id",
+            "frontend",
+        ] {
             assert!(value.get(key).is_some(), "{key}");
         }
     }

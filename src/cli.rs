@@ -14,11 +14,7 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "corelb",
-    version,
-    about = "Thread-per-core HTTP load balancer on io_uring"
-)]
+#[command(name = "corelb", version, about = "Thread-per-core HTTP load balancer on io_uring")]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -117,11 +113,7 @@ fn run(args: &RunArgs) -> ExitCode {
         }
     };
     crate::logging::init(&config.logging);
-    let control = match Control::start(
-        &args.config,
-        config,
-        args.io_driver.map(IoDriverChoice::from),
-    ) {
+    let control = match Control::start(&args.config, config, args.io_driver.map(IoDriverChoice::from)) {
         Ok(control) => control,
         Err(error) => {
             tracing::error!(error = %error, "corelb failed to start");

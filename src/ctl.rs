@@ -48,6 +48,12 @@ enum Verb {
     LogLevel { level: String },
     /// Replace the backend set in batches; without --to, shows the rollout's status.
     Rollout(RolloutArgs),
+    /// Merged metrics as a summary: request rate over --interval, latency quantiles, errors, per-backend split.
+    Metrics {
+        /// How long to sample the request rate, e.g. "1s".
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,19 +107,14 @@ struct RolloutArgs {
 const EXIT_UNREACHABLE: u8 = 2;
 
 fn read_file(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+    std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
 }
 
 fn target_urls(to: &str) -> Result<Vec<String>, String> {
     let path = Path::new(to);
     if path.is_file() {
         let config = load_config(path).map_err(|error| error.to_string())?;
-        return Ok(config
-            .backends
-            .into_iter()
-            .map(|backend| backend.url)
-            .collect());
+        return Ok(config.backends.into_iter().map(|backend| backend.url).collect());
     }
     Ok(to
         .split(',')
@@ -148,6 +149,7 @@ fn request_for(verb: &Verb) -> Result<Value, String> {
         Verb::Versions => json!({"cmd": "versions"}),
         Verb::Rollback { version } => json!({"cmd": "rollback", "version": version}),
         Verb::LogLevel { level } => json!({"cmd": "log_level", "level": level}),
+        Verb::Metrics { .. } => json!({"cmd": "metrics_summary"}),
         Verb::Rollout(args) => match (&args.to, args.action.as_deref()) {
             (Some(to), None | Some("start")) => json!({
                 "cmd": "rollout_start",
@@ -174,9 +176,7 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
     }
     load_config(&args.config)
         .map(|config| config.control.socket)
-        .map_err(|error| {
-            format!("{error}\n(use --socket PATH to name the control socket directly)")
-        })
+        .map_err(|error| format!("{error}\n(use --socket PATH to name the control socket directly)"))
 }
 
 /// Runs `corelb ctl`.
@@ -195,13 +195,34 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    let reply = match exchange(&path, &request) {
+    let mut reply = match exchange(&path, &request) {
         Ok(reply) => reply,
         Err(error) => {
             eprintln!("error: cannot reach corelb at {}: {error}", path.display());
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
+    if let Verb::Metrics { interval } = &args.verb {
+        // Two samples, `interval` apart: the rate is their difference.
+        let Ok(interval) = crate::config::duration::parse_duration(interval) else {
+            eprintln!("error: --interval: not a duration such as \"1s\"");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        };
+        std::thread::sleep(interval);
+        let before = reply["result"]["requests"].as_u64().unwrap_or(0);
+        reply = match exchange(&path, &request) {
+            Ok(reply) => reply,
+            Err(error) => {
+                eprintln!("error: cannot reach corelb at {}: {error}", path.display());
+                return ExitCode::from(EXIT_UNREACHABLE);
+            }
+        };
+        let after = reply["result"]["requests"].as_u64().unwrap_or(0);
+        let rate = after.saturating_sub(before) as f64 / interval.as_secs_f64().max(0.001);
+        if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
+            result.insert("requests_per_second".to_string(), json!(rate));
+        }
+    }
     let ok = reply.get("ok").and_then(Value::as_bool).unwrap_or(false);
     if args.json {
         println!("{reply}");
@@ -229,8 +250,7 @@ fn exchange(path: &Path, request: &Value) -> std::io::Result<Value> {
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply)?;
-    serde_json::from_str(&reply)
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+    serde_json::from_str(&reply).map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))
 }
 
 fn text(value: &Value, key: &str) -> String {
@@ -282,18 +302,7 @@ fn print_backends(backends: &Value) {
             .collect()
         })
         .collect();
-    print_table(
-        &[
-            "ID",
-            "URL",
-            "WEIGHT",
-            "STATE",
-            "HEALTH",
-            "IN-FLIGHT",
-            "IDLE",
-        ],
-        &rows,
-    );
+    print_table(&["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE"], &rows);
 }
 
 fn print_result(verb: &Verb, result: &Value) {
@@ -304,10 +313,7 @@ fn print_result(verb: &Verb, result: &Value) {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            let drivers: Vec<String> = workers
-                .iter()
-                .map(|worker| text(worker, "driver"))
-                .collect();
+            let drivers: Vec<String> = workers.iter().map(|worker| text(worker, "driver")).collect();
             println!(
                 "corelb: config version {}, up {}s, {} workers ({}), {}",
                 text(result, "version"),
@@ -316,17 +322,8 @@ fn print_result(verb: &Verb, result: &Value) {
                 drivers.join(","),
                 text(result, "algorithm")
             );
-            for frontend in result
-                .get("frontends")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                println!(
-                    "frontend {} on {}",
-                    text(frontend, "name"),
-                    text(frontend, "address")
-                );
+            for frontend in result.get("frontends").and_then(Value::as_array).into_iter().flatten() {
+                println!("frontend {} on {}", text(frontend, "name"), text(frontend, "address"));
             }
             print_backends(result.get("backends").unwrap_or(&Value::Null));
             if let Some(rollout) = result.get("rollout").filter(|rollout| !rollout.is_null()) {
@@ -355,11 +352,7 @@ fn print_result(verb: &Verb, result: &Value) {
             if !restart.is_empty() {
                 println!(
                     "needs a restart: {}",
-                    restart
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    restart.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
                 );
             }
         }
@@ -384,10 +377,49 @@ fn print_result(verb: &Verb, result: &Value) {
             print_table(&["VERSION", "APPLIED", "SOURCE", "SUMMARY"], &rows);
         }
         Verb::LogLevel { .. } => println!("log level: {}", text(result, "level")),
-        Verb::Rollout(_) => println!(
-            "{}",
-            serde_json::to_string_pretty(result).unwrap_or_default()
-        ),
+        Verb::Metrics { .. } => {
+            let millis = |key: &str| {
+                result
+                    .get(key)
+                    .and_then(Value::as_f64)
+                    .map_or("-".to_string(), |seconds| format!("{:.3}ms", seconds * 1000.0))
+            };
+            println!(
+                "requests: {} total, {:.1}/s; latency p50 <= {}, p99 <= {}; errors: {}",
+                text(result, "requests"),
+                result.get("requests_per_second").and_then(Value::as_f64).unwrap_or(0.0),
+                millis("p50_seconds"),
+                millis("p99_seconds"),
+                text(result, "errors")
+            );
+            if let Some(errors) = result
+                .get("errors_by_category")
+                .and_then(Value::as_object)
+                .filter(|errors| !errors.is_empty())
+            {
+                let parts: Vec<String> = errors
+                    .iter()
+                    .map(|(category, count)| format!("{category}={count}"))
+                    .collect();
+                println!("errors by category: {}", parts.join(" "));
+            }
+            let rows: Vec<Vec<String>> = result
+                .get("backends")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(id, backend)| {
+                    vec![
+                        id.clone(),
+                        text(backend, "requests"),
+                        text(backend, "connections_new"),
+                        text(backend, "connections_reused"),
+                    ]
+                })
+                .collect();
+            print_table(&["BACKEND", "REQUESTS", "CONN-NEW", "CONN-REUSED"], &rows);
+        }
+        Verb::Rollout(_) => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
         _ => {
             let changes: Vec<String> = result
                 .get("changes")

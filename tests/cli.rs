@@ -11,12 +11,7 @@ use common::{config_for, Backend, Corelb, Process, TempDir, CORELB};
 fn check(contents: &str) -> (i32, String, String) {
     let dir = TempDir::new();
     let path = dir.write("check.toml", contents);
-    let output = Command::new(CORELB)
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = Command::new(CORELB).arg("check").arg("-c").arg(&path).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -30,20 +25,13 @@ const GOOD: &str = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127
 fn check_accepts_a_good_file_and_the_repository_config() {
     let (code, stdout, stderr) = check(GOOD);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stdout.contains("ok (1 frontend(s), 1 backend(s)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ok (1 frontend(s), 1 backend(s)"), "{stdout}");
     let repository_config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
     let output = Command::new(CORELB)
         .args(["check", "-c", repository_config])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -67,10 +55,7 @@ fn check_reports_every_error_kind_at_once_with_exit_2() {
         "timeouts.connect: expected a number before the unit in \"soon\"",
         "balancer.algorithm: must be one of",
     ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
 }
 
@@ -87,9 +72,7 @@ fn check_refuses_syntax_errors_missing_files_and_empty_configs() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/corelb.toml")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/corelb.toml"));
 }
 
 #[test]
@@ -99,12 +82,7 @@ fn run_with_a_bad_file_exits_2_with_the_message() {
         "bad.toml",
         "[[frontends]]\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\nweight = 5000\n",
     );
-    let output = Command::new(CORELB)
-        .arg("run")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = Command::new(CORELB).arg("run").arg("-c").arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -121,17 +99,10 @@ fn help_is_available_on_every_subcommand() {
     for args in [&["--help"][..], &["run", "--help"], &["check", "--help"]] {
         let output = Command::new(CORELB).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&output.stdout).contains("Usage"),
-            "{args:?}"
-        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage"), "{args:?}");
     }
     let output = Command::new(CORELB).arg("frobnicate").output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "unknown subcommand is a usage error"
-    );
+    assert_eq!(output.status.code(), Some(2), "unknown subcommand is a usage error");
 }
 
 #[test]
@@ -141,14 +112,9 @@ fn run_refuses_a_port_already_taken() {
     let dir = TempDir::new();
     let path = dir.write(
         "taken.toml",
-        &format!("[server]\nworkers = 1\n[[frontends]]\naddress = \"127.0.0.1\"\nport = {port}\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n"),
+        &format!("[server]\nworkers = 1\n[metrics]\nport = 0\n[[frontends]]\naddress = \"127.0.0.1\"\nport = {port}\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n"),
     );
-    let output = Command::new(CORELB)
-        .arg("run")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = Command::new(CORELB).arg("run").arg("-c").arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("cannot listen on"),
@@ -169,7 +135,7 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_running_config() {
     corelb.process.signal(libc::SIGHUP);
     corelb
         .process
-        .wait_for_line("config reloaded", Duration::from_secs(10));
+        .wait_for_line("config applied on every worker", Duration::from_secs(10));
     for _ in 0..10 {
         assert_eq!(
             corelb.get("/").backend_id(),
@@ -180,15 +146,9 @@ fn sighup_reloads_the_file_and_a_broken_file_keeps_the_running_config() {
 
     std::fs::write(&path, "[[frontends]]\nport = \"x\"\n").unwrap();
     corelb.process.signal(libc::SIGHUP);
-    let refusal = corelb
-        .process
-        .wait_for_line("reload refused", Duration::from_secs(10));
+    let refusal = corelb.process.wait_for_line("reload refused", Duration::from_secs(10));
     assert!(refusal.contains("frontends[0].port"), "{refusal}");
-    assert_eq!(
-        corelb.get("/").backend_id(),
-        "second",
-        "old config keeps serving"
-    );
+    assert_eq!(corelb.get("/").backend_id(), "second", "old config keeps serving");
 }
 
 #[test]
@@ -211,10 +171,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     );
     let status = corelb.process.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "no longer listening"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer listening");
 }
 
 #[test]

@@ -12,11 +12,7 @@ use common::{config_for, Backend, Client, Corelb, TempDir};
 use serde_json::json;
 
 fn three() -> [Backend; 3] {
-    [
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    ]
+    [Backend::start("a"), Backend::start("b"), Backend::start("c")]
 }
 
 fn served_by(corelb: &Corelb, count: usize) -> HashMap<String, usize> {
@@ -31,12 +27,7 @@ fn served_by(corelb: &Corelb, count: usize) -> HashMap<String, usize> {
 #[test]
 fn every_verb_works_through_ctl() {
     let backends = three();
-    let corelb = Corelb::start(&config_for(
-        &[(&backends[0], 1), (&backends[1], 1)],
-        2,
-        "",
-        "",
-    ));
+    let corelb = Corelb::start(&config_for(&[(&backends[0], 1), (&backends[1], 1)], 2, "", ""));
     let a = backends[0].addr.to_string();
     let b = backends[1].addr.to_string();
 
@@ -51,10 +42,7 @@ fn every_verb_works_through_ctl() {
     assert_eq!(code, 0);
     assert!(out.contains("applied version 2 on every worker"), "{out}");
     let c = backends[2].addr.to_string();
-    assert!(
-        served_by(&corelb, 30).contains_key("c"),
-        "added backend serves"
-    );
+    assert!(served_by(&corelb, 30).contains_key("c"), "added backend serves");
 
     let (code, out, _) = corelb.ctl(&["backend", "set", &c, "--weight", "5"]);
     assert_eq!(code, 0, "{out}");
@@ -66,8 +54,7 @@ fn every_verb_works_through_ctl() {
     );
     let (_, out, _) = corelb.ctl(&["backends"]);
     assert!(
-        out.lines()
-            .any(|line| line.contains(&a) && line.contains("draining")),
+        out.lines().any(|line| line.contains(&a) && line.contains("draining")),
         "{out}"
     );
 
@@ -87,10 +74,7 @@ fn every_verb_works_through_ctl() {
     let (code, out, _) = corelb.ctl(&["rollback"]);
     assert_eq!(code, 0, "{out}");
     let (_, out, _) = corelb.ctl(&["config", "show"]);
-    assert!(
-        out.contains(&a),
-        "rollback restored the removed backend: {out}"
-    );
+    assert!(out.contains(&a), "rollback restored the removed backend: {out}");
     let (code, _, _) = corelb.ctl(&["rollback", "1"]);
     assert_eq!(code, 0);
     let (_, out, _) = corelb.ctl(&["backends"]);
@@ -105,8 +89,7 @@ fn every_verb_works_through_ctl() {
     let (code, out, _) = corelb.ctl(&["config", "diff", file.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
-        out.contains(&format!("backend {a} removed"))
-            && out.contains(&format!("backend {c} added")),
+        out.contains(&format!("backend {a} removed")) && out.contains(&format!("backend {c} added")),
         "{out}"
     );
     let (code, _, _) = corelb.ctl(&["config", "apply", file.to_str().unwrap()]);
@@ -161,25 +144,16 @@ fn refusals_have_a_kind_and_change_nothing() {
             "refused (invalid_config)",
         ),
         (
-            vec![
-                "backend".into(),
-                "remove".into(),
-                backends[0].addr.to_string(),
-            ],
+            vec!["backend".into(), "remove".into(), backends[0].addr.to_string()],
             "backends: at least one",
         ),
         (vec!["rollback".into(), "99".into()], "refused (not_found)"),
-        (
-            vec!["log-level".into(), "loud".into()],
-            "refused (invalid_request)",
-        ),
+        (vec!["log-level".into(), "loud".into()], "refused (invalid_request)"),
         (
             vec![
                 "config".into(),
                 "apply".into(),
-                dir.write("bad.toml", "[[frontends]\n")
-                    .display()
-                    .to_string(),
+                dir.write("bad.toml", "[[frontends]\n").display().to_string(),
             ],
             "TOML syntax error",
         ),
@@ -198,16 +172,10 @@ fn refusals_have_a_kind_and_change_nothing() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, _, err) = corelb.ctl(&args);
         assert_eq!(code, 1, "{args:?}: {err}");
-        assert!(
-            err.contains(expected),
-            "{args:?}: expected {expected:?} in {err:?}"
-        );
+        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err:?}");
     }
     let (_, out, _) = corelb.ctl(&["versions"]);
-    assert!(
-        out.contains("1*") && !out.contains("\n2"),
-        "nothing was applied: {out}"
-    );
+    assert!(out.contains("1*") && !out.contains("\n2"), "nothing was applied: {out}");
 
     let output = std::process::Command::new(common::CORELB)
         .args(["ctl", "--socket", "/nonexistent/corelb.sock", "status"])
@@ -240,18 +208,12 @@ fn raw_socket_lines_malformed_and_oversized() {
     assert_eq!(replies[2]["id"], "q");
     assert_eq!(replies[2]["error"]["kind"], "invalid_request");
     assert!(
-        replies[3]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("exceeds"),
+        replies[3]["error"]["message"].as_str().unwrap().contains("exceeds"),
         "{}",
         replies[3]
     );
     assert_eq!(replies[4]["id"], 2, "the connection stays usable");
-    assert_eq!(
-        replies[4]["result"]["backends"][0]["id"],
-        backend.addr.to_string()
-    );
+    assert_eq!(replies[4]["result"]["backends"][0]["id"], backend.addr.to_string());
 
     // Many clients at once.
     let socket = corelb.socket();
@@ -302,10 +264,7 @@ impl Load {
                         }
                         let sent = Instant::now();
                         // A failed exchange is recorded as status 0, not a panic, and the client reconnects.
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                client.get("/")
-                            }));
+                        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.get("/")));
                         let (status, id) = match outcome {
                             Ok(response) => (
                                 response.status,
@@ -345,12 +304,7 @@ fn live_changes_under_load_lose_no_request() {
         Backend::start("c"),
         Backend::start("d"),
     ];
-    let corelb = Corelb::start(&config_for(
-        &[(&backends[0], 1), (&backends[1], 1)],
-        2,
-        "",
-        "",
-    ));
+    let corelb = Corelb::start(&config_for(&[(&backends[0], 1), (&backends[1], 1)], 2, "", ""));
     let load = Load::start(&corelb, 4);
     std::thread::sleep(Duration::from_millis(200));
     // (removed at, no longer absent from, backend): no request sent in between, 1s after removal, may reach it.
@@ -364,13 +318,7 @@ fn live_changes_under_load_lose_no_request() {
         Instant::now()
     };
     ctl(&["backend", "add", &backends[2].url()]);
-    ctl(&[
-        "backend",
-        "set",
-        &backends[0].addr.to_string(),
-        "--weight",
-        "3",
-    ]);
+    ctl(&["backend", "set", &backends[0].addr.to_string(), "--weight", "3"]);
     ctl(&["backend", "drain", &backends[1].addr.to_string()]);
     let removed_b = ctl(&["backend", "remove", &backends[1].addr.to_string()]);
     let dir = TempDir::new();
@@ -394,15 +342,7 @@ fn live_changes_under_load_lose_no_request() {
         .to_string();
     let target = format!("{},{}", backends[1].url(), backends[3].url());
     let rollout_issued = Instant::now();
-    ctl(&[
-        "rollout",
-        "--to",
-        &target,
-        "--batch",
-        "1",
-        "--interval",
-        "100ms",
-    ]);
+    ctl(&["rollout", "--to", &target, "--batch", "1", "--interval", "100ms"]);
     absences.push((removed_b, rollout_issued, "b"));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -410,10 +350,7 @@ fn live_changes_under_load_lose_no_request() {
         if reply["result"]["state"] == "done" {
             break;
         }
-        assert_ne!(
-            reply["result"]["state"], "paused",
-            "rollout paused: {reply}"
-        );
+        assert_ne!(reply["result"]["state"], "paused", "rollout paused: {reply}");
         assert!(Instant::now() < deadline, "rollout did not finish: {reply}");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -440,9 +377,7 @@ fn live_changes_under_load_lose_no_request() {
     for (removed_at, back_at, removed) in absences {
         let late = log
             .iter()
-            .filter(|(sent, _, id)| {
-                *sent > removed_at + Duration::from_secs(1) && *sent < back_at && id == removed
-            })
+            .filter(|(sent, _, id)| *sent > removed_at + Duration::from_secs(1) && *sent < back_at && id == removed)
             .count();
         assert_eq!(
             late, 0,
@@ -454,10 +389,7 @@ fn live_changes_under_load_lose_no_request() {
         .filter(|(sent, _, _)| *sent > rolled_back + Duration::from_millis(100))
         .map(|(_, _, id)| id.as_str())
         .collect();
-    assert!(
-        after_rollback.contains(&"a"),
-        "the rollback restored a's traffic"
-    );
+    assert!(after_rollback.contains(&"a"), "the rollback restored a's traffic");
     let slowest = apply_times.iter().max().unwrap();
     eprintln!(
         "{} requests, 0 failed; {} changes, slowest ctl round trip {slowest:?}",
@@ -479,12 +411,7 @@ fn admin_api_runs_the_same_commands() {
         .find(|line| line.contains("admin API listening"))
         .expect("admin line");
     let start = line.find("address=").unwrap() + "address=".len();
-    let addr: std::net::SocketAddr = line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = line[start..].split_whitespace().next().unwrap().parse().unwrap();
     let call = |method: &str, path: &str, body: &str, token: Option<&str>| {
         let mut client = Client::connect(addr);
         let auth = token
@@ -505,10 +432,7 @@ fn admin_api_runs_the_same_commands() {
     assert_eq!(call("GET", "/api/v1/backends", "", None).0, 401);
     assert_eq!(call("GET", "/api/v1/backends", "", Some("wrong")).0, 401);
     let (status, body) = call("GET", "/api/v1/backends", "", token);
-    assert_eq!(
-        (status, body["result"]["backends"].as_array().unwrap().len()),
-        (200, 1)
-    );
+    assert_eq!((status, body["result"]["backends"].as_array().unwrap().len()), (200, 1));
     let (status, body) = call(
         "POST",
         "/api/v1/backends",
@@ -517,28 +441,14 @@ fn admin_api_runs_the_same_commands() {
     );
     assert_eq!(status, 200, "{body}");
     let b = backends[1].addr.to_string();
-    let (status, _) = call(
-        "PUT",
-        &format!("/api/v1/backends/{b}"),
-        r#"{"weight": 4}"#,
-        token,
-    );
+    let (status, _) = call("PUT", &format!("/api/v1/backends/{b}"), r#"{"weight": 4}"#, token);
     assert_eq!(status, 200);
-    assert_eq!(
-        call("PUT", "/api/v1/backends/nope", r#"{"weight": 4}"#, token).0,
-        404
-    );
+    assert_eq!(call("PUT", "/api/v1/backends/nope", r#"{"weight": 4}"#, token).0, 404);
     assert_eq!(call("POST", "/api/v1/backends", "{broken", token).0, 400);
-    assert_eq!(
-        call("POST", "/api/v1/backends", r#"{"url": "ftp://x"}"#, token).0,
-        422
-    );
+    assert_eq!(call("POST", "/api/v1/backends", r#"{"url": "ftp://x"}"#, token).0, 422);
     let (status, body) = call("GET", "/api/v1/config", "", token);
     assert_eq!(status, 200);
-    assert!(body["result"]["toml"]
-        .as_str()
-        .unwrap()
-        .contains("weight = 4"));
+    assert!(body["result"]["toml"].as_str().unwrap().contains("weight = 4"));
     let (status, _) = call("DELETE", &format!("/api/v1/backends/{b}"), "", token);
     assert_eq!(status, 200);
     let (status, body) = call("GET", "/api/v1/versions", "", token);
@@ -570,7 +480,6 @@ fn admin_api_off_loopback_requires_a_token() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains(
-        "admin.token: is required when admin.address (0.0.0.0) is not a loopback address"
-    ));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("admin.token: is required when admin.address (0.0.0.0) is not a loopback address"));
 }

@@ -12,19 +12,13 @@ fn echo_headers(response: &common::Response) -> Vec<(String, String)> {
     // The echo body lists headers as ["Name","value"] pairs; pull them out without a JSON dependency.
     let text = response.text();
     let start = text.find("\"headers\":[").expect("headers in echo") + "\"headers\":[".len();
-    let end = text[start..]
-        .find("],\"body_length\"")
-        .expect("end of headers")
-        + start;
+    let end = text[start..].find("],\"body_length\"").expect("end of headers") + start;
     text[start..end]
         .split("],[")
         .map(|pair| {
             let pair = pair.trim_matches(|c| c == '[' || c == ']');
             let (name, value) = pair.split_once("\",\"").expect("pair");
-            (
-                name.trim_matches('"').to_string(),
-                value.trim_matches('"').to_string(),
-            )
+            (name.trim_matches('"').to_string(), value.trim_matches('"').to_string())
         })
         .collect()
 }
@@ -65,26 +59,15 @@ fn hop_by_hop_fields_are_removed_and_forwarding_fields_set() {
         "Proxy-Authorization",
         "Proxy",
     ] {
-        assert!(
-            header(&seen, removed).is_empty(),
-            "{removed} was forwarded: {seen:?}"
-        );
+        assert!(header(&seen, removed).is_empty(), "{removed} was forwarded: {seen:?}");
     }
     assert_eq!(header(&seen, "Host"), ["shop.example"], "Host is kept");
     assert_eq!(header(&seen, "Accept"), ["text/plain"]);
-    assert_eq!(
-        header(&seen, "X-Forwarded-For"),
-        ["203.0.113.7, 127.0.0.1"],
-        "appended"
-    );
+    assert_eq!(header(&seen, "X-Forwarded-For"), ["203.0.113.7, 127.0.0.1"], "appended");
     assert_eq!(header(&seen, "X-Forwarded-Proto"), ["http"]);
     assert_eq!(header(&seen, "X-Forwarded-Host"), ["shop.example"]);
     assert_eq!(header(&seen, "Via"), ["1.0 edge, 1.1 corelb"]);
-    assert_eq!(
-        response.header("Via"),
-        Some("1.1 corelb"),
-        "Via on the response too"
-    );
+    assert_eq!(response.header("Via"), Some("1.1 corelb"), "Via on the response too");
 }
 
 #[test]
@@ -94,10 +77,7 @@ fn http10_clients_are_served_and_closed_unless_keep_alive() {
     client.send(b"GET /bytes?n=1000&chunked=1 HTTP/1.0\r\n\r\n");
     let response = client.read_response();
     assert_eq!(response.status, 200);
-    assert!(
-        !response.chunked,
-        "no chunked coding for an HTTP/1.0 client"
-    );
+    assert!(!response.chunked, "no chunked coding for an HTTP/1.0 client");
     assert_eq!(response.body.len(), 1000);
     assert!(
         client.is_closed_by_peer(Duration::from_secs(5)),
@@ -151,21 +131,15 @@ fn pipelined_requests_are_answered_in_order() {
     let mut client = corelb.client();
     let mut burst = Vec::new();
     for index in 0..10 {
-        burst.extend_from_slice(
-            format!("GET /echo?n={index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
-        );
+        burst.extend_from_slice(format!("GET /echo?n={index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
     }
-    burst.extend_from_slice(
-        b"POST /echo?n=10 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
-    );
+    burst.extend_from_slice(b"POST /echo?n=10 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
     client.send(&burst);
     for index in 0..=10 {
         let response = client.read_response();
         assert_eq!(response.status, 200);
         assert!(
-            response
-                .text()
-                .contains(&format!("\"path\":\"/echo?n={index}\"")),
+            response.text().contains(&format!("\"path\":\"/echo?n={index}\"")),
             "{index}: {}",
             response.text()
         );
@@ -176,21 +150,30 @@ fn pipelined_requests_are_answered_in_order() {
 fn malformed_requests_get_the_right_status_and_never_reach_a_backend() {
     let (backend, corelb) = single_backend();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "x".repeat(9000));
-    let huge_header = format!(
-        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
-        "y".repeat(17000)
-    );
+    let huge_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "y".repeat(17000));
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            400,
+        ),
         (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n  folded\r\n\r\n".to_vec(), 400),
         (b"GET\x01 / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n".to_vec(), 505),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(), 501),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+            501,
+        ),
         (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n".to_vec(), 417),
         (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n".to_vec(), 405),
         (long_target.into_bytes(), 414),
@@ -227,35 +210,23 @@ fn malformed_requests_get_the_right_status_and_never_reach_a_backend() {
 fn malformed_chunked_body_is_refused_with_400() {
     let (_backend, corelb) = single_backend();
     let mut client = corelb.client();
-    client.send(
-        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
-    );
+    client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n");
     let response = client.read_response();
     assert_eq!(response.status, 400);
-    assert!(
-        response.text().contains("bad_request_body"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().contains("bad_request_body"), "{}", response.text());
 }
 
 #[test]
 fn expect_continue_is_answered_by_the_proxy() {
     let (_backend, corelb) = single_backend();
     let mut client = corelb.client();
-    client.send(
-        b"PUT /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
-    );
+    client.send(b"PUT /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     let interim = client.read_response();
     assert_eq!(interim.status, 100);
     client.send(b"data");
     let response = client.read_response();
     assert_eq!(response.status, 200);
-    assert!(
-        response.text().contains("\"body_length\":4"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().contains("\"body_length\":4"), "{}", response.text());
     assert!(
         !response.text().contains("Expect"),
         "Expect not forwarded: {}",
@@ -287,10 +258,7 @@ fn absolute_form_target_is_sent_in_origin_form() {
         "{}",
         response.text()
     );
-    assert_eq!(
-        header(&echo_headers(&response), "Host"),
-        ["Site.example:8080"]
-    );
+    assert_eq!(header(&echo_headers(&response), "Host"), ["Site.example:8080"]);
 }
 
 #[test]

@@ -24,11 +24,7 @@ fn body_length_in(text: &str) -> u64 {
 fn check_pattern(offset: &mut u64, data: &[u8]) {
     for (index, byte) in data.iter().enumerate() {
         let position = *offset + index as u64;
-        assert_eq!(
-            *byte,
-            pattern_byte(position),
-            "body corrupted at byte {position}"
-        );
+        assert_eq!(*byte, pattern_byte(position), "body corrupted at byte {position}");
     }
     *offset += data.len() as u64;
 }
@@ -45,10 +41,7 @@ fn upload(client: &mut common::Client, length: u64, chunked: bool) {
     while remaining > 0 {
         let take = remaining.min(block.len() as u64) as usize;
         if chunked {
-            client
-                .stream
-                .write_all(format!("{take:x}\r\n").as_bytes())
-                .unwrap();
+            client.stream.write_all(format!("{take:x}\r\n").as_bytes()).unwrap();
             client.stream.write_all(&block[..take]).unwrap();
             client.stream.write_all(b"\r\n").unwrap();
         } else {
@@ -69,8 +62,7 @@ fn one_gib_each_way_with_flat_proxy_memory() {
 
     client.send(format!("GET /bytes?n={GIB} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
     let mut offset = 0u64;
-    let (response, length) =
-        client.read_response_streaming(false, &mut |data| check_pattern(&mut offset, data), false);
+    let (response, length) = client.read_response_streaming(false, &mut |data| check_pattern(&mut offset, data), false);
     assert_eq!(response.status, 200);
     assert_eq!(length, GIB, "download length");
 
@@ -84,10 +76,7 @@ fn one_gib_each_way_with_flat_proxy_memory() {
     );
 
     let peak = corelb.process.peak_rss_kib();
-    assert!(
-        peak < MAX_RSS_KIB,
-        "proxy peak RSS {peak} KiB after 2 GiB moved"
-    );
+    assert!(peak < MAX_RSS_KIB, "proxy peak RSS {peak} KiB after 2 GiB moved");
 }
 
 #[test]
@@ -102,10 +91,7 @@ fn chunked_bodies_stream_both_ways() {
     let (response, received) =
         client.read_response_streaming(false, &mut |data| check_pattern(&mut offset, data), false);
     assert_eq!(response.status, 200);
-    assert!(
-        response.chunked,
-        "an HTTP/1.1 client gets the chunked body chunked"
-    );
+    assert!(response.chunked, "an HTTP/1.1 client gets the chunked body chunked");
     assert_eq!(received, length);
 
     upload(&mut client, length, true);

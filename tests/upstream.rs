@@ -68,11 +68,7 @@ fn only_backend_down_gives_502_naming_the_category() {
     let mut client = corelb.client();
     let response = client.get("/");
     assert_eq!(response.status, 502);
-    assert!(
-        response.text().contains("connect_failed"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().contains("connect_failed"), "{}", response.text());
     // The client connection survives a bodiless failure.
     assert_eq!(client.get("/").status, 502);
 }
@@ -116,11 +112,7 @@ fn slow_backend_gives_504_at_the_timeout() {
     let response = client.get("/?delay=3s");
     let elapsed = started.elapsed();
     assert_eq!(response.status, 504);
-    assert!(
-        response.text().contains("upstream_timeout"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().contains("upstream_timeout"), "{}", response.text());
     assert!(
         elapsed >= Duration::from_millis(300),
         "answered before the timeout: {elapsed:?}"
@@ -145,15 +137,11 @@ fn backend_sending_garbage_gives_502() {
         let _ = stream.write_all(b"NOT HTTP AT ALL\r\n\r\n");
     });
     let config = format!(
-        "[server]\nworkers = 1\n[[frontends]]\naddress = \"127.0.0.1\"\nname = \"web\"\nport = 0\n[[backends]]\nurl = \"http://{addr}\"\n"
+        "[server]\nworkers = 1\n[metrics]\nport = 0\n[[frontends]]\naddress = \"127.0.0.1\"\nname = \"web\"\nport = 0\n[[backends]]\nurl = \"http://{addr}\"\n"
     );
     let corelb = Corelb::start(&config);
     let response = corelb.get("/");
     assert_eq!(response.status, 502);
-    assert!(
-        response.text().contains("bad_response"),
-        "{}",
-        response.text()
-    );
+    assert!(response.text().contains("bad_response"), "{}", response.text());
     server.join().unwrap();
 }

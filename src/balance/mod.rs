@@ -100,9 +100,7 @@ mod tests {
     use super::*;
 
     fn picks(balancer: &Balancer, count: usize) -> Vec<usize> {
-        (0..count)
-            .map(|_| balancer.pick(|_| true).unwrap())
-            .collect()
+        (0..count).map(|_| balancer.pick(|_| true).unwrap()).collect()
     }
 
     #[test]
@@ -114,9 +112,7 @@ mod tests {
     #[test]
     fn round_robin_skips_refused_backends() {
         let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1]);
-        let chosen: Vec<usize> = (0..4)
-            .map(|_| balancer.pick(|index| index != 1).unwrap())
-            .collect();
+        let chosen: Vec<usize> = (0..4).map(|_| balancer.pick(|index| index != 1).unwrap()).collect();
         assert_eq!(chosen, [0, 2, 0, 2]);
         assert_eq!(balancer.pick(|_| false), None);
     }
@@ -132,17 +128,13 @@ mod tests {
         // nginx's documented order for 5:3:1 (a a b a c a b a b in its example, by index).
         assert_eq!(&sequence[..9], [0, 1, 0, 2, 0, 1, 0, 1, 0]);
         // Never more than two of the heaviest in a row: interleaved, not bursts.
-        assert!(sequence
-            .windows(3)
-            .all(|run| run.iter().any(|&index| index != 0)));
+        assert!(sequence.windows(3).all(|run| run.iter().any(|&index| index != 0)));
     }
 
     #[test]
     fn smooth_weighted_redistributes_when_a_backend_is_refused() {
         let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1]);
-        let chosen: Vec<usize> = (0..8)
-            .map(|_| balancer.pick(|index| index != 0).unwrap())
-            .collect();
+        let chosen: Vec<usize> = (0..8).map(|_| balancer.pick(|index| index != 0).unwrap()).collect();
         assert_eq!(chosen.iter().filter(|&&index| index == 1).count(), 6);
         assert_eq!(chosen.iter().filter(|&&index| index == 2).count(), 2);
     }

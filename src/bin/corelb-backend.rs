@@ -18,10 +18,7 @@ use corelb::net::BufferedStream;
 use monoio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "corelb-backend",
-    about = "Example backend for corelb demos and tests"
-)]
+#[command(name = "corelb-backend", about = "Example backend for corelb demos and tests")]
 struct Args {
     /// Port to listen on (0 picks a free one; the chosen address is printed).
     #[arg(long, default_value_t = 9001)]
@@ -149,8 +146,7 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
                 Ok(None) => {}
                 Err(error) => {
                     let body = format!("bad request: {error}\n");
-                    let response =
-                        respond(&backend.id, 400, "Bad Request", &[], body.as_bytes(), true);
+                    let response = respond(&backend.id, 400, "Bad Request", &[], body.as_bytes(), true);
                     let _ = connection.write_all(response, IDLE).await;
                     return;
                 }
@@ -175,15 +171,10 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
         let target = String::from_utf8_lossy(&head_bytes[head.target.clone()]).into_owned();
         let method = String::from_utf8_lossy(&head_bytes[head.method_range.clone()]).into_owned();
         if !backend.quiet {
-            eprintln!(
-                "backend {} {method} {target} body={body_length}",
-                backend.id
-            );
+            eprintln!("backend {} {method} {target} body={body_length}", backend.id);
         }
         let mut delay = backend.latency;
-        if let Some(extra) =
-            query_param(&target, "delay").and_then(|value| parse_duration(value).ok())
-        {
+        if let Some(extra) = query_param(&target, "delay").and_then(|value| parse_duration(value).ok()) {
             delay = Some(extra);
         }
         if let Some(delay) = delay {
@@ -245,14 +236,7 @@ async fn read_body(connection: &mut BufferedStream, framing: BodyFraming) -> Opt
     }
 }
 
-fn respond(
-    id: &str,
-    status: u16,
-    reason: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-    close: bool,
-) -> Vec<u8> {
+fn respond(id: &str, status: u16, reason: &str, headers: &[(&str, String)], body: &[u8], close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     let _ = write!(
         out,
@@ -277,9 +261,7 @@ fn json_string(text: &str) -> String {
         match character {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            character if (character as u32) < 0x20 => {
-                out.push_str(&format!("\\u{:04x}", character as u32))
-            }
+            character if (character as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", character as u32)),
             character => out.push(character),
         }
     }
@@ -312,14 +294,7 @@ async fn answer(
         backend.healthy.set(path.ends_with("/ok"));
         respond(id, 200, "OK", &[], b"switched\n", close)
     } else if backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
-        respond(
-            id,
-            500,
-            "Internal Server Error",
-            &[],
-            b"injected failure\n",
-            close,
-        )
+        respond(id, 500, "Internal Server Error", &[], b"injected failure\n", close)
     } else if let Some(status) = forced_status.filter(|status| (200..=599).contains(status)) {
         respond(
             id,
@@ -380,15 +355,7 @@ async fn answer(
             .and_then(|value| value.parse().ok())
             .unwrap_or(0);
         let chunked = query_param(target, "chunked") == Some("1");
-        return send_bytes(
-            id,
-            connection,
-            length,
-            chunked,
-            head.method == Method::Head,
-            close,
-        )
-        .await;
+        return send_bytes(id, connection, length, chunked, head.method == Method::Head, close).await;
     } else {
         let body = format!("backend {id}\n");
         respond(

@@ -15,10 +15,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let root: toml::Table = match text.parse() {
         Ok(table) => table,
         Err(error) => {
-            errors.push(
-                "",
-                format!("TOML syntax error: {}", error.to_string().trim_end()),
-            );
+            errors.push("", format!("TOML syntax error: {}", error.to_string().trim_end()));
             return Err(errors);
         }
     };
@@ -69,12 +66,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// Refuses a feature whose config is accepted for forward compatibility but whose code has not landed yet.
-fn refuse_unimplemented(
-    section: &Section,
-    enabled: bool,
-    feature: &str,
-    errors: &mut ConfigErrors,
-) {
+fn refuse_unimplemented(section: &Section, enabled: bool, feature: &str, errors: &mut ConfigErrors) {
     if enabled {
         errors.push(
             section.key_path("enabled"),
@@ -88,9 +80,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     let workers = match section.optional::<toml::Value>("workers", errors) {
         None => Workers::Auto,
         Some(toml::Value::String(text)) if text == "auto" => Workers::Auto,
-        Some(toml::Value::Integer(count)) if (1..=1024).contains(&count) => {
-            Workers::Count(count as usize)
-        }
+        Some(toml::Value::Integer(count)) if (1..=1024).contains(&count) => Workers::Count(count as usize),
         Some(other) => {
             errors.push(
                 section.key_path("workers"),
@@ -110,8 +100,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
         errors,
     );
     let pin_workers = section.or("pin_workers", true, errors);
-    let shutdown_grace =
-        section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
+    let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
     let expose_worker_header = section.or("expose_worker_header", false, errors);
     section.finish(errors);
     ServerConfig {
@@ -136,10 +125,7 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
     for (index, mut section) in sections.into_iter().enumerate() {
         let name = section.or("name", format!("frontend{index}"), errors);
         if !names.insert(name.clone()) {
-            errors.push(
-                section.key_path("name"),
-                format!("duplicate frontend name {name:?}"),
-            );
+            errors.push(section.key_path("name"), format!("duplicate frontend name {name:?}"));
         }
         let address = section.or("address", IpAddr::V4(Ipv4Addr::UNSPECIFIED), errors);
         let port = section.required::<i64>("port", errors);
@@ -220,9 +206,7 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
     } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: TLS to backends is not supported; use http://"
-        ));
+        return Err(format!("{url:?}: TLS to backends is not supported; use http://"));
     } else {
         return Err(format!("{url:?} must start with http://"));
     };
@@ -278,11 +262,7 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
     let mut section = top.section("timeouts", errors);
     let timeouts = Timeouts {
         connect: section.positive_duration("connect", Duration::from_secs(2), errors),
-        upstream_response: section.positive_duration(
-            "upstream_response",
-            Duration::from_secs(30),
-            errors,
-        ),
+        upstream_response: section.positive_duration("upstream_response", Duration::from_secs(30), errors),
         client_header: section.positive_duration("client_header", Duration::from_secs(10), errors),
         client_idle: section.positive_duration("client_idle", Duration::from_secs(60), errors),
     };
@@ -293,8 +273,7 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
 fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
     let mut section = top.section("upstream", errors);
     let upstream = UpstreamConfig {
-        max_idle_per_backend: section.integer_in("max_idle_per_backend", 128, 0, 100_000, errors)
-            as usize,
+        max_idle_per_backend: section.integer_in("max_idle_per_backend", 128, 0, 100_000, errors) as usize,
         idle_timeout: section.positive_duration("idle_timeout", Duration::from_secs(60), errors),
         max_connect_attempts: section.integer_in("max_connect_attempts", 3, 1, 100, errors) as u32,
         fail_timeout: section.positive_duration("fail_timeout", Duration::from_secs(10), errors),
@@ -306,15 +285,8 @@ fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
 fn limits(top: &mut Section, errors: &mut ConfigErrors) -> Limits {
     let mut section = top.section("limits", errors);
     let limits = Limits {
-        max_header_bytes: section.integer_in(
-            "max_header_bytes",
-            16 * 1024,
-            1024,
-            1024 * 1024,
-            errors,
-        ) as usize,
-        max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors)
-            as usize,
+        max_header_bytes: section.integer_in("max_header_bytes", 16 * 1024, 1024, 1024 * 1024, errors) as usize,
+        max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors) as usize,
         max_headers: section.integer_in("max_headers", 100, 8, 1000, errors) as usize,
     };
     if limits.max_request_line > limits.max_header_bytes {
@@ -355,9 +327,7 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
     let mut section = top.section("tls", errors);
     let config = TlsConfig {
         enabled: section.or("enabled", false, errors),
-        cert: section
-            .optional::<String>("cert", errors)
-            .map(PathBuf::from),
+        cert: section.optional::<String>("cert", errors).map(PathBuf::from),
         key: section.optional::<String>("key", errors).map(PathBuf::from),
         ca: section.optional::<String>("ca", errors).map(PathBuf::from),
         client_auth: section.choice(
@@ -455,7 +425,7 @@ fn logging(top: &mut Section, errors: &mut ConfigErrors) -> LoggingConfig {
 fn metrics(top: &mut Section, errors: &mut ConfigErrors) -> MetricsConfig {
     let mut section = top.section("metrics", errors);
     let config = MetricsConfig {
-        enabled: section.or("enabled", false, errors),
+        enabled: section.or("enabled", true, errors),
         address: section.or("address", IpAddr::V4(Ipv4Addr::LOCALHOST), errors),
         port: section.integer_in("port", 9090, 0, 65535, errors) as u16,
     };
@@ -549,15 +519,10 @@ fn check_port_clashes(
         }
         let clash = seen.iter().find(|(other, _)| {
             other.port() == listen.port()
-                && (other.ip() == listen.ip()
-                    || other.ip().is_unspecified()
-                    || listen.ip().is_unspecified())
+                && (other.ip() == listen.ip() || other.ip().is_unspecified() || listen.ip().is_unspecified())
         });
         if let Some((_, other_key)) = clash {
-            errors.push(
-                key,
-                format!("port {} is already used by {other_key}", listen.port()),
-            );
+            errors.push(key, format!("port {} is already used by {other_key}", listen.port()));
         } else {
             seen.push((listen, key));
         }
@@ -581,8 +546,7 @@ fn check_port_clashes(
 mod tests {
     use super::*;
 
-    const MINIMAL: &str =
-        "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
+    const MINIMAL: &str = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
 
     #[test]
     fn minimal_config_takes_defaults() {
@@ -639,10 +603,7 @@ mod tests {
             text.contains("frontends[1].port: port 8080 is already used by frontends[0].port"),
             "{text}"
         );
-        assert!(
-            text.contains("backends[1].id: duplicate backend id"),
-            "{text}"
-        );
+        assert!(text.contains("backends[1].id: duplicate backend id"), "{text}");
     }
 
     #[test]
@@ -667,10 +628,7 @@ mod tests {
             parse_backend_url("http://127.0.0.1:9001"),
             Ok(("127.0.0.1".into(), 9001))
         );
-        assert_eq!(
-            parse_backend_url("http://example.com/"),
-            Ok(("example.com".into(), 80))
-        );
+        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80)));
         assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81)));
         assert!(parse_backend_url("http://h:0").is_err());
         assert!(parse_backend_url("http://h:1/path").is_err());

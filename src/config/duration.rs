@@ -12,20 +12,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if digits.is_empty() {
         return Err(format!("expected a number before the unit in {text:?}"));
     }
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("number too large in {text:?}"))?;
+    let amount: u64 = digits.parse().map_err(|_| format!("number too large in {text:?}"))?;
     let duration = match unit {
         "us" => Duration::from_micros(amount),
         "ms" => Duration::from_millis(amount),
         "s" => Duration::from_secs(amount),
         "m" => Duration::from_secs(amount.saturating_mul(60)),
         "h" => Duration::from_secs(amount.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use us, ms, s, m or h)"
-            ))
-        }
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use us, ms, s, m or h)")),
     };
     Ok(duration)
 }
@@ -66,9 +60,7 @@ mod tests {
     fn refuses_missing_or_unknown_units() {
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("ms")
-            .unwrap_err()
-            .contains("expected a number"));
+        assert!(parse_duration("ms").unwrap_err().contains("expected a number"));
         assert!(parse_duration("-1s").is_err());
     }
 

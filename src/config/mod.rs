@@ -287,10 +287,7 @@ pub struct AdminConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is invalid:\n{errors}")]
     Invalid { path: PathBuf, errors: ConfigErrors },
 }

@@ -18,9 +18,7 @@ fn type_error(expected: &str, value: &toml::Value) -> String {
 
 impl FromToml for bool {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        value
-            .as_bool()
-            .ok_or_else(|| type_error("true or false", value))
+        value.as_bool().ok_or_else(|| type_error("true or false", value))
     }
 }
 
@@ -35,9 +33,7 @@ impl FromToml for String {
 
 impl FromToml for i64 {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        value
-            .as_integer()
-            .ok_or_else(|| type_error("an integer", value))
+        value.as_integer().ok_or_else(|| type_error("an integer", value))
     }
 }
 
@@ -71,8 +67,7 @@ impl FromToml for IpAddr {
         let text = value
             .as_str()
             .ok_or_else(|| type_error("an IP address string", value))?;
-        text.parse()
-            .map_err(|_| format!("{text:?} is not an IP address"))
+        text.parse().map_err(|_| format!("{text:?} is not an IP address"))
     }
 }
 
@@ -117,11 +112,7 @@ impl<'a> Section<'a> {
     }
 
     /// Reads `key` if present. A present value of the wrong type or shape is recorded and yields `None`.
-    pub fn optional<T: FromToml>(
-        &mut self,
-        key: &'static str,
-        errors: &mut ConfigErrors,
-    ) -> Option<T> {
+    pub fn optional<T: FromToml>(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Option<T> {
         let value = self.raw(key)?;
         match T::from_toml(value) {
             Ok(parsed) => Some(parsed),
@@ -133,21 +124,12 @@ impl<'a> Section<'a> {
     }
 
     /// Reads `key`, falling back to `default` when absent or invalid (invalid is recorded).
-    pub fn or<T: FromToml>(
-        &mut self,
-        key: &'static str,
-        default: T,
-        errors: &mut ConfigErrors,
-    ) -> T {
+    pub fn or<T: FromToml>(&mut self, key: &'static str, default: T, errors: &mut ConfigErrors) -> T {
         self.optional(key, errors).unwrap_or(default)
     }
 
     /// Reads a required `key`; absence is recorded.
-    pub fn required<T: FromToml>(
-        &mut self,
-        key: &'static str,
-        errors: &mut ConfigErrors,
-    ) -> Option<T> {
+    pub fn required<T: FromToml>(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Option<T> {
         if self.table.is_none_or(|table| !table.contains_key(key)) {
             self.known.push(key);
             errors.push(self.key_path(key), "is required");
@@ -179,12 +161,7 @@ impl<'a> Section<'a> {
     }
 
     /// Reads a duration that must be strictly positive.
-    pub fn positive_duration(
-        &mut self,
-        key: &'static str,
-        default: Duration,
-        errors: &mut ConfigErrors,
-    ) -> Duration {
+    pub fn positive_duration(&mut self, key: &'static str, default: Duration, errors: &mut ConfigErrors) -> Duration {
         let Some(value) = self.optional::<Duration>(key, errors) else {
             return default;
         };
@@ -209,10 +186,7 @@ impl<'a> Section<'a> {
         match choices.iter().find(|(name, _)| *name == text) {
             Some((_, value)) => *value,
             None => {
-                let names: Vec<String> = choices
-                    .iter()
-                    .map(|(name, _)| format!("{name:?}"))
-                    .collect();
+                let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
                 errors.push(
                     self.key_path(key),
                     format!("must be one of {}, got {text:?}", names.join(", ")),
@@ -241,11 +215,7 @@ impl<'a> Section<'a> {
     }
 
     /// An array of tables (`[[backends]]`), one section per element.
-    pub fn array_of_tables(
-        &mut self,
-        key: &'static str,
-        errors: &mut ConfigErrors,
-    ) -> Vec<Section<'a>> {
+    pub fn array_of_tables(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Vec<Section<'a>> {
         let path = self.key_path(key);
         let Some(value) = self.raw(key) else {
             return Vec::new();
@@ -309,14 +279,8 @@ mod tests {
         top.finish(&mut errors);
         let text = errors.to_string();
         assert_eq!(errors.len(), 4, "{text}");
-        assert!(
-            text.contains("a: expected an integer, got string \"x\""),
-            "{text}"
-        );
-        assert!(
-            text.contains("s.n: must be between 1 and 10, got 0"),
-            "{text}"
-        );
+        assert!(text.contains("a: expected an integer, got string \"x\""), "{text}");
+        assert!(text.contains("s.n: must be between 1 and 10, got 0"), "{text}");
         assert!(text.contains("s.d: missing unit"), "{text}");
         assert!(text.contains("s.typo: unknown key"), "{text}");
     }
@@ -330,9 +294,6 @@ mod tests {
             let _ = item.integer_in("w", 1, 1, 5, &mut errors);
             item.finish(&mut errors);
         }
-        assert_eq!(
-            errors.to_string(),
-            "b[1].w: expected an integer, got boolean true"
-        );
+        assert_eq!(errors.to_string(), "b[1].w: expected an integer, got boolean true");
     }
 }

@@ -182,7 +182,10 @@ pub fn to_toml(config: &Config) -> String {
             AccessLogFormat::Json => "json",
             AccessLogFormat::Combined => "combined",
         },
-        access.path.as_ref().map_or_else(|| "\"stderr\"".to_string(), |path| quote(&path.display().to_string()))
+        access
+            .path
+            .as_ref()
+            .map_or_else(|| "\"stderr\"".to_string(), |path| quote(&path.display().to_string()))
     );
     let health = &config.health_endpoint;
     let _ = writeln!(
@@ -198,11 +201,7 @@ pub fn to_toml(config: &Config) -> String {
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
     for backend in &new.backends {
-        match old
-            .backends
-            .iter()
-            .find(|previous| previous.id == backend.id)
-        {
+        match old.backends.iter().find(|previous| previous.id == backend.id) {
             None => changes.push(format!(
                 "backend {} added ({}, weight {})",
                 backend.id, backend.url, backend.weight
@@ -268,8 +267,7 @@ mod tests {
 
     #[test]
     fn diff_names_each_backend_change() {
-        let base =
-            "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
+        let base = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
                     [[backends]]\nid = \"b\"\nurl = \"http://127.0.0.1:2\"\n";
         let next = "[[frontends]]\nport = 1\n[[backends]]\nid = \"a\"\nurl = \"http://127.0.0.1:1\"\nweight = 4\n\
                     [[backends]]\nid = \"c\"\nurl = \"http://127.0.0.1:3\"\n[timeouts]\nconnect = \"1s\"\n";

@@ -3,15 +3,13 @@
 //! request per connection. When a token is configured every call needs `Authorization: Bearer <token>`.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use super::command::{
-    command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES,
-};
+use super::command::{command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
 use super::socket::dispatch;
 use super::ControlRequest;
 use crate::config::AdminConfig;
@@ -26,24 +24,85 @@ const LIMITS: HeadLimits = HeadLimits {
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn serve(config: &AdminConfig, requests: Sender<ControlRequest>) -> io::Result<()> {
-    let listener = TcpListener::bind(config.listen)?;
     let token = config.token.clone();
-    tracing::info!(address = %listener.local_addr()?, "admin API listening");
+    spawn_listener(config.listen, "admin API", move |stream| {
+        let _ = serve_client(stream, &requests, token.as_deref());
+    })
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /health` on the metrics listener.
+pub fn serve_metrics(address: SocketAddr, requests: Sender<ControlRequest>) -> io::Result<()> {
+    spawn_listener(address, "metrics", move |stream| {
+        let _ = serve_metrics_client(stream, &requests);
+    })
+}
+
+/// Accepts on `address` in a thread, handling each connection on a thread of its own.
+fn spawn_listener(
+    address: SocketAddr,
+    name: &str,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> io::Result<()> {
+    let listener = TcpListener::bind(address)?;
+    tracing::info!(address = %listener.local_addr()?, "{name} listening");
+    let handle = std::sync::Arc::new(handle);
     std::thread::Builder::new()
-        .name("corelb-admin".into())
+        .name(format!("corelb-{}", name.replace(' ', "-")))
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let requests = requests.clone();
-                let token = token.clone();
+                let handle = std::sync::Arc::clone(&handle);
                 let _ = std::thread::Builder::new()
-                    .name("corelb-admin-client".into())
-                    .spawn(move || {
-                        let _ = serve_client(stream, &requests, token.as_deref());
-                    });
+                    .name("corelb-http-client".into())
+                    .spawn(move || handle(stream));
             }
         })?;
     Ok(())
+}
+
+fn write_response(stream: &mut TcpStream, status: u16, content_type: &str, extra: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())
+}
+
+fn serve_metrics_client(mut stream: TcpStream, requests: &Sender<ControlRequest>) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let peer = stream
+        .peer_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_default();
+    let request = match read_request(&mut stream) {
+        Ok(request) => request,
+        Err(error) => return write_response(&mut stream, 400, "text/plain", "", &format!("{}\n", error.message)),
+    };
+    let path = request.path.split('?').next().unwrap_or("");
+    match (request.method.as_str(), path) {
+        ("GET", "/metrics") => match dispatch(requests, Command::Metrics, Source::Api { peer }) {
+            Ok(Value::String(text)) => {
+                write_response(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", "", &text)
+            }
+            Ok(_) | Err(_) => write_response(&mut stream, 503, "text/plain", "", "metrics unavailable\n"),
+        },
+        ("GET", "/health") => match dispatch(requests, Command::Health, Source::Api { peer }) {
+            Ok(health) => {
+                let status = if health["status"] == "ok" { 200 } else { 503 };
+                write_response(&mut stream, status, "application/json", "", &format!("{health}\n"))
+            }
+            Err(error) => write_response(&mut stream, 503, "text/plain", "", &format!("{}\n", error.message)),
+        },
+        _ => write_response(&mut stream, 404, "text/plain", "", "try /metrics or /health\n"),
+    }
 }
 
 struct ApiRequest {
@@ -57,8 +116,8 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head = loop {
-        if let Some(head) = parse_request(&buf, &LIMITS)
-            .map_err(|error| CommandError::invalid_request(error.to_string()))?
+        if let Some(head) =
+            parse_request(&buf, &LIMITS).map_err(|error| CommandError::invalid_request(error.to_string()))?
         {
             break head;
         }
@@ -66,22 +125,16 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
             .read(&mut chunk)
             .map_err(|error| CommandError::invalid_request(error.to_string()))?;
         if read == 0 {
-            return Err(CommandError::invalid_request(
-                "connection closed mid-request",
-            ));
+            return Err(CommandError::invalid_request("connection closed mid-request"));
         }
         buf.extend_from_slice(&chunk[..read]);
     };
     let length = match head.framing {
         BodyFraming::None => 0,
         BodyFraming::Length(length) if length as usize <= MAX_REQUEST_BYTES => length as usize,
-        BodyFraming::Length(_) => {
-            return Err(CommandError::invalid_request("request body exceeds 1 MiB"))
-        }
+        BodyFraming::Length(_) => return Err(CommandError::invalid_request("request body exceeds 1 MiB")),
         BodyFraming::Chunked | BodyFraming::UntilClose => {
-            return Err(CommandError::invalid_request(
-                "send the body with Content-Length",
-            ))
+            return Err(CommandError::invalid_request("send the body with Content-Length"))
         }
     };
     let mut body = buf[head.len..].to_vec();
@@ -115,12 +168,8 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(CommandError::invalid_request(
-            "the body must be a JSON object",
-        )),
-        Err(error) => Err(CommandError::invalid_request(format!(
-            "malformed JSON: {error}"
-        ))),
+        Ok(_) => Err(CommandError::invalid_request("the body must be a JSON object")),
+        Err(error) => Err(CommandError::invalid_request(format!("malformed JSON: {error}"))),
     }
 }
 
@@ -140,20 +189,14 @@ fn route(request: &ApiRequest) -> Result<Command, CommandError> {
         ("POST", ["api", "v1", "backends"]) => with(object(), "backend_add"),
         ("PUT", ["api", "v1", "backends", id]) => {
             let mut object = object()?;
-            if object
-                .get("drain")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-            {
+            if object.get("drain").and_then(Value::as_bool).unwrap_or(false) {
                 Ok(Command::BackendDrain { id: id.to_string() })
             } else {
                 object.insert("backend".to_string(), json!(id));
                 with(Ok(object), "backend_set")
             }
         }
-        ("DELETE", ["api", "v1", "backends", id]) => {
-            Ok(Command::BackendRemove { id: id.to_string() })
-        }
+        ("DELETE", ["api", "v1", "backends", id]) => Ok(Command::BackendRemove { id: id.to_string() }),
         ("GET", ["api", "v1", "config"]) => Ok(Command::ConfigShow),
         ("POST", ["api", "v1", "config"]) => {
             let toml = String::from_utf8(request.body.clone())
@@ -179,19 +222,10 @@ fn authorised(request: &ApiRequest, token: Option<&str>) -> bool {
         return false;
     };
     // Constant-time comparison: the token is a secret.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn serve_client(
-    mut stream: TcpStream,
-    requests: &Sender<ControlRequest>,
-    token: Option<&str>,
-) -> io::Result<()> {
+fn serve_client(mut stream: TcpStream, requests: &Sender<ControlRequest>, token: Option<&str>) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let peer = stream
@@ -212,17 +246,11 @@ fn serve_client(
         Ok(_) => 200,
         Err(error) => error.kind.http_status(),
     };
-    let body = reply_json(None, &result).to_string();
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        if status == 200 { "OK" } else { "Error" },
-        body.len() + 1
-    );
-    if status == 401 {
-        response.push_str("WWW-Authenticate: Bearer\r\n");
-    }
-    response.push_str("\r\n");
-    response.push_str(&body);
-    response.push('\n');
-    stream.write_all(response.as_bytes())
+    let extra = if status == 401 {
+        "WWW-Authenticate: Bearer\r\n"
+    } else {
+        ""
+    };
+    let body = format!("{}\n", reply_json(None, &result));
+    write_response(&mut stream, status, "application/json", extra, &body)
 }

@@ -53,6 +53,12 @@ pub enum Command {
     RolloutPause,
     RolloutResume,
     RolloutAbort,
+    /// Merged metrics in the Prometheus text format (as a JSON string).
+    Metrics,
+    /// Merged totals for humans: requests, errors, latency quantiles, per backend.
+    MetricsSummary,
+    /// corelb's own health: backends that can serve.
+    Health,
 }
 
 impl Command {
@@ -66,6 +72,9 @@ impl Command {
                 | Command::Backends
                 | Command::Versions
                 | Command::RolloutStatus
+                | Command::Metrics
+                | Command::MetricsSummary
+                | Command::Health
         )
     }
 }
@@ -177,19 +186,14 @@ fn optional_u64(object: &Map<String, Value>, key: &str) -> Result<Option<u64>, C
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            CommandError::invalid_request(format!(
-                "{key:?} must be a non-negative integer, got {value}"
-            ))
+            CommandError::invalid_request(format!("{key:?} must be a non-negative integer, got {value}"))
         }),
     }
 }
 
 fn weight_field(object: &Map<String, Value>) -> Result<Option<u32>, CommandError> {
     optional_u64(object, "weight")?
-        .map(|weight| {
-            u32::try_from(weight)
-                .map_err(|_| CommandError::invalid_request("\"weight\" is too large"))
-        })
+        .map(|weight| u32::try_from(weight).map_err(|_| CommandError::invalid_request("\"weight\" is too large")))
         .transpose()
 }
 
@@ -217,8 +221,7 @@ pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, Command
         },
         "backend_set" => Command::BackendSet {
             id: string_field(object, "backend")?,
-            weight: weight_field(object)?
-                .ok_or_else(|| CommandError::invalid_request("missing \"weight\""))?,
+            weight: weight_field(object)?.ok_or_else(|| CommandError::invalid_request("missing \"weight\""))?,
         },
         "backend_drain" => Command::BackendDrain {
             id: string_field(object, "backend")?,
@@ -236,42 +239,30 @@ pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, Command
                     .iter()
                     .map(|item| item.as_str().map(str::to_owned))
                     .collect::<Option<Vec<String>>>()
-                    .ok_or_else(|| {
-                        CommandError::invalid_request("\"to\" must be a list of backend URLs")
-                    })?,
-                _ => {
-                    return Err(CommandError::invalid_request(
-                        "\"to\" must be a list of backend URLs",
-                    ))
-                }
+                    .ok_or_else(|| CommandError::invalid_request("\"to\" must be a list of backend URLs"))?,
+                _ => return Err(CommandError::invalid_request("\"to\" must be a list of backend URLs")),
             };
             let batch = optional_u64(object, "batch")?.unwrap_or(1).max(1) as usize;
             let interval = match object.get("interval") {
                 None => Duration::from_secs(5),
-                Some(Value::String(text)) => parse_duration(text).map_err(|reason| {
-                    CommandError::invalid_request(format!("\"interval\": {reason}"))
-                })?,
+                Some(Value::String(text)) => parse_duration(text)
+                    .map_err(|reason| CommandError::invalid_request(format!("\"interval\": {reason}")))?,
                 Some(other) => {
                     return Err(CommandError::invalid_request(format!(
                         "\"interval\" must be a duration string, got {other}"
                     )))
                 }
             };
-            Command::RolloutStart {
-                to,
-                batch,
-                interval,
-            }
+            Command::RolloutStart { to, batch, interval }
         }
         "rollout_status" => Command::RolloutStatus,
+        "metrics" => Command::Metrics,
+        "metrics_summary" => Command::MetricsSummary,
+        "health" => Command::Health,
         "rollout_pause" => Command::RolloutPause,
         "rollout_resume" => Command::RolloutResume,
         "rollout_abort" => Command::RolloutAbort,
-        other => {
-            return Err(CommandError::invalid_request(format!(
-                "unknown command {other:?}"
-            )))
-        }
+        other => return Err(CommandError::invalid_request(format!("unknown command {other:?}"))),
     };
     Ok(command)
 }
@@ -297,18 +288,14 @@ pub fn parse_request_line(line: &str) -> (Option<Value>, Result<Command, Command
         Err(error) => {
             return (
                 None,
-                Err(CommandError::invalid_request(format!(
-                    "malformed JSON: {error}"
-                ))),
+                Err(CommandError::invalid_request(format!("malformed JSON: {error}"))),
             )
         }
     };
     let Some(object) = value.as_object() else {
         return (
             None,
-            Err(CommandError::invalid_request(
-                "a request must be a JSON object",
-            )),
+            Err(CommandError::invalid_request("a request must be a JSON object")),
         );
     };
     (object.get("id").cloned(), command_from_json(object))
@@ -320,9 +307,8 @@ mod tests {
 
     #[test]
     fn parses_commands_and_keeps_the_id() {
-        let (id, command) = parse_request_line(
-            r#"{"id": 7, "cmd": "backend_add", "url": "http://127.0.0.1:1", "weight": 3}"#,
-        );
+        let (id, command) =
+            parse_request_line(r#"{"id": 7, "cmd": "backend_add", "url": "http://127.0.0.1:1", "weight": 3}"#);
         assert_eq!(id, Some(json!(7)));
         assert_eq!(
             command.unwrap(),
@@ -344,11 +330,7 @@ mod tests {
             r#"{"cmd": "backend_set", "backend": "a"}"#,
         ] {
             let (_, command) = parse_request_line(line);
-            assert_eq!(
-                command.unwrap_err().kind,
-                ErrorKind::InvalidRequest,
-                "{line}"
-            );
+            assert_eq!(command.unwrap_err().kind, ErrorKind::InvalidRequest, "{line}");
         }
     }
 

@@ -74,17 +74,14 @@ impl History {
 
 /// Formats a time as RFC 3339 in UTC, to the second.
 pub fn rfc3339(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
+    let seconds = time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     let days = (seconds / 86_400) as i64;
     let of_day = seconds % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
@@ -108,10 +105,9 @@ mod tests {
     use std::time::Duration;
 
     fn record(version: u64) -> VersionRecord {
-        let config = crate::config::parse_config(
-            "[[frontends]]\nport = 1\n[[backends]]\nurl = \"http://127.0.0.1:2\"\n",
-        )
-        .unwrap();
+        let config =
+            crate::config::parse_config("[[frontends]]\nport = 1\n[[backends]]\nurl = \"http://127.0.0.1:2\"\n")
+                .unwrap();
         VersionRecord {
             version,
             applied_at: UNIX_EPOCH,

@@ -16,16 +16,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use serde_json::{json, Value};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
+use crate::access_log::LogMessage;
 use crate::config::{
-    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice,
-    LogLevel, Workers,
+    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice, LogLevel, Workers,
 };
+use crate::metrics::render::{render, ControlFigures};
+use crate::metrics::{Merged, WorkerMetrics};
 use crate::net::listener::{reserve_port, PortReservation};
-use crate::worker::{
-    self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec,
-};
+use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec};
 use command::{Command, CommandError, ErrorKind, Source};
 use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
@@ -54,8 +54,12 @@ pub enum StartError {
     #[error("worker {worker} failed to start: {error}")]
     Worker { worker: usize, error: String },
     #[error("control socket {path}: {source}")]
-    ControlSocket {
-        path: PathBuf,
+    ControlSocket { path: PathBuf, source: std::io::Error },
+    #[error("access log {path}: {source}")]
+    AccessLog { path: PathBuf, source: std::io::Error },
+    #[error("metrics listener on {address}: {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("admin API on {address}: {source}")]
@@ -87,6 +91,9 @@ pub struct Control {
     rollout: Option<Rollout>,
     requests: Receiver<ControlRequest>,
     request_sender: Sender<ControlRequest>,
+    access_log: Sender<LogMessage>,
+    /// Outcome and time of the last reload or whole-config apply, for metrics.
+    last_reload: (bool, SystemTime),
 }
 
 /// Chooses the driver for every worker: io_uring when allowed, epoll otherwise (said once, here).
@@ -130,12 +137,11 @@ impl Control {
         let mut frontend_addrs = Vec::new();
         for frontend in &config.frontends {
             if frontend.listen.port() == 0 {
-                let reservation =
-                    reserve_port(frontend.listen).map_err(|source| StartError::Listen {
-                        name: frontend.name.clone(),
-                        address: frontend.listen,
-                        source,
-                    })?;
+                let reservation = reserve_port(frontend.listen).map_err(|source| StartError::Listen {
+                    name: frontend.name.clone(),
+                    address: frontend.listen,
+                    source,
+                })?;
                 frontend_addrs.push(reservation.address);
                 reservations.push(reservation);
             } else {
@@ -151,20 +157,28 @@ impl Control {
         });
 
         let (request_sender, requests) = crossbeam_channel::unbounded();
-        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| {
-            StartError::ControlSocket {
-                path: config.control.socket.clone(),
+        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| StartError::ControlSocket {
+            path: config.control.socket.clone(),
+            source,
+        })?;
+        if config.admin.enabled {
+            admin::serve(&config.admin, request_sender.clone()).map_err(|source| StartError::Admin {
+                address: config.admin.listen,
+                source,
+            })?;
+        }
+        if config.metrics.enabled {
+            let address = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
+            admin::serve_metrics(address, request_sender.clone())
+                .map_err(|source| StartError::Metrics { address, source })?;
+        }
+        let access_log = crate::access_log::start_writer(config.access_log.path.clone()).map_err(|source| {
+            StartError::AccessLog {
+                path: config.access_log.path.clone().unwrap_or_default(),
                 source,
             }
         })?;
-        if config.admin.enabled {
-            admin::serve(&config.admin, request_sender.clone()).map_err(|source| {
-                StartError::Admin {
-                    address: config.admin.listen,
-                    source,
-                }
-            })?;
-        }
+        let process_seed = crate::proxy::request_id::process_seed();
 
         let count = worker_count(config.server.workers);
         let cores = if config.server.pin_workers {
@@ -182,6 +196,8 @@ impl Control {
                 core,
                 snapshot: Arc::clone(&snapshot),
                 events: event_sender.clone(),
+                access_log: access_log.clone(),
+                process_seed,
             })?);
         }
         let mut history = History::new(config.control.history);
@@ -204,6 +220,8 @@ impl Control {
             rollout: None,
             requests,
             request_sender,
+            access_log,
+            last_reload: (true, SystemTime::now()),
         };
         let mut ready = 0;
         while ready < count {
@@ -260,6 +278,10 @@ impl Control {
         loop {
             select! {
                 recv(signals) -> signal => match signal {
+                    Ok(SIGUSR1) => {
+                        tracing::info!("reopening the access log");
+                        let _ = self.access_log.send(LogMessage::Reopen);
+                    }
                     Ok(SIGHUP) => {
                         if let Err(error) = self.execute(Command::Reload, Source::Signal) {
                             tracing::error!(error = %error.message.replace('\n', "; "), "reload refused; the running config stays");
@@ -298,10 +320,7 @@ impl Control {
         if self.rollout.as_ref().is_some_and(Rollout::is_active) && !command.is_read_only() {
             let allowed = matches!(
                 command,
-                Command::RolloutPause
-                    | Command::RolloutResume
-                    | Command::RolloutAbort
-                    | Command::LogLevel { .. }
+                Command::RolloutPause | Command::RolloutResume | Command::RolloutAbort | Command::LogLevel { .. }
             );
             if !allowed {
                 return Err(CommandError::new(
@@ -312,12 +331,13 @@ impl Control {
         }
         match command {
             Command::Status => Ok(self.status()),
-            Command::ConfigShow => {
-                Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) }))
-            }
+            Command::ConfigShow => Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) })),
             Command::ConfigApply { toml } => {
-                let candidate = self.parse_candidate(&toml)?;
-                self.commit(candidate, &source, None)
+                let result = self
+                    .parse_candidate(&toml)
+                    .and_then(|candidate| self.commit(candidate, &source, None));
+                self.last_reload = (result.is_ok(), SystemTime::now());
+                result
             }
             Command::ConfigDiff { toml } => {
                 let candidate = self.parse_candidate(&toml)?;
@@ -327,12 +347,13 @@ impl Control {
                 }))
             }
             Command::Reload => {
-                let candidate = load_config(&self.config_path).map_err(invalid_config)?;
-                self.commit(candidate, &source, None)
+                let result = load_config(&self.config_path)
+                    .map_err(invalid_config)
+                    .and_then(|candidate| self.commit(candidate, &source, None));
+                self.last_reload = (result.is_ok(), SystemTime::now());
+                result
             }
-            Command::Backends => {
-                Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() }))
-            }
+            Command::Backends => Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() })),
             Command::BackendAdd { url, weight, id } => {
                 let mut text = to_toml(&self.config);
                 text.push_str(&format!(
@@ -371,14 +392,12 @@ impl Control {
             Command::Rollback { version } => {
                 let record = match version {
                     Some(version) => self.history.find(version).ok_or_else(|| {
-                        CommandError::new(
-                            ErrorKind::NotFound,
-                            format!("version {version} is not in the history"),
-                        )
+                        CommandError::new(ErrorKind::NotFound, format!("version {version} is not in the history"))
                     })?,
-                    None => self.history.previous().ok_or_else(|| {
-                        CommandError::new(ErrorKind::NotFound, "there is no previous version")
-                    })?,
+                    None => self
+                        .history
+                        .previous()
+                        .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "there is no previous version"))?,
                 };
                 let label = format!("rollback to version {}", record.version);
                 let candidate = (*record.config).clone();
@@ -397,43 +416,120 @@ impl Control {
                         )))
                     }
                 };
-                crate::logging::set_level(parsed)
-                    .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
+                crate::logging::set_level(parsed).map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
                 tracing::warn!(level = parsed.as_str(), source = %source.describe(), "log level changed");
                 Ok(json!({ "level": parsed.as_str() }))
             }
-            Command::RolloutStart {
-                to,
-                batch,
-                interval,
-            } => self.rollout_start(to, batch, interval),
-            Command::RolloutStatus => Ok(self
-                .rollout
-                .as_ref()
-                .map_or(json!({"state": "none"}), Rollout::status)),
+            Command::RolloutStart { to, batch, interval } => self.rollout_start(to, batch, interval),
+            Command::RolloutStatus => Ok(self.rollout.as_ref().map_or(json!({"state": "none"}), Rollout::status)),
             Command::RolloutPause | Command::RolloutResume => {
                 let pause = command == Command::RolloutPause;
                 let rollout = self
                     .rollout
                     .as_mut()
                     .filter(|rollout| rollout.is_active())
-                    .ok_or_else(|| {
-                        CommandError::new(ErrorKind::NotFound, "no rollout in progress")
-                    })?;
+                    .ok_or_else(|| CommandError::new(ErrorKind::NotFound, "no rollout in progress"))?;
                 rollout.set_paused(pause);
                 Ok(rollout.status())
             }
             Command::RolloutAbort => self.rollout_abort(),
+            Command::Metrics => Ok(Value::String(self.metrics_text())),
+            Command::MetricsSummary => Ok(self.metrics_summary()),
+            Command::Health => Ok(self.health()),
         }
+    }
+
+    /// Every worker's metrics, copied by each worker between two events of its loop.
+    fn collect_metrics(&mut self) -> Vec<WorkerMetrics> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for worker in &mut self.workers {
+            if worker.send(ToWorker::CollectMetrics(sender.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        let mut collected: Vec<WorkerMetrics> = (0..asked)
+            .filter_map(|_| receiver.recv_deadline(deadline).ok())
+            .collect();
+        collected.sort_by_key(|metrics| metrics.worker);
+        collected
+    }
+
+    fn metrics_text(&mut self) -> String {
+        let merged = Merged::merge(&self.collect_metrics());
+        let epoll = self.drivers.contains(&Driver::Epoll);
+        let figures = ControlFigures {
+            config_version: self.snapshot.version,
+            last_reload_successful: self.last_reload.0,
+            last_reload_unix_seconds: self
+                .last_reload
+                .1
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
+            io_driver: if epoll { "epoll" } else { "io_uring" }.to_string(),
+        };
+        render(&merged, &figures)
+    }
+
+    fn metrics_summary(&mut self) -> Value {
+        let merged = Merged::merge(&self.collect_metrics());
+        let mut duration = crate::metrics::Histogram::default();
+        for series in merged.frontends.values() {
+            duration.merge(&series.duration);
+        }
+        let mut per_backend = serde_json::Map::new();
+        for (id, series) in &merged.backends {
+            let requests: u64 = series.requests.iter().sum();
+            if requests > 0 || id != crate::metrics::NO_BACKEND {
+                per_backend.insert(
+                    id.clone(),
+                    json!({
+                        "requests": requests,
+                        "upstream_p50_seconds": series.upstream.quantile(0.5),
+                        "upstream_p99_seconds": series.upstream.quantile(0.99),
+                        "connections_new": series.connections_new,
+                        "connections_reused": series.connections_reused,
+                    }),
+                );
+            }
+        }
+        json!({
+            "requests": merged.total_requests(),
+            "errors": merged.errors.values().sum::<u64>(),
+            "errors_by_category": merged.errors,
+            "retries": merged.retries,
+            "p50_seconds": duration.quantile(0.5),
+            "p99_seconds": duration.quantile(0.99),
+            "per_worker": merged.worker_requests.iter().map(|(worker, count)| json!({"worker": worker, "requests": count})).collect::<Vec<_>>(),
+            "backends": per_backend,
+        })
+    }
+
+    fn health(&mut self) -> Value {
+        let reports = self.reports();
+        let healthy = self
+            .config
+            .backends
+            .iter()
+            .filter(|backend| !backend.drain)
+            .filter(|backend| {
+                reports
+                    .iter()
+                    .any(|report| report.backends.iter().any(|seen| seen.id == backend.id && !seen.down))
+            })
+            .count();
+        json!({
+            "status": if healthy > 0 { "ok" } else { "unavailable" },
+            "healthy_backends": healthy,
+            "backends": self.config.backends.len(),
+        })
     }
 
     /// Parses a whole config given as text, resolving relative paths as the config file's would be.
     fn parse_candidate(&self, text: &str) -> Result<Config, CommandError> {
         let mut candidate = parse_config(text).map_err(invalid_config)?;
-        resolve_relative_paths(
-            &mut candidate,
-            self.config_path.parent().unwrap_or(Path::new("")),
-        );
+        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
         Ok(candidate)
     }
 
@@ -442,9 +538,7 @@ impl Control {
             .backends
             .iter()
             .position(|backend| backend.id == id)
-            .ok_or_else(|| {
-                CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}"))
-            })
+            .ok_or_else(|| CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}")))
     }
 
     /// What in `candidate` cannot change without a restart.
@@ -463,38 +557,31 @@ impl Control {
         if candidate.admin != current.admin {
             reasons.push("[admin]");
         }
+        if candidate.metrics != current.metrics {
+            reasons.push("[metrics]");
+        }
+        if candidate.access_log.path != current.access_log.path {
+            reasons.push("access_log.path");
+        }
         reasons
     }
 
     /// Validates `candidate` with the same rules as a config file, broadcasts it and waits until every worker has
     /// applied it. Nothing changes when it is refused.
-    fn commit(
-        &mut self,
-        candidate: Config,
-        source: &Source,
-        label: Option<String>,
-    ) -> Result<Value, CommandError> {
+    fn commit(&mut self, candidate: Config, source: &Source, label: Option<String>) -> Result<Value, CommandError> {
         // One set of rules for every path: whatever was edited goes through the file parser again.
         let mut candidate = parse_config(&to_toml(&candidate)).map_err(invalid_config)?;
-        resolve_relative_paths(
-            &mut candidate,
-            self.config_path.parent().unwrap_or(Path::new("")),
-        );
+        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
         let reasons = self.restart_reasons(&candidate);
         if !reasons.is_empty() {
             return Err(CommandError::new(
                 ErrorKind::RestartRequired,
-                format!(
-                    "changes to {} need a restart; nothing was applied",
-                    reasons.join(", ")
-                ),
+                format!("changes to {} need a restart; nothing was applied", reasons.join(", ")),
             ));
         }
         let changes = diff(&self.config, &candidate);
         if changes.is_empty() && label.is_none() {
-            return Ok(
-                json!({ "version": self.snapshot.version, "changes": changes, "applied": false }),
-            );
+            return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
         }
         let backend_addrs = resolve_backends(&candidate).map_err(invalid_config)?;
         let started = Instant::now();
@@ -552,9 +639,7 @@ impl Control {
         let mut applied = vec![false; self.workers.len()];
         while applied.iter().any(|done| !done) {
             match self.events.recv_deadline(deadline) {
-                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => {
-                    applied[worker] = true
-                }
+                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
                 Ok(FromWorker::Stopped { worker }) => {
                     return Err(CommandError::new(
                         ErrorKind::Unavailable,
@@ -652,7 +737,7 @@ impl Control {
 
 /// Delivers SIGHUP, SIGTERM and SIGINT as channel messages.
 fn signal_channel() -> std::io::Result<Receiver<i32>> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
     let (sender, receiver) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("corelb-signals".into())

@@ -61,11 +61,7 @@ impl Rollout {
     }
 
     pub fn set_paused(&mut self, paused: bool) {
-        self.state = if paused {
-            State::Paused
-        } else {
-            State::Running
-        };
+        self.state = if paused { State::Paused } else { State::Running };
         if !paused {
             self.last_error = None;
             self.next_step = Instant::now();
@@ -95,15 +91,15 @@ fn normalise(url: &str) -> &str {
 
 /// `GET path` against a backend; healthy means a 2xx status within `timeout`.
 fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
+    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|error| error.to_string())?;
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|error| error.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-rollout\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-rollout\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|error| error.to_string())?;
@@ -114,10 +110,7 @@ fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Resu
     if status.starts_with('2') {
         Ok(())
     } else {
-        Err(format!(
-            "{path} answered {:?}",
-            line.lines().next().unwrap_or("")
-        ))
+        Err(format!("{path} answered {:?}", line.lines().next().unwrap_or("")))
     }
 }
 
@@ -184,12 +177,7 @@ impl Control {
                 rollout.state = State::Aborted;
                 Arc::clone(&rollout.original)
             }
-            _ => {
-                return Err(CommandError::new(
-                    ErrorKind::NotFound,
-                    "no rollout in progress",
-                ))
-            }
+            _ => return Err(CommandError::new(ErrorKind::NotFound, "no rollout in progress")),
         };
         let mut restored = (*self.config).clone();
         restored.backends = original.backends.clone();
@@ -204,9 +192,10 @@ impl Control {
 
     /// Takes the next rollout step when one is due.
     pub(super) fn rollout_tick(&mut self) {
-        let due = self.rollout.as_ref().is_some_and(|rollout| {
-            rollout.state == State::Running && Instant::now() >= rollout.next_step
-        });
+        let due = self
+            .rollout
+            .as_ref()
+            .is_some_and(|rollout| rollout.state == State::Running && Instant::now() >= rollout.next_step);
         if !due {
             return;
         }
@@ -230,9 +219,7 @@ impl Control {
         if !rollout.draining.is_empty() {
             let ids = std::mem::take(&mut rollout.draining);
             let mut candidate = (*self.config).clone();
-            candidate
-                .backends
-                .retain(|backend| !ids.contains(&backend.id));
+            candidate.backends.retain(|backend| !ids.contains(&backend.id));
             self.commit(
                 candidate,
                 &Source::Rollout,
@@ -249,12 +236,7 @@ impl Control {
             let unproven = rollout.unproven.clone();
             let health = &self.config.healthcheck;
             for id in &unproven {
-                let Some(index) = self
-                    .config
-                    .backends
-                    .iter()
-                    .position(|backend| &backend.id == id)
-                else {
+                let Some(index) = self.config.backends.iter().position(|backend| &backend.id == id) else {
                     continue;
                 };
                 let backend = &self.config.backends[index];
@@ -273,13 +255,10 @@ impl Control {
             let urls: Vec<String> = rollout.to_add.drain(..count).collect();
             let mut text = crate::config::to_toml(&self.config);
             for url in &urls {
-                text.push_str(&format!(
-                    "\n[[backends]]\nurl = {}\n",
-                    toml::Value::String(url.clone())
-                ));
+                text.push_str(&format!("\n[[backends]]\nurl = {}\n", toml::Value::String(url.clone())));
             }
-            let candidate = crate::config::parse_config(&text)
-                .map_err(|errors| errors.to_string().replace('\n', "; "))?;
+            let candidate =
+                crate::config::parse_config(&text).map_err(|errors| errors.to_string().replace('\n', "; "))?;
             resolve_backends(&candidate).map_err(|error| error.to_string())?;
             let ids: Vec<String> = candidate.backends[self.config.backends.len()..]
                 .iter()

@@ -11,9 +11,7 @@ use std::path::Path;
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use super::command::{
-    parse_request_line, reply_json, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES,
-};
+use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
 use super::ControlRequest;
 
 /// Binds the socket (mode 0600) and serves it on a background thread.
@@ -46,11 +44,7 @@ pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
 
 /// The uid of the process on the other end, from SO_PEERCRED.
 fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    let mut credentials = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `length` bytes into `credentials`, which is a valid ucred.
     let result = unsafe {
@@ -152,11 +146,7 @@ pub fn dispatch(
 ) -> Result<Value, CommandError> {
     let (reply, result) = crossbeam_channel::bounded(1);
     requests
-        .send(ControlRequest {
-            command,
-            source,
-            reply,
-        })
+        .send(ControlRequest { command, source, reply })
         .map_err(|_| CommandError::new(ErrorKind::Unavailable, "corelb is shutting down"))?;
     result
         .recv()
@@ -173,9 +163,7 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', MAX_REQUEST_BYTES + 10));
         input.extend_from_slice(b"\nlast");
         let mut reader = BufReader::with_capacity(4096, &input[..]);
-        assert!(
-            matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "{\"cmd\":\"status\"}")
-        );
+        assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "{\"cmd\":\"status\"}"));
         assert!(matches!(read_line(&mut reader).unwrap(), Line::TooLong));
         assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "last"));
         assert!(matches!(read_line(&mut reader).unwrap(), Line::End));

@@ -61,10 +61,7 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     pub fn new() -> Self {
         ChunkedDecoder {
-            state: State::Size {
-                value: 0,
-                digits: 0,
-            },
+            state: State::Size { value: 0, digits: 0 },
             line_len: 0,
             trailer_len: 0,
         }
@@ -77,11 +74,7 @@ impl ChunkedDecoder {
 
     /// Decodes from `input`, handing each run of body bytes to `on_data`. Returns how many bytes of `input` were
     /// consumed; decoding stops right after the end of the message, so bytes of a following message stay unread.
-    pub fn decode(
-        &mut self,
-        input: &[u8],
-        mut on_data: impl FnMut(&[u8]),
-    ) -> Result<usize, ChunkedError> {
+    pub fn decode(&mut self, input: &[u8], mut on_data: impl FnMut(&[u8])) -> Result<usize, ChunkedError> {
         let mut position = 0;
         while position < input.len() {
             if let State::Data { remaining } = self.state {
@@ -161,9 +154,7 @@ impl ChunkedDecoder {
                 match byte {
                     b'\r' => State::SizeLf { value },
                     b'\t' => State::Extension { value },
-                    byte if byte < 0x20 || byte == 0x7f => {
-                        return Err(ChunkedError::InvalidExtension)
-                    }
+                    byte if byte < 0x20 || byte == 0x7f => return Err(ChunkedError::InvalidExtension),
                     _ => State::Extension { value },
                 }
             }
@@ -176,10 +167,7 @@ impl ChunkedDecoder {
                 _ => return Err(ChunkedError::MissingCrlf),
             },
             State::DataLf => match byte {
-                b'\n' => State::Size {
-                    value: 0,
-                    digits: 0,
-                },
+                b'\n' => State::Size { value: 0, digits: 0 },
                 _ => return Err(ChunkedError::MissingCrlf),
             },
             State::TrailerStart => match byte {
@@ -274,9 +262,7 @@ mod tests {
         let mut body = Vec::new();
         for byte in input.iter() {
             let used = decoder
-                .decode(std::slice::from_ref(byte), |data| {
-                    body.extend_from_slice(data)
-                })
+                .decode(std::slice::from_ref(byte), |data| body.extend_from_slice(data))
                 .unwrap();
             assert_eq!(used, 1);
         }
@@ -304,16 +290,10 @@ mod tests {
     fn bounds_lines_and_trailers() {
         let mut long_ext = b"1;".to_vec();
         long_ext.extend(std::iter::repeat_n(b'a', MAX_SIZE_LINE));
-        assert_eq!(
-            decode_all(&long_ext).unwrap_err(),
-            ChunkedError::LineTooLong
-        );
+        assert_eq!(decode_all(&long_ext).unwrap_err(), ChunkedError::LineTooLong);
         let mut long_trailer = b"0\r\n".to_vec();
         long_trailer.extend(std::iter::repeat_n(b'a', MAX_TRAILERS + 1));
-        assert_eq!(
-            decode_all(&long_trailer).unwrap_err(),
-            ChunkedError::TrailersTooLarge
-        );
+        assert_eq!(decode_all(&long_trailer).unwrap_err(), ChunkedError::TrailersTooLarge);
     }
 
     #[test]

@@ -45,12 +45,7 @@ impl Method {
     /// RFC 9110 §9.2.2: repeating the request has the same effect as sending it once.
     pub fn is_idempotent(self) -> bool {
         match self {
-            Method::Get
-            | Method::Head
-            | Method::Put
-            | Method::Delete
-            | Method::Options
-            | Method::Trace => true,
+            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace => true,
             Method::Post | Method::Patch | Method::Connect | Method::Other => false,
         }
     }
@@ -226,10 +221,7 @@ fn read_framing_fields(buf: &[u8], fields: &[Field]) -> Result<FramingFields, He
         let value = &buf[field.value.clone()];
         if name.eq_ignore_ascii_case(b"content-length") {
             let length = parse_content_length(value)?;
-            if found
-                .content_length
-                .is_some_and(|previous| previous != length)
-            {
+            if found.content_length.is_some_and(|previous| previous != length) {
                 return Err(HeadError::Malformed("conflicting Content-Length values"));
             }
             found.content_length = Some(length);
@@ -301,16 +293,15 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
     let path_bytes = path.as_bytes();
     if path_bytes.first() != Some(&b'/') {
         // absolute-form (RFC 9112 §3.2.2): the target's authority replaces Host.
-        let scheme_len =
-            if path_bytes.len() >= 7 && path_bytes[..7].eq_ignore_ascii_case(b"http://") {
-                7
-            } else if path_bytes.len() >= 8 && path_bytes[..8].eq_ignore_ascii_case(b"https://") {
-                8
-            } else if path_bytes == b"*" && method == Method::Options {
-                0
-            } else {
-                return Err(HeadError::Malformed("invalid request target"));
-            };
+        let scheme_len = if path_bytes.len() >= 7 && path_bytes[..7].eq_ignore_ascii_case(b"http://") {
+            7
+        } else if path_bytes.len() >= 8 && path_bytes[..8].eq_ignore_ascii_case(b"https://") {
+            8
+        } else if path_bytes == b"*" && method == Method::Options {
+            0
+        } else {
+            return Err(HeadError::Malformed("invalid request target"));
+        };
         if scheme_len > 0 {
             let rest = &path_bytes[scheme_len..];
             let authority_len = rest
@@ -366,14 +357,10 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
     let framing_fields = read_framing_fields(buf, &fields)?;
     let framing = if framing_fields.transfer_encoding_seen {
         if version == Version::Http10 {
-            return Err(HeadError::Malformed(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ));
+            return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
         }
         if framing_fields.content_length.is_some() {
-            return Err(HeadError::Malformed(
-                "both Transfer-Encoding and Content-Length",
-            ));
+            return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length"));
         }
         if !framing_fields.chunked_last {
             return Err(HeadError::Malformed("final transfer coding is not chunked"));
@@ -408,11 +395,7 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
 }
 
 /// Parses a response head to a request made with `method`. `Ok(None)` means more bytes are needed.
-pub fn parse_response(
-    buf: &[u8],
-    method: Method,
-    limits: &HeadLimits,
-) -> Result<Option<ResponseHead>, HeadError> {
+pub fn parse_response(buf: &[u8], method: Method, limits: &HeadLimits) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut response = httparse::Response::new(&mut headers[..max_headers]);
@@ -428,9 +411,7 @@ pub fn parse_response(
         return Err(HeadError::TooLarge(limits.max_head_bytes));
     }
     let version = version_of(response.version)?;
-    let status = response
-        .code
-        .ok_or(HeadError::Malformed("missing status code"))?;
+    let status = response.code.ok_or(HeadError::Malformed("missing status code"))?;
     if !(100..=999).contains(&status) {
         return Err(HeadError::Malformed("invalid status code"));
     }
@@ -452,33 +433,31 @@ pub fn parse_response(
         Version::Http10 => framing_fields.close || !framing_fields.keep_alive,
     };
     // RFC 9112 §6.3: the order of these rules matters.
-    let framing =
-        if method == Method::Head || (100..200).contains(&status) || status == 204 || status == 304
-        {
-            BodyFraming::None
-        } else if framing_fields.transfer_encoding_seen {
-            if framing_fields.content_length.is_some() {
-                // Transfer-Encoding wins, but the connection cannot be trusted afterwards.
-                close = true;
+    let framing = if method == Method::Head || (100..200).contains(&status) || status == 204 || status == 304 {
+        BodyFraming::None
+    } else if framing_fields.transfer_encoding_seen {
+        if framing_fields.content_length.is_some() {
+            // Transfer-Encoding wins, but the connection cannot be trusted afterwards.
+            close = true;
+        }
+        if framing_fields.chunked_last && version == Version::Http11 {
+            if !framing_fields.chunked_only {
+                return Err(HeadError::UnsupportedTransferCoding);
             }
-            if framing_fields.chunked_last && version == Version::Http11 {
-                if !framing_fields.chunked_only {
-                    return Err(HeadError::UnsupportedTransferCoding);
-                }
-                BodyFraming::Chunked
-            } else {
+            BodyFraming::Chunked
+        } else {
+            close = true;
+            BodyFraming::UntilClose
+        }
+    } else {
+        match framing_fields.content_length {
+            Some(length) => BodyFraming::Length(length),
+            None => {
                 close = true;
                 BodyFraming::UntilClose
             }
-        } else {
-            match framing_fields.content_length {
-                Some(length) => BodyFraming::Length(length),
-                None => {
-                    close = true;
-                    BodyFraming::UntilClose
-                }
-            }
-        };
+        }
+    };
     Ok(Some(ResponseHead {
         len,
         status,
@@ -506,9 +485,7 @@ mod tests {
     }
 
     fn response(text: &str, method: Method) -> ResponseHead {
-        parse_response(text.as_bytes(), method, &LIMITS)
-            .unwrap()
-            .unwrap()
+        parse_response(text.as_bytes(), method, &LIMITS).unwrap().unwrap()
     }
 
     #[test]
@@ -565,10 +542,9 @@ mod tests {
 
     #[test]
     fn identical_content_lengths_are_tolerated() {
-        let head =
-            request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
-                .unwrap()
-                .unwrap();
+        let head = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(head.framing, BodyFraming::Length(5));
     }
 
@@ -577,10 +553,7 @@ mod tests {
         let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
         assert_eq!(request(&long).unwrap_err(), HeadError::UriTooLong(256));
         let partial_long = format!("GET /{}", "a".repeat(300));
-        assert_eq!(
-            request(&partial_long).unwrap_err(),
-            HeadError::UriTooLong(256)
-        );
+        assert_eq!(request(&partial_long).unwrap_err(), HeadError::UriTooLong(256));
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "b".repeat(1100));
         assert_eq!(request(&big).unwrap_err(), HeadError::TooLarge(1024));
         let many: String = (0..20).map(|i| format!("X-{i}: v\r\n")).collect();
@@ -591,8 +564,7 @@ mod tests {
             HeadError::UnsupportedVersion
         );
         assert_eq!(
-            request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
-                .unwrap_err(),
+            request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err(),
             HeadError::UnsupportedTransferCoding
         );
         assert_eq!(
@@ -624,8 +596,7 @@ mod tests {
 
     #[test]
     fn expect_continue_only_matters_with_a_body() {
-        let with_body =
-            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        let with_body = "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
         assert!(request(with_body).unwrap().unwrap().expect_continue);
         let without = "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
         assert!(!request(without).unwrap().unwrap().expect_continue);
@@ -646,19 +617,11 @@ mod tests {
             BodyFraming::None
         );
         assert_eq!(
-            response(
-                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                Method::Get
-            )
-            .framing,
+            response("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", Method::Get).framing,
             BodyFraming::None
         );
         assert_eq!(
-            response(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Method::Get
-            )
-            .framing,
+            response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).framing,
             BodyFraming::Chunked
         );
         let until_close = response("HTTP/1.1 200 OK\r\n\r\n", Method::Get);

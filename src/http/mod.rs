@@ -8,6 +8,5 @@ pub mod rewrite;
 
 pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use head::{
-    parse_request, parse_response, BodyFraming, Field, HeadError, Method, RequestHead,
-    ResponseHead, Version,
+    parse_request, parse_response, BodyFraming, Field, HeadError, Method, RequestHead, ResponseHead, Version,
 };

@@ -3,8 +3,7 @@
 
 /// Upper bounds, in seconds, of the finite buckets.
 pub const BUCKETS: [f64; 18] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5,
-    10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,7 +16,10 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, seconds: f64) {
-        let index = BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS.len());
+        let index = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
         self.counts[index] += 1;
         self.sum += seconds;
         self.count += 1;

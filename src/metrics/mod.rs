@@ -130,7 +130,9 @@ impl WorkerMetrics {
             frontend.duration.observe(record.duration.as_secs_f64());
         }
         if let Some(backend) = self.backends.get_mut(record.backend) {
-            let cell = record.frontend * CELLS + method_class(record.method) * STATUS_CLASSES.len() + status_class(record.status);
+            let cell = record.frontend * CELLS
+                + method_class(record.method) * STATUS_CLASSES.len()
+                + status_class(record.status);
             if let Some(count) = backend.requests.get_mut(cell) {
                 *count += 1;
             }
@@ -200,10 +202,13 @@ impl Merged {
                 merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
             }
             for series in &worker.frontends {
-                let total = merged.frontends.entry(series.name.clone()).or_insert_with(|| FrontendSeries {
-                    name: series.name.clone(),
-                    ..FrontendSeries::default()
-                });
+                let total = merged
+                    .frontends
+                    .entry(series.name.clone())
+                    .or_insert_with(|| FrontendSeries {
+                        name: series.name.clone(),
+                        ..FrontendSeries::default()
+                    });
                 total.connections_total += series.connections_total;
                 total.connections_active += series.connections_active;
                 total.received_bytes += series.received_bytes;
@@ -211,11 +216,14 @@ impl Merged {
                 total.duration.merge(&series.duration);
             }
             for series in &worker.backends {
-                let total = merged.backends.entry(series.id.clone()).or_insert_with(|| BackendSeries {
-                    id: series.id.clone(),
-                    requests: vec![0; series.requests.len()],
-                    ..BackendSeries::default()
-                });
+                let total = merged
+                    .backends
+                    .entry(series.id.clone())
+                    .or_insert_with(|| BackendSeries {
+                        id: series.id.clone(),
+                        requests: vec![0; series.requests.len()],
+                        ..BackendSeries::default()
+                    });
                 for (mine, theirs) in total.requests.iter_mut().zip(&series.requests) {
                     *mine += theirs;
                 }

@@ -1,7 +1,9 @@
 //! Renders merged metrics in the Prometheus text format with the `prometheus` crate's encoder, so the output
 //! follows the exposition format exactly (escaping, `+Inf`, `_bucket`/`_sum`/`_count`).
 
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram as ProtoHistogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram as ProtoHistogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, TextEncoder};
 
 use super::names::*;
@@ -82,16 +84,44 @@ impl Family {
 pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     let mut families = Vec::new();
 
-    let mut requests = Family::new(REQUESTS, "Requests answered, by frontend, backend, method and status class.", MetricType::COUNTER);
+    let mut requests = Family::new(
+        REQUESTS,
+        "Requests answered, by frontend, backend, method and status class.",
+        MetricType::COUNTER,
+    );
     for (frontend, backend, method, status, count) in merged.request_cells() {
-        requests.counter(&[("frontend", frontend), ("backend", backend), ("method", method), ("status_class", status)], count as f64);
+        requests.counter(
+            &[
+                ("frontend", frontend),
+                ("backend", backend),
+                ("method", method),
+                ("status_class", status),
+            ],
+            count as f64,
+        );
     }
     families.push(requests);
 
-    let mut duration = Family::new(REQUEST_DURATION, "Time from a complete request head to the last response byte.", MetricType::HISTOGRAM);
-    let mut received = Family::new(RECEIVED_BYTES, "Bytes received from clients (heads and bodies).", MetricType::COUNTER);
-    let mut sent = Family::new(SENT_BYTES, "Bytes sent to clients (heads and bodies).", MetricType::COUNTER);
-    let mut active = Family::new(CLIENT_CONNECTIONS_ACTIVE, "Client connections open now.", MetricType::GAUGE);
+    let mut duration = Family::new(
+        REQUEST_DURATION,
+        "Time from a complete request head to the last response byte.",
+        MetricType::HISTOGRAM,
+    );
+    let mut received = Family::new(
+        RECEIVED_BYTES,
+        "Bytes received from clients (heads and bodies).",
+        MetricType::COUNTER,
+    );
+    let mut sent = Family::new(
+        SENT_BYTES,
+        "Bytes sent to clients (heads and bodies).",
+        MetricType::COUNTER,
+    );
+    let mut active = Family::new(
+        CLIENT_CONNECTIONS_ACTIVE,
+        "Client connections open now.",
+        MetricType::GAUGE,
+    );
     let mut accepted = Family::new(CLIENT_CONNECTIONS, "Client connections accepted.", MetricType::COUNTER);
     for (name, series) in &merged.frontends {
         let pairs = [("frontend", name.as_str())];
@@ -103,11 +133,31 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     }
     families.extend([duration, received, sent, active, accepted]);
 
-    let mut upstream = Family::new(UPSTREAM_RESPONSE, "Time from sending a request upstream to its response head.", MetricType::HISTOGRAM);
-    let mut connections = Family::new(UPSTREAM_CONNECTIONS, "Upstream connections used, newly opened or reused from the pool.", MetricType::COUNTER);
-    let mut idle = Family::new(UPSTREAM_CONNECTIONS_IDLE, "Idle upstream keep-alive connections.", MetricType::GAUGE);
-    let mut open = Family::new(UPSTREAM_CONNECTIONS_OPEN, "Upstream connections open (in use plus idle).", MetricType::GAUGE);
-    let mut up = Family::new(BACKEND_UP, "1 when no worker has the backend marked down.", MetricType::GAUGE);
+    let mut upstream = Family::new(
+        UPSTREAM_RESPONSE,
+        "Time from sending a request upstream to its response head.",
+        MetricType::HISTOGRAM,
+    );
+    let mut connections = Family::new(
+        UPSTREAM_CONNECTIONS,
+        "Upstream connections used, newly opened or reused from the pool.",
+        MetricType::COUNTER,
+    );
+    let mut idle = Family::new(
+        UPSTREAM_CONNECTIONS_IDLE,
+        "Idle upstream keep-alive connections.",
+        MetricType::GAUGE,
+    );
+    let mut open = Family::new(
+        UPSTREAM_CONNECTIONS_OPEN,
+        "Upstream connections open (in use plus idle).",
+        MetricType::GAUGE,
+    );
+    let mut up = Family::new(
+        BACKEND_UP,
+        "1 when no worker has the backend marked down.",
+        MetricType::GAUGE,
+    );
     let mut weight = Family::new(BACKEND_WEIGHT, "Configured backend weight.", MetricType::GAUGE);
     for (id, series) in &merged.backends {
         if id == super::NO_BACKEND {
@@ -131,12 +181,20 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         errors.counter(&[("category", category)], *count as f64);
     }
     families.push(errors);
-    let mut retries = Family::new(RETRIES, "Requests sent again: to another backend after a failed connect, or on a fresh connection after a stale one.", MetricType::COUNTER);
+    let mut retries = Family::new(
+        RETRIES,
+        "Requests sent again: to another backend after a failed connect, or on a fresh connection after a stale one.",
+        MetricType::COUNTER,
+    );
     for (reason, count) in &merged.retries {
         retries.counter(&[("reason", reason)], *count as f64);
     }
     families.push(retries);
-    let mut per_worker = Family::new(WORKER_REQUESTS, "Requests answered by each worker (shows SO_REUSEPORT imbalance).", MetricType::COUNTER);
+    let mut per_worker = Family::new(
+        WORKER_REQUESTS,
+        "Requests answered by each worker (shows SO_REUSEPORT imbalance).",
+        MetricType::COUNTER,
+    );
     for (worker, count) in &merged.worker_requests {
         per_worker.counter(&[("worker", &worker.to_string())], *count as f64);
     }
@@ -144,12 +202,26 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
 
     let mut version = Family::new(CONFIG_VERSION, "Version of the config in force.", MetricType::GAUGE);
     version.gauge(&[], control.config_version as f64);
-    let mut reload_ok = Family::new(CONFIG_LAST_RELOAD_SUCCESS, "1 when the last reload or apply succeeded.", MetricType::GAUGE);
+    let mut reload_ok = Family::new(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "1 when the last reload or apply succeeded.",
+        MetricType::GAUGE,
+    );
     reload_ok.gauge(&[], if control.last_reload_successful { 1.0 } else { 0.0 });
-    let mut reload_time = Family::new(CONFIG_LAST_RELOAD_TIME, "When the last reload or apply was attempted.", MetricType::GAUGE);
+    let mut reload_time = Family::new(
+        CONFIG_LAST_RELOAD_TIME,
+        "When the last reload or apply was attempted.",
+        MetricType::GAUGE,
+    );
     reload_time.gauge(&[], control.last_reload_unix_seconds);
     let mut build = Family::new(BUILD_INFO, "Build and runtime facts; always 1.", MetricType::GAUGE);
-    build.gauge(&[("version", env!("CARGO_PKG_VERSION")), ("io_driver", &control.io_driver)], 1.0);
+    build.gauge(
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("io_driver", &control.io_driver),
+        ],
+        1.0,
+    );
     families.extend([version, reload_ok, reload_time, build]);
 
     let families: Vec<MetricFamily> = families
@@ -201,10 +273,24 @@ mod tests {
                 io_driver: "io_uring".into(),
             },
         );
-        assert!(text.contains("corelb_requests_total{frontend=\"web\",backend=\"a\",method=\"POST\",status_class=\"2xx\"} 3"), "{text}");
-        assert!(text.contains("corelb_request_duration_seconds_bucket{frontend=\"web\",le=\"0.00025\"} 3"), "{text}");
-        assert!(text.contains("corelb_request_duration_seconds_count{frontend=\"web\"} 3"), "{text}");
-        assert!(text.contains("corelb_upstream_connections_total{backend=\"a\",kind=\"new\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "corelb_requests_total{frontend=\"web\",backend=\"a\",method=\"POST\",status_class=\"2xx\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("corelb_request_duration_seconds_bucket{frontend=\"web\",le=\"0.00025\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corelb_request_duration_seconds_count{frontend=\"web\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corelb_upstream_connections_total{backend=\"a\",kind=\"new\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("corelb_config_version 3"), "{text}");
         assert!(text.contains("corelb_build_info{version=\""), "{text}");
         assert!(text.contains("# TYPE corelb_retries_total counter"), "{text}");

@@ -19,11 +19,7 @@ fn timed_out() -> io::Error {
 }
 
 /// Writes all of `buf` within `timeout`. Returns the buffer (empty after a timeout: the kernel may still own it).
-pub async fn write_all_timeout(
-    stream: &mut TcpStream,
-    buf: Vec<u8>,
-    timeout: Duration,
-) -> (io::Result<()>, Vec<u8>) {
+pub async fn write_all_timeout(stream: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
     match monoio::time::timeout(timeout, stream.write_all(buf)).await {
         Ok((Ok(_), buf)) => (Ok(()), buf),
         Ok((Err(error), buf)) => (Err(error), buf),
@@ -100,18 +96,12 @@ impl BufferedStream {
 
     /// Like [`fill`](Self::fill), but also ends early with `ErrorKind::Interrupted` when `cancel` fires: used for
     /// idle keep-alive waits that a graceful shutdown should end at once.
-    pub async fn fill_cancelable(
-        &mut self,
-        timeout: Duration,
-        cancel: CancelHandle,
-    ) -> io::Result<usize> {
+    pub async fn fill_cancelable(&mut self, timeout: Duration, cancel: CancelHandle) -> io::Result<usize> {
         self.make_room(1024);
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let capacity = buf.capacity();
-        let read = self
-            .stream
-            .cancelable_read(buf.slice_mut(len..capacity), cancel);
+        let read = self.stream.cancelable_read(buf.slice_mut(len..capacity), cancel);
         match monoio::time::timeout(timeout, read).await {
             Ok((result, slice)) => {
                 self.buf = slice.into_inner();
@@ -127,12 +117,7 @@ impl BufferedStream {
     }
 
     /// Writes the first `count` buffered bytes to `dst` (without copying them) and consumes them.
-    pub async fn forward_buffered(
-        &mut self,
-        dst: &mut TcpStream,
-        count: usize,
-        timeout: Duration,
-    ) -> io::Result<()> {
+    pub async fn forward_buffered(&mut self, dst: &mut TcpStream, count: usize, timeout: Duration) -> io::Result<()> {
         let buf = std::mem::take(&mut self.buf);
         let range = self.start..self.start + count;
         match monoio::time::timeout(timeout, dst.write_all(buf.slice(range))).await {
@@ -147,11 +132,7 @@ impl BufferedStream {
     }
 
     /// Writes `buf` to this stream.
-    pub async fn write_all(
-        &mut self,
-        buf: Vec<u8>,
-        timeout: Duration,
-    ) -> (io::Result<()>, Vec<u8>) {
+    pub async fn write_all(&mut self, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
         write_all_timeout(&mut self.stream, buf, timeout).await
     }
 }

@@ -11,10 +11,7 @@ const BACKLOG: i32 = 4096;
 
 /// Binds one worker's listener on `address`.
 pub fn bind_reuseport(address: SocketAddr) -> io::Result<TcpListener> {
-    let options = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(BACKLOG);
+    let options = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(BACKLOG);
     TcpListener::bind_with_config(address, &options)
 }
 

@@ -40,11 +40,7 @@ pub struct CopyTimeouts {
     pub write: Duration,
 }
 
-async fn flush(
-    dst: &mut TcpStream,
-    pending: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<(), BodyError> {
+async fn flush(dst: &mut TcpStream, pending: &mut Vec<u8>, timeout: Duration) -> Result<(), BodyError> {
     if pending.is_empty() {
         return Ok(());
     }

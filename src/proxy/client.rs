@@ -1,26 +1,32 @@
 //! One client connection: read a request head, forward it, repeat while both sides keep the connection alive.
-//! Requests on one connection are handled in order, so pipelined requests are answered in order.
+//! Requests on one connection are handled in order, so pipelined requests are answered in order. Every request,
+//! forwarded, refused or answered locally, is counted in the worker's metrics and written to the access log here.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use monoio::net::TcpStream;
 
 use super::error::{reason_phrase, ProxyError, Side};
-use super::forward::{forward, Disposition, Request};
+use super::forward::{forward, Disposition, ExchangeStats, Request};
+use super::request_id::is_well_formed;
+use crate::access_log::{format_entry, Entry};
 use crate::http::head::{parse_request, RequestHead, Version};
-use crate::http::rewrite::write_local_response;
+use crate::http::rewrite::{write_local_response, LocalResponse};
+use crate::http::Method;
+use crate::metrics::RequestRecord;
 use crate::net::BufferedStream;
 use crate::worker::context::{Generation, WorkerContext};
 
 /// Serves one accepted client connection until it closes.
-pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: SocketAddr) {
-    let _guard = context.connection_opened();
+pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: SocketAddr, frontend: usize) {
+    let _guard = context.connection_opened(frontend);
     let _ = stream.set_nodelay(true);
     let mut client = BufferedStream::new(stream);
     let mut head_bytes: Vec<u8> = Vec::new();
     let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let mut request_id = String::new();
     let mut first = true;
     loop {
         let generation = context.generation();
@@ -29,73 +35,312 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             Ok(None) => return,
             Err(error) => {
                 tracing::debug!(%peer, category = error.label(), error = %error, "refused request");
-                respond_with_error(
+                context.request_ids.generate(&mut request_id);
+                let started = Instant::now();
+                let sent = respond_with_error(
                     &mut client,
                     &generation,
                     &error,
                     Version::Http11,
                     true,
+                    &request_id,
                     &mut scratch,
                 )
                 .await;
+                let outcome = Outcome {
+                    status: error.status().unwrap_or(0),
+                    error: Some(error.label()),
+                    sent,
+                    received: client.buffered().len() as u64,
+                    ..Outcome::new(started)
+                };
+                finish(&context, &generation, frontend, peer, None, &[], &request_id, &outcome);
                 linger_close(client).await;
                 return;
             }
         };
+        let started = Instant::now();
         first = false;
         head_bytes.clear();
         head_bytes.extend_from_slice(&client.buffered()[..head.len]);
         client.consume(head.len);
+        choose_request_id(&context, &head, &head_bytes, &mut request_id);
 
-        let started = Instant::now();
+        if is_health_request(&generation, &head, &head_bytes) {
+            let close = head.close || context.draining();
+            let sent = answer_health(&mut client, &generation, &head, close, &request_id, &mut scratch).await;
+            let outcome = Outcome {
+                status: if sent.1 { 200 } else { 503 },
+                sent: sent.0,
+                received: head.len as u64,
+                ..Outcome::new(started)
+            };
+            finish(
+                &context,
+                &generation,
+                frontend,
+                peer,
+                Some(&head),
+                &head_bytes,
+                &request_id,
+                &outcome,
+            );
+            if close {
+                return;
+            }
+            continue;
+        }
+
         let request = Request {
             head_bytes: &head_bytes,
             head: &head,
             peer,
+            request_id: &request_id,
         };
-        match forward(&context, &generation, &mut client, request, &mut scratch).await {
-            Ok(Disposition::KeepAlive) => {
-                tracing::trace!(%peer, elapsed = ?started.elapsed(), "request done");
-            }
-            Ok(Disposition::Close) => return,
+        let mut stats = ExchangeStats::default();
+        let result = forward(&context, &generation, &mut client, request, &mut scratch, &mut stats).await;
+        let mut outcome = Outcome {
+            status: stats.status.unwrap_or(0),
+            upstream: stats.upstream,
+            sent: stats.sent,
+            received: head.len as u64 + stats.body_received,
+            backend: stats
+                .backend
+                .as_ref()
+                .map(|backend| (backend.metrics_slot, backend.id.clone())),
+            ..Outcome::new(started)
+        };
+        let keep = match result {
+            Ok(disposition) => disposition == Disposition::KeepAlive,
             Err(failure) => {
                 let error = &failure.error;
                 match error.side() {
                     Side::Upstream | Side::Proxy => tracing::warn!(
                         %peer, backend = failure.backend.as_deref().unwrap_or("-"), category = error.label(),
-                        error = %error, "request failed"
+                        error = %error, request_id = %request_id, "request failed"
                     ),
-                    Side::Client => {
-                        tracing::debug!(%peer, category = error.label(), error = %error, "client failed")
-                    }
+                    Side::Client => tracing::debug!(%peer, category = error.label(), error = %error, "client failed"),
                 }
-                let keep = failure.request_consumed
-                    && !failure.response_started
-                    && !head.close
-                    && !context.draining();
+                outcome.error = Some(error.label());
+                let keep = failure.request_consumed && !failure.response_started && !head.close && !context.draining();
                 if !failure.response_started {
-                    respond_with_error(
+                    outcome.sent += respond_with_error(
                         &mut client,
                         &generation,
                         error,
                         head.version,
                         !keep,
+                        &request_id,
                         &mut scratch,
                     )
                     .await;
+                    outcome.status = error.status().unwrap_or(0);
                 }
-                if !keep {
-                    if !failure.response_started {
-                        linger_close(client).await;
-                    }
+                if !keep && !failure.response_started {
+                    finish(
+                        &context,
+                        &generation,
+                        frontend,
+                        peer,
+                        Some(&head),
+                        &head_bytes,
+                        &request_id,
+                        &outcome,
+                    );
+                    linger_close(client).await;
                     return;
                 }
+                keep
             }
-        }
-        if context.draining() {
+        };
+        finish(
+            &context,
+            &generation,
+            frontend,
+            peer,
+            Some(&head),
+            &head_bytes,
+            &request_id,
+            &outcome,
+        );
+        if !keep || context.draining() {
             return;
         }
     }
+}
+
+/// How one request ended, for metrics and the access log.
+struct Outcome {
+    started: Instant,
+    status: u16,
+    error: Option<&'static str>,
+    upstream: Option<std::time::Duration>,
+    sent: u64,
+    received: u64,
+    /// Metrics slot and id of the backend involved.
+    backend: Option<(usize, String)>,
+}
+
+impl Outcome {
+    fn new(started: Instant) -> Outcome {
+        Outcome {
+            started,
+            status: 0,
+            error: None,
+            upstream: None,
+            sent: 0,
+            received: 0,
+            backend: None,
+        }
+    }
+}
+
+/// Keeps a well-formed incoming `X-Request-Id`, or makes one.
+fn choose_request_id(context: &WorkerContext, head: &RequestHead, head_bytes: &[u8], request_id: &mut String) {
+    let incoming = head
+        .fields
+        .iter()
+        .find(|field| head_bytes[field.name.clone()].eq_ignore_ascii_case(b"x-request-id"))
+        .map(|field| &head_bytes[field.value.clone()])
+        .filter(|value| is_well_formed(value));
+    match incoming {
+        Some(value) => {
+            request_id.clear();
+            // Well-formed ids are ASCII.
+            request_id.push_str(std::str::from_utf8(value).unwrap_or_default());
+        }
+        None => context.request_ids.generate(request_id),
+    }
+}
+
+fn field<'a>(head: &RequestHead, head_bytes: &'a [u8], name: &[u8]) -> &'a [u8] {
+    head.fields
+        .iter()
+        .find(|field| head_bytes[field.name.clone()].eq_ignore_ascii_case(name))
+        .map_or(&[][..], |field| &head_bytes[field.value.clone()])
+}
+
+/// Counts the request and writes its access log line.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    context: &WorkerContext,
+    generation: &Generation,
+    frontend: usize,
+    peer: SocketAddr,
+    head: Option<&RequestHead>,
+    head_bytes: &[u8],
+    request_id: &str,
+    outcome: &Outcome,
+) {
+    let config = &generation.config;
+    let duration = outcome.started.elapsed();
+    let method = head.map_or(Method::Other, |head| head.method);
+    if config.metrics.enabled {
+        context.with_metrics(|metrics| {
+            metrics.record(&RequestRecord {
+                frontend,
+                backend: outcome.backend.as_ref().map_or(0, |(slot, _)| *slot),
+                method,
+                status: outcome.status,
+                duration,
+                upstream: outcome.upstream,
+                received: outcome.received,
+                sent: outcome.sent,
+                error: outcome.error,
+            })
+        });
+    }
+    if config.access_log.enabled {
+        let method_text = head.map_or(&b"-"[..], |head| &head_bytes[head.method_range.clone()]);
+        let path = head.map_or(&b"-"[..], |head| &head_bytes[head.target.clone()]);
+        let entry = Entry {
+            time: SystemTime::now(),
+            client: peer,
+            frontend: config
+                .frontends
+                .get(frontend)
+                .map_or("-", |frontend| frontend.name.as_str()),
+            method: std::str::from_utf8(method_text).unwrap_or("-"),
+            path,
+            version: match head.map(|head| head.version) {
+                Some(Version::Http10) => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: outcome.status,
+            bytes_sent: outcome.sent,
+            bytes_received: outcome.received,
+            duration,
+            upstream: outcome.upstream,
+            backend: outcome.backend.as_ref().map_or("-", |(_, id)| id.as_str()),
+            worker: context.index,
+            error: outcome.error,
+            request_id,
+            user_agent: head.map_or(&[][..], |head| field(head, head_bytes, b"user-agent")),
+            referer: head.map_or(&[][..], |head| field(head, head_bytes, b"referer")),
+        };
+        let format = config.access_log.format;
+        context.access_log(|buffer| format_entry(buffer, &entry, format));
+    }
+}
+
+/// The request is for corelb's own health path.
+fn is_health_request(generation: &Generation, head: &RequestHead, head_bytes: &[u8]) -> bool {
+    let endpoint = &generation.config.health_endpoint;
+    if !endpoint.enabled || !matches!(head.method, Method::Get | Method::Head) || !head.framing.is_empty() {
+        return false;
+    }
+    let target = &head_bytes[head.target.clone()];
+    let path = target.split(|&byte| byte == b'?').next().unwrap_or(target);
+    path == endpoint.path.as_bytes()
+}
+
+/// Backends this worker would send a request to right now.
+pub fn healthy_backends(generation: &Generation) -> usize {
+    let now = Instant::now();
+    generation
+        .backends
+        .iter()
+        .zip(&generation.accepting)
+        .filter(|(backend, accepting)| **accepting && backend.available(now))
+        .count()
+}
+
+/// Answers the health path: 200 when at least one backend can serve, 503 otherwise. Returns (bytes sent, healthy).
+async fn answer_health(
+    client: &mut BufferedStream,
+    generation: &Generation,
+    head: &RequestHead,
+    close: bool,
+    request_id: &str,
+    scratch: &mut Vec<u8>,
+) -> (u64, bool) {
+    let healthy = healthy_backends(generation);
+    let total = generation.backends.len();
+    let ok = healthy > 0;
+    let body = format!(
+        "{{\"status\":\"{}\",\"healthy_backends\":{healthy},\"backends\":{total}}}\n",
+        if ok { "ok" } else { "unavailable" }
+    );
+    scratch.clear();
+    write_local_response(
+        scratch,
+        &LocalResponse {
+            status: if ok { 200 } else { 503 },
+            reason: if ok { "OK" } else { "Service Unavailable" },
+            content_type: "application/json",
+            body: &body,
+            close,
+            version: head.version,
+            request_id: request_id.as_bytes(),
+            head_only: head.method == Method::Head,
+        },
+    );
+    let sent = scratch.len() as u64;
+    let (result, buf) = client
+        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
+        .await;
+    *scratch = buf;
+    (if result.is_ok() { sent } else { 0 }, ok)
 }
 
 /// Waits for a complete request head. `Ok(None)`: the client closed or went idle between requests.
@@ -138,9 +383,7 @@ async fn read_request_head(
                 tracing::trace!(error = %error, "idle client connection closed");
                 return Ok(None);
             }
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ProxyError::ClientHeaderTimeout)
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(ProxyError::ClientHeaderTimeout),
             Err(error) => return Err(ProxyError::ClientIo(error)),
         }
     }
@@ -175,27 +418,43 @@ async fn linger_close(mut client: BufferedStream) {
     }
 }
 
-/// Sends the short error response for `error`, when the error has one.
+/// Sends the short error response for `error`, when the error has one. Returns the bytes sent.
 async fn respond_with_error(
     client: &mut BufferedStream,
     generation: &Generation,
     error: &ProxyError,
     version: Version,
     close: bool,
+    request_id: &str,
     scratch: &mut Vec<u8>,
-) {
+) -> u64 {
     let Some(status) = error.status() else {
-        return;
+        return 0;
     };
     let reason = reason_phrase(status);
     let body = format!("{status} {reason}: {}\n", error.label());
     scratch.clear();
-    write_local_response(scratch, status, reason, &body, close, version);
-    let (_, buf) = client
-        .write_all(
-            std::mem::take(scratch),
-            generation.config.timeouts.client_idle,
-        )
+    write_local_response(
+        scratch,
+        &LocalResponse {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            body: &body,
+            close,
+            version,
+            request_id: request_id.as_bytes(),
+            head_only: false,
+        },
+    );
+    let sent = scratch.len() as u64;
+    let (result, buf) = client
+        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
         .await;
     *scratch = buf;
+    if result.is_ok() {
+        sent
+    } else {
+        0
+    }
 }

@@ -63,9 +63,9 @@ impl ProxyError {
             ProxyError::NoBackend => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
-            ProxyError::UpstreamIo { .. }
-            | ProxyError::UpstreamClosed { .. }
-            | ProxyError::BadResponse { .. } => Some(502),
+            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
+                Some(502)
+            }
         }
     }
 
@@ -189,9 +189,7 @@ mod tests {
                 "connect_failed",
             ),
             (
-                ProxyError::UpstreamTimeout {
-                    backend: "b".into(),
-                },
+                ProxyError::UpstreamTimeout { backend: "b".into() },
                 Some(504),
                 "upstream_timeout",
             ),
@@ -205,13 +203,7 @@ mod tests {
 
     #[test]
     fn only_connect_failures_are_free_to_retry_anywhere() {
-        assert!(ProxyError::ConnectTimeout {
-            backend: "b".into()
-        }
-        .nothing_sent());
-        assert!(!ProxyError::UpstreamTimeout {
-            backend: "b".into()
-        }
-        .nothing_sent());
+        assert!(ProxyError::ConnectTimeout { backend: "b".into() }.nothing_sent());
+        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.nothing_sent());
     }
 }

@@ -14,9 +14,7 @@ use monoio::net::TcpStream;
 use super::body::{copy_body, BodyError, CopyTimeouts, Encoding};
 use super::error::ProxyError;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
-use crate::http::rewrite::{
-    write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape,
-};
+use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
 use crate::net::{write_all_timeout, BufferedStream};
 use crate::worker::context::{BackendState, Generation, WorkerContext};
@@ -44,14 +42,26 @@ pub struct Request<'a> {
     pub head_bytes: &'a [u8],
     pub head: &'a RequestHead,
     pub peer: SocketAddr,
+    pub request_id: &'a str,
+}
+
+/// What an exchange did, for metrics and the access log; filled in as far as the exchange got.
+#[derive(Default)]
+pub struct ExchangeStats {
+    pub backend: Option<Rc<BackendState>>,
+    /// The status sent to the client by the backend's response.
+    pub status: Option<u16>,
+    /// From the first byte sent upstream to the response head.
+    pub upstream: Option<std::time::Duration>,
+    /// Request body bytes read from the client.
+    pub body_received: u64,
+    /// Response bytes (head and body) written to the client.
+    pub sent: u64,
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-async fn connect(
-    backend: &BackendState,
-    generation: &Generation,
-) -> Result<BufferedStream, ProxyError> {
+async fn connect(backend: &BackendState, generation: &Generation) -> Result<BufferedStream, ProxyError> {
     let timeout = generation.config.timeouts.connect;
     match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
@@ -70,6 +80,7 @@ async fn connect(
 
 /// Picks a backend and connects to it, moving on to the next backend when a connect fails.
 async fn open_upstream(
+    context: &WorkerContext,
     generation: &Generation,
 ) -> Result<(Rc<BackendState>, BufferedStream, bool), ProxyError> {
     let upstream = &generation.config.upstream;
@@ -81,9 +92,7 @@ async fn open_upstream(
         let accepting = &generation.accepting;
         let pick = generation
             .balancer
-            .pick(|index| {
-                accepting[index] && !tried.contains(&index) && backends[index].available(now)
-            })
+            .pick(|index| accepting[index] && !tried.contains(&index) && backends[index].available(now))
             // Every backend marked down: try one anyway rather than refuse outright; it may be back.
             .or_else(|| {
                 if tried.is_empty() {
@@ -107,11 +116,10 @@ async fn open_upstream(
             Err(error) => {
                 tracing::warn!(backend = %backend.id, error = %error, "backend connect failed; trying another");
                 backend.mark_failed(now + upstream.fail_timeout);
+                context.with_metrics(|metrics| metrics.retried("connect_failed"));
                 tried.push(index);
                 last_error = Some(error);
-                if tried.len() >= upstream.max_connect_attempts as usize
-                    || tried.len() >= backends.len()
-                {
+                if tried.len() >= upstream.max_connect_attempts as usize || tried.len() >= backends.len() {
                     return Err(last_error.unwrap_or(ProxyError::NoBackend));
                 }
             }
@@ -132,10 +140,7 @@ async fn read_response_head(
         any_byte |= !upstream.buffered().is_empty();
         match parse_response(upstream.buffered(), method, &generation.limits) {
             Ok(Some(head)) if head.status == 101 => {
-                return Err((
-                    bad_response(backend, "unexpected 101 Switching Protocols"),
-                    true,
-                ));
+                return Err((bad_response(backend, "unexpected 101 Switching Protocols"), true));
             }
             Ok(Some(head)) if head.status < 200 => {
                 // Interim responses (100 Continue, 103 Early Hints) are not forwarded: the proxy answered
@@ -187,9 +192,7 @@ fn bad_response(backend: &BackendState, reason: &str) -> ProxyError {
 
 fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
     match error {
-        BodyError::Read(source) | BodyError::Write(source)
-            if source.kind() == std::io::ErrorKind::TimedOut =>
-        {
+        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
             ProxyError::UpstreamTimeout {
                 backend: backend.id.clone(),
             }
@@ -207,9 +210,7 @@ fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
 
 fn client_error(error: BodyError) -> ProxyError {
     match error {
-        BodyError::Read(source) | BodyError::Write(source)
-            if source.kind() == std::io::ErrorKind::TimedOut =>
-        {
+        BodyError::Read(source) | BodyError::Write(source) if source.kind() == std::io::ErrorKind::TimedOut => {
             ProxyError::ClientTimeout
         }
         BodyError::Read(source) | BodyError::Write(source) => ProxyError::ClientIo(source),
@@ -225,30 +226,30 @@ pub async fn forward(
     client: &mut BufferedStream,
     request: Request<'_>,
     scratch: &mut Vec<u8>,
+    stats: &mut ExchangeStats,
 ) -> Result<Disposition, Failure> {
     let head = request.head;
     let timeouts = &generation.config.timeouts;
-    let fail = |error: ProxyError,
-                response_started: bool,
-                request_consumed: bool,
-                backend: Option<&BackendState>| {
-        Failure {
+    let fail =
+        |error: ProxyError, response_started: bool, request_consumed: bool, backend: Option<&BackendState>| Failure {
             error,
             response_started,
             request_consumed,
             backend: backend.map(|backend| backend.id.clone()),
-        }
-    };
+        };
     let bodiless = head.framing.is_empty();
 
-    let (backend, mut upstream, mut reused) = open_upstream(generation)
+    let (backend, mut upstream, mut reused) = open_upstream(context, generation)
         .await
         .map_err(|error| fail(error, false, bodiless, None))?;
     let _in_flight = backend.begin_request();
+    stats.backend = Some(Rc::clone(&backend));
+    context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
     let client_side = ClientSide {
         address: request.peer.ip(),
         scheme: "http",
         fallback_host: &backend.authority,
+        request_id: request.request_id.as_bytes(),
     };
     scratch.clear();
     write_upstream_request(scratch, request.head_bytes, head, &client_side);
@@ -258,7 +259,9 @@ pub async fn forward(
         write: timeouts.upstream_response,
     };
     let mut retried = false;
+    let mut sent_at: Instant;
     let response = loop {
+        sent_at = Instant::now();
         // Send the head, and the body if there is one.
         if bodiless {
             let (result, buf) = write_all_timeout(
@@ -272,6 +275,7 @@ pub async fn forward(
                 let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
                 if can_retry {
                     retried = true;
+                    context.with_metrics(|metrics| metrics.retried("stale_connection"));
                     upstream = connect(&backend, generation)
                         .await
                         .map_err(|error| fail(error, false, true, Some(&backend)))?;
@@ -283,16 +287,9 @@ pub async fn forward(
             }
         } else {
             if head.expect_continue && head.version == Version::Http11 {
-                let (result, _) = client
-                    .write_all(CONTINUE.to_vec(), timeouts.client_idle)
-                    .await;
+                let (result, _) = client.write_all(CONTINUE.to_vec(), timeouts.client_idle).await;
                 if let Err(source) = result {
-                    return Err(fail(
-                        ProxyError::ClientIo(source),
-                        true,
-                        false,
-                        Some(&backend),
-                    ));
+                    return Err(fail(ProxyError::ClientIo(source), true, false, Some(&backend)));
                 }
             }
             let encoding = match head.framing {
@@ -308,27 +305,28 @@ pub async fn forward(
                 upstream_timeouts,
             )
             .await;
-            if let Err(error) = copied {
-                let error = match error {
-                    BodyError::Write(_) => upstream_error(&backend, error),
-                    other => client_error(other),
-                };
-                return Err(fail(error, false, false, Some(&backend)));
+            match copied {
+                Ok(received) => stats.body_received = received,
+                Err(error) => {
+                    let error = match error {
+                        BodyError::Write(_) => upstream_error(&backend, error),
+                        other => client_error(other),
+                    };
+                    return Err(fail(error, false, false, Some(&backend)));
+                }
             }
         }
 
         match read_response_head(&mut upstream, head.method, generation, &backend).await {
             Ok(response) => break response,
             Err((error, any_byte)) => {
-                let stale = matches!(
-                    error,
-                    ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. }
-                );
+                let stale = matches!(error, ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. });
                 // The backend may have acted on the request before closing: only an idempotent one is sent again.
                 let replayable = bodiless && head.method.is_idempotent() && !scratch.is_empty();
                 if stale && reused && !retried && !any_byte && replayable {
                     tracing::debug!(backend = %backend.id, "reused connection was closed by the backend; retrying");
                     retried = true;
+                    context.with_metrics(|metrics| metrics.retried("stale_connection"));
                     upstream = connect(&backend, generation)
                         .await
                         .map_err(|error| fail(error, false, true, Some(&backend)))?;
@@ -347,26 +345,24 @@ pub async fn forward(
         framing: client_framing,
         client_version: head.version,
         close,
-        worker: generation
-            .config
-            .server
-            .expose_worker_header
-            .then_some(context.index),
+        worker: generation.config.server.expose_worker_header.then_some(context.index),
+        request_id: request.request_id.as_bytes(),
     };
+    stats.upstream = Some(sent_at.elapsed());
+    stats.status = Some(response.status);
     scratch.clear();
     write_client_response(scratch, upstream.buffered(), &response, &shape);
+    let head_len = scratch.len() as u64;
     upstream.consume(response.len);
     let encoding = match client_framing {
         ClientFraming::Chunked => Encoding::Chunked,
-        ClientFraming::None | ClientFraming::Length(_) | ClientFraming::UntilClose => {
-            Encoding::Identity
-        }
+        ClientFraming::None | ClientFraming::Length(_) | ClientFraming::UntilClose => Encoding::Identity,
     };
     let client_timeouts = CopyTimeouts {
         read: timeouts.upstream_response,
         write: timeouts.client_idle,
     };
-    if let Err(error) = copy_body(
+    match copy_body(
         &mut upstream,
         &mut client.stream,
         response.framing,
@@ -376,16 +372,17 @@ pub async fn forward(
     )
     .await
     {
-        let error = match error {
-            BodyError::Write(_) => client_error(error),
-            other => upstream_error(&backend, other),
-        };
-        return Err(fail(error, true, true, Some(&backend)));
+        Ok(body) => stats.sent = head_len + body,
+        Err(error) => {
+            let error = match error {
+                BodyError::Write(_) => client_error(error),
+                other => upstream_error(&backend, other),
+            };
+            return Err(fail(error, true, true, Some(&backend)));
+        }
     }
 
-    let reusable = !response.close
-        && response.framing != BodyFraming::UntilClose
-        && upstream.buffered().is_empty();
+    let reusable = !response.close && response.framing != BodyFraming::UntilClose && upstream.buffered().is_empty();
     if reusable {
         let capacity = generation.config.upstream.max_idle_per_backend;
         backend.put_idle(upstream, Instant::now(), capacity);

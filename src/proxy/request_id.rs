@@ -12,7 +12,9 @@ const MAX_LEN: usize = 128;
 pub fn is_well_formed(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEN
-        && id.iter().all(|&byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
+        && id
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
 }
 
 /// One worker's id generator.

@@ -83,10 +83,7 @@ mod tests {
         pool.put(1, start, 4);
         pool.put(2, start + Duration::from_secs(5), 4);
         assert_eq!(pool.take(start + Duration::from_secs(12), IDLE), Some(2));
-        assert!(
-            pool.is_empty(),
-            "the expired connection was dropped, not kept"
-        );
+        assert!(pool.is_empty(), "the expired connection was dropped, not kept");
     }
 
     #[test]

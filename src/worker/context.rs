@@ -11,16 +11,21 @@ use std::time::{Duration, Instant};
 use monoio::io::{CancelHandle, Canceller};
 
 use super::messages::{BackendReport, Snapshot};
+use crate::access_log::LogMessage;
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
+use crate::metrics::WorkerMetrics;
 use crate::net::BufferedStream;
+use crate::proxy::request_id::RequestIds;
 use crate::upstream::IdlePool;
 
 /// One backend as seen by one worker. Carried from one generation to the next while its id and address stay, so
 /// idle connections and failure marks survive config changes.
 pub struct BackendState {
     pub id: String,
+    /// Where this worker counts this backend's metrics.
+    pub metrics_slot: usize,
     pub addr: SocketAddr,
     /// `host:port`, the `Host` sent for requests that came without one.
     pub authority: Vec<u8>,
@@ -31,9 +36,10 @@ pub struct BackendState {
 }
 
 impl BackendState {
-    fn new(config: &BackendConfig, addr: SocketAddr) -> BackendState {
+    fn new(config: &BackendConfig, addr: SocketAddr, metrics_slot: usize) -> BackendState {
         BackendState {
             id: config.id.clone(),
+            metrics_slot,
             addr,
             authority: config.authority().into_bytes(),
             idle: RefCell::new(IdlePool::default()),
@@ -116,7 +122,12 @@ impl Generation {
     ///
     /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
     /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
-    pub fn build(snapshot: &Snapshot, previous: Option<&Generation>, worker: usize) -> Generation {
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&Generation>,
+        worker: usize,
+        metrics: &mut WorkerMetrics,
+    ) -> Generation {
         let config = &snapshot.config;
         let backends = config
             .backends
@@ -131,14 +142,13 @@ impl Generation {
                             .find(|state| state.id == backend.id && state.addr == addr)
                             .cloned()
                     })
-                    .unwrap_or_else(|| Rc::new(BackendState::new(backend, addr)))
+                    .unwrap_or_else(|| {
+                        let slot = metrics.backend_slot(&backend.id);
+                        Rc::new(BackendState::new(backend, addr, slot))
+                    })
             })
             .collect();
-        let weights: Vec<u32> = config
-            .backends
-            .iter()
-            .map(|backend| backend.weight)
-            .collect();
+        let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
         let balancer = Balancer::new(config.balancer.algorithm, &weights);
         for _ in 0..worker {
             balancer.pick(|_| true);
@@ -148,11 +158,7 @@ impl Generation {
             config: Arc::clone(config),
             backends,
             balancer,
-            accepting: config
-                .backends
-                .iter()
-                .map(|backend| !backend.drain)
-                .collect(),
+            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
             limits: HeadLimits {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_request_line: config.limits.max_request_line,
@@ -165,6 +171,11 @@ impl Generation {
 /// The worker-wide state shared by its tasks.
 pub struct WorkerContext {
     pub index: usize,
+    pub request_ids: RequestIds,
+    metrics: RefCell<WorkerMetrics>,
+    /// Access log lines not yet handed to the writer thread.
+    access_log: RefCell<String>,
+    access_log_writer: crossbeam_channel::Sender<LogMessage>,
     generation: RefCell<Rc<Generation>>,
     draining: Cell<bool>,
     active_connections: Cell<usize>,
@@ -173,9 +184,19 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    pub fn new(index: usize, generation: Generation) -> WorkerContext {
+    pub fn new(
+        index: usize,
+        generation: Generation,
+        metrics: WorkerMetrics,
+        access_log_writer: crossbeam_channel::Sender<LogMessage>,
+        process_seed: u64,
+    ) -> WorkerContext {
         WorkerContext {
             index,
+            request_ids: RequestIds::new(process_seed, index),
+            metrics: RefCell::new(metrics),
+            access_log: RefCell::new(String::new()),
+            access_log_writer,
             generation: RefCell::new(Rc::new(generation)),
             draining: Cell::new(false),
             active_connections: Cell::new(0),
@@ -188,8 +209,53 @@ impl WorkerContext {
         Rc::clone(&self.generation.borrow())
     }
 
-    pub fn replace_generation(&self, generation: Generation) {
-        *self.generation.borrow_mut() = Rc::new(generation);
+    /// Builds and installs the generation for `snapshot`, carrying state over from the current one.
+    pub fn apply(&self, snapshot: &Snapshot) {
+        let current = self.generation();
+        let next = Generation::build(snapshot, Some(&current), self.index, &mut self.metrics.borrow_mut());
+        *self.generation.borrow_mut() = Rc::new(next);
+    }
+
+    /// Updates this worker's metrics; the borrow ends before the closure returns.
+    pub fn with_metrics(&self, update: impl FnOnce(&mut WorkerMetrics)) {
+        update(&mut self.metrics.borrow_mut());
+    }
+
+    /// A copy of this worker's metrics with the gauges (idle connections, health, weight) filled in.
+    pub fn metrics_snapshot(&self) -> WorkerMetrics {
+        let mut snapshot = self.metrics.borrow().clone();
+        let generation = self.generation();
+        let now = Instant::now();
+        for (state, config) in generation.backends.iter().zip(&generation.config.backends) {
+            if let Some(series) = snapshot.backends.get_mut(state.metrics_slot) {
+                let idle = state.idle.borrow().len() as u64;
+                series.connections_idle = idle;
+                series.connections_open = idle + u64::from(state.in_flight.get());
+                series.up = state.available(now);
+                series.weight = config.weight;
+            }
+        }
+        snapshot
+    }
+
+    /// Appends access log lines produced by `write`; hands the buffer to the writer thread when it is full.
+    pub fn access_log(&self, write: impl FnOnce(&mut String)) {
+        let full = {
+            let mut buffer = self.access_log.borrow_mut();
+            write(&mut buffer);
+            buffer.len() >= crate::access_log::FLUSH_BYTES
+        };
+        if full {
+            self.flush_access_log();
+        }
+    }
+
+    /// Hands buffered access log lines to the writer thread.
+    pub fn flush_access_log(&self) {
+        let lines = std::mem::take(&mut *self.access_log.borrow_mut());
+        if !lines.is_empty() {
+            let _ = self.access_log_writer.send(LogMessage::Lines(lines.into_bytes()));
+        }
     }
 
     pub fn draining(&self) -> bool {
@@ -212,23 +278,27 @@ impl WorkerContext {
         self.active_connections.get()
     }
 
-    /// Counts a client connection until the returned guard is dropped.
-    pub fn connection_opened(self: &Rc<Self>) -> ConnectionGuard {
-        self.active_connections
-            .set(self.active_connections.get() + 1);
+    /// Counts a client connection on `frontend` until the returned guard is dropped.
+    pub fn connection_opened(self: &Rc<Self>, frontend: usize) -> ConnectionGuard {
+        self.active_connections.set(self.active_connections.get() + 1);
+        self.with_metrics(|metrics| metrics.connection_opened(frontend));
         ConnectionGuard {
             context: Rc::clone(self),
+            frontend,
         }
     }
 }
 
 pub struct ConnectionGuard {
     context: Rc<WorkerContext>,
+    frontend: usize,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let count = &self.context.active_connections;
         count.set(count.get().saturating_sub(1));
+        self.context
+            .with_metrics(|metrics| metrics.connection_closed(self.frontend));
     }
 }

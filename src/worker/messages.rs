@@ -57,6 +57,8 @@ pub enum ToWorker {
     Apply(Arc<Snapshot>),
     /// Send a [`WorkerReport`] on the given channel.
     Report(crossbeam_channel::Sender<WorkerReport>),
+    /// Send a copy of the worker's metrics on the given channel.
+    CollectMetrics(crossbeam_channel::Sender<crate::metrics::WorkerMetrics>),
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

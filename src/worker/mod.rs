@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use monoio::io::{AsyncReadRent, Canceller};
 use monoio::net::{TcpListener, UnixStream};
 
+use crate::metrics::WorkerMetrics;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 use context::{Generation, WorkerContext};
@@ -61,6 +62,8 @@ pub struct WorkerSpec {
     pub core: Option<core_affinity::CoreId>,
     pub snapshot: std::sync::Arc<Snapshot>,
     pub events: Sender<FromWorker>,
+    pub access_log: Sender<crate::access_log::LogMessage>,
+    pub process_seed: u64,
 }
 
 /// Starts a worker thread. It reports `Ready` or `StartFailed` on `events`.
@@ -84,11 +87,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<WorkerHandle> {
 fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
-            tracing::warn!(
-                worker = spec.index,
-                core = core.id,
-                "could not pin worker to its core"
-            );
+            tracing::warn!(worker = spec.index, core = core.id, "could not pin worker to its core");
         }
     }
     let events = spec.events.clone();
@@ -120,11 +119,7 @@ fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStre
     let _ = events.send(FromWorker::Stopped { worker: index });
 }
 
-fn run_epoll(
-    spec: WorkerSpec,
-    inbox: Receiver<ToWorker>,
-    wake_end: StdUnixStream,
-) -> std::io::Result<()> {
+fn run_epoll(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) -> std::io::Result<()> {
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
@@ -132,30 +127,16 @@ fn run_epoll(
     Ok(())
 }
 
-async fn worker_main(
-    spec: WorkerSpec,
-    driver: Driver,
-    inbox: Receiver<ToWorker>,
-    wake_end: StdUnixStream,
-) {
+async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) {
     let index = spec.index;
     let mut listeners = Vec::new();
-    for (frontend, &address) in spec
-        .snapshot
-        .config
-        .frontends
-        .iter()
-        .zip(&spec.snapshot.frontend_addrs)
-    {
+    for (frontend, &address) in spec.snapshot.config.frontends.iter().zip(&spec.snapshot.frontend_addrs) {
         match bind_reuseport(address) {
             Ok(listener) => listeners.push(listener),
             Err(error) => {
                 let _ = spec.events.send(FromWorker::StartFailed {
                     worker: index,
-                    error: format!(
-                        "frontend {:?} cannot listen on {address}: {error}",
-                        frontend.name
-                    ),
+                    error: format!("frontend {:?} cannot listen on {address}: {error}", frontend.name),
                 });
                 return;
             }
@@ -172,23 +153,34 @@ async fn worker_main(
         }
     };
 
+    let frontend_names: Vec<String> = spec
+        .snapshot
+        .config
+        .frontends
+        .iter()
+        .map(|frontend| frontend.name.clone())
+        .collect();
+    let mut metrics = WorkerMetrics::new(index, &frontend_names);
+    let generation = Generation::build(&spec.snapshot, None, index, &mut metrics);
     let context = Rc::new(WorkerContext::new(
         index,
-        Generation::build(&spec.snapshot, None, index),
+        generation,
+        metrics,
+        spec.access_log.clone(),
+        spec.process_seed,
     ));
     let accept_canceller = Canceller::new();
-    for listener in listeners {
+    for (frontend, listener) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(
             Rc::clone(&context),
             listener,
+            frontend,
             accept_canceller.handle(),
         ));
     }
     monoio::spawn(sweep_idle_pools(Rc::clone(&context)));
-    let _ = spec.events.send(FromWorker::Ready {
-        worker: index,
-        driver,
-    });
+    monoio::spawn(flush_access_log(Rc::clone(&context)));
+    let _ = spec.events.send(FromWorker::Ready { worker: index, driver });
 
     serve_inbox(&context, &inbox, wake, &spec.events).await;
 
@@ -207,6 +199,7 @@ async fn worker_main(
             "grace period over; closing"
         );
     }
+    context.flush_access_log();
 }
 
 /// Handles control messages until told to shut down (or the control thread is gone).
@@ -221,9 +214,7 @@ async fn serve_inbox(
         while let Ok(message) = inbox.try_recv() {
             match message {
                 ToWorker::Apply(snapshot) => {
-                    let next =
-                        Generation::build(&snapshot, Some(&context.generation()), context.index);
-                    context.replace_generation(next);
+                    context.apply(&snapshot);
                     let _ = events.send(FromWorker::Applied {
                         worker: context.index,
                         version: snapshot.version,
@@ -236,12 +227,11 @@ async fn serve_inbox(
                         worker: context.index,
                         version: generation.version,
                         active_connections: context.active_connections(),
-                        backends: generation
-                            .backends
-                            .iter()
-                            .map(|backend| backend.report(now))
-                            .collect(),
+                        backends: generation.backends.iter().map(|backend| backend.report(now)).collect(),
                     });
+                }
+                ToWorker::CollectMetrics(reply) => {
+                    let _ = reply.send(context.metrics_snapshot());
                 }
                 ToWorker::Shutdown => return,
             }
@@ -258,12 +248,13 @@ async fn serve_inbox(
 async fn accept_loop(
     context: Rc<WorkerContext>,
     listener: TcpListener,
+    frontend: usize,
     cancel: monoio::io::CancelHandle,
 ) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_client(Rc::clone(&context), stream, peer));
+                monoio::spawn(serve_client(Rc::clone(&context), stream, peer, frontend));
             }
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
@@ -273,6 +264,14 @@ async fn accept_loop(
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// Hands the access log buffer to the writer thread every `FLUSH_INTERVAL`, so quiet periods still get logged.
+async fn flush_access_log(context: Rc<WorkerContext>) {
+    while !context.draining() {
+        monoio::time::sleep(crate::access_log::FLUSH_INTERVAL).await;
+        context.flush_access_log();
     }
 }
 

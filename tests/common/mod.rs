@@ -47,14 +47,8 @@ impl Process {
             .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -122,19 +116,14 @@ impl Process {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit in time",
-                self.name
-            );
+            assert!(Instant::now() < deadline, "{} did not exit in time", self.name);
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -151,10 +140,7 @@ impl Drop for Process {
 }
 
 fn parse_addr_after(line: &str, marker: &str) -> SocketAddr {
-    let start = line
-        .find(marker)
-        .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
-        + marker.len();
+    let start = line.find(marker).unwrap_or_else(|| panic!("no {marker:?} in {line:?}")) + marker.len();
     let text: String = line[start..]
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"')
@@ -244,15 +230,10 @@ impl Drop for TempDir {
 
 /// A config for tests: one frontend on an ephemeral loopback port, the given backends, and `extra` TOML appended.
 /// `extra` may hold `[server]` keys only through `server_extra`.
-pub fn config_for(
-    backends: &[(&Backend, u32)],
-    workers: usize,
-    server_extra: &str,
-    extra: &str,
-) -> String {
+pub fn config_for(backends: &[(&Backend, u32)], workers: usize, server_extra: &str, extra: &str) -> String {
     let mut text = format!(
         "[server]\nworkers = {workers}\npin_workers = false\nshutdown_grace = \"5s\"\nexpose_worker_header = true\n{server_extra}\n\
-         [[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n"
+         [metrics]\nport = 0\n\n[[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n"
     );
     for (backend, weight) in backends {
         text.push_str(&format!(
@@ -315,9 +296,7 @@ impl Corelb {
     pub fn control_lines(&self, lines: &[&[u8]]) -> Vec<serde_json::Value> {
         use std::os::unix::net::UnixStream;
         let mut stream = UnixStream::connect(self.socket()).expect("connect control socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         lines
             .iter()
@@ -326,16 +305,14 @@ impl Corelb {
                 stream.write_all(b"\n").unwrap();
                 let mut reply = String::new();
                 reader.read_line(&mut reply).expect("reply line");
-                serde_json::from_str(&reply)
-                    .unwrap_or_else(|error| panic!("bad reply {reply:?}: {error}"))
+                serde_json::from_str(&reply).unwrap_or_else(|error| panic!("bad reply {reply:?}: {error}"))
             })
             .collect()
     }
 
     /// One control command as JSON; returns the reply.
     pub fn control(&self, request: serde_json::Value) -> serde_json::Value {
-        self.control_lines(&[request.to_string().as_bytes()])
-            .remove(0)
+        self.control_lines(&[request.to_string().as_bytes()]).remove(0)
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -381,11 +358,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream =
-            TcpStream::connect(addr).unwrap_or_else(|error| panic!("connect {addr}: {error}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        let stream = TcpStream::connect(addr).unwrap_or_else(|error| panic!("connect {addr}: {error}"));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
             stream,
@@ -418,9 +392,7 @@ impl Client {
             Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
             Ok(_) => false,
         };
-        self.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         closed
     }
 
@@ -457,11 +429,7 @@ impl Client {
         self.buf.drain(..head_end);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap();
-        let version = if status_line.starts_with("HTTP/1.0") {
-            0
-        } else {
-            1
-        };
+        let version = if status_line.starts_with("HTTP/1.0") { 0 } else { 1 };
         let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
         let headers: Vec<(String, String)> = lines
             .filter(|line| !line.is_empty())
@@ -485,8 +453,7 @@ impl Client {
                 body.extend_from_slice(data);
             }
         };
-        let no_body =
-            head_request || status == 204 || status == 304 || (100..200).contains(&status);
+        let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
         let chunked = response
             .header("Transfer-Encoding")
             .is_some_and(|value| value.eq_ignore_ascii_case("chunked"));
@@ -512,10 +479,7 @@ impl Client {
             let mut remaining = content_length;
             while remaining > 0 {
                 if self.buf.is_empty() {
-                    assert!(
-                        self.fill() > 0,
-                        "connection closed with {remaining} body bytes missing"
-                    );
+                    assert!(self.fill() > 0, "connection closed with {remaining} body bytes missing");
                 }
                 let take = (self.buf.len() as u64).min(remaining) as usize;
                 deliver(&self.buf[..take], &mut body);
