@@ -1,7 +1,7 @@
 # corelb — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test test-unit test-epoll lint fmt bench clean
+.PHONY: all build run test tools lint fmt bench clean
 
 all: build
 
@@ -13,9 +13,13 @@ run: build
 	scripts/run-demo.sh
 
 ## Everything CI runs: formatting, lints, and the whole suite on io_uring and again on the epoll fallback.
-test: lint
+test: tools lint
 	$(CARGO) test --release
 	CORELB_TEST_IO_DRIVER=epoll $(CARGO) test --release --test '*'
+
+## Tools the tests need beyond Rust (promtool), installed if missing.
+tools:
+	scripts/install-test-tools.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

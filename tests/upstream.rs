@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config_for, Backend, Client, Corelb};
+use common::{config_for, config_from_urls, Backend, Client, Corelb, DeadBackend};
 
 #[test]
 fn many_requests_over_few_client_connections_open_few_upstream_connections() {
@@ -46,9 +46,8 @@ fn a_reused_connection_closed_by_the_backend_is_retried_on_a_fresh_one() {
 #[test]
 fn a_dead_backend_is_skipped_and_the_request_served_by_a_live_one() {
     let live = Backend::start("live");
-    let dead = Backend::start("dead");
-    let config = config_for(&[(&dead, 1), (&live, 1)], 1, "", "");
-    drop(dead);
+    let dead = DeadBackend::new();
+    let config = config_from_urls(&[(dead.url(), 1), (live.url(), 1)], 1, "", "");
     let corelb = Corelb::start(&config);
     let mut client = corelb.client();
     for _ in 0..6 {
@@ -61,9 +60,8 @@ fn a_dead_backend_is_skipped_and_the_request_served_by_a_live_one() {
 
 #[test]
 fn only_backend_down_gives_502_naming_the_category() {
-    let dead = Backend::start("dead");
-    let config = config_for(&[(&dead, 1)], 1, "", "");
-    drop(dead);
+    let dead = DeadBackend::new();
+    let config = config_from_urls(&[(dead.url(), 1)], 1, "", "");
     let corelb = Corelb::start(&config);
     let mut client = corelb.client();
     let response = client.get("/");

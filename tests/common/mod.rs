@@ -103,6 +103,23 @@ impl Process {
         }
     }
 
+    /// Waits for a line containing `needle` (for use through a shared reference).
+    pub fn clone_output_wait(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.output().into_iter().find(|line| line.contains(needle)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?}:\n{}",
+                self.name,
+                self.output().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
@@ -199,6 +216,29 @@ impl Backend {
     }
 }
 
+/// A backend address that refuses every connection, reliably: the port is bound but never listens, so the kernel
+/// answers connects with a reset and no other process can take the port while the test runs. (Killing a backend
+/// instead frees its port, which a parallel test may then be given.)
+pub struct DeadBackend {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl DeadBackend {
+    pub fn new() -> DeadBackend {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        DeadBackend { _socket: socket, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh scratch folder, removed on drop.
@@ -231,15 +271,21 @@ impl Drop for TempDir {
 /// A config for tests: one frontend on an ephemeral loopback port, the given backends, and `extra` TOML appended.
 /// `extra` may hold `[server]` keys only through `server_extra`.
 pub fn config_for(backends: &[(&Backend, u32)], workers: usize, server_extra: &str, extra: &str) -> String {
+    let urls: Vec<(String, u32)> = backends
+        .iter()
+        .map(|(backend, weight)| (backend.url(), *weight))
+        .collect();
+    config_from_urls(&urls, workers, server_extra, extra)
+}
+
+/// [`config_for`] with backends given as URLs (for mixing live and [`DeadBackend`]s).
+pub fn config_from_urls(backends: &[(String, u32)], workers: usize, server_extra: &str, extra: &str) -> String {
     let mut text = format!(
         "[server]\nworkers = {workers}\npin_workers = false\nshutdown_grace = \"5s\"\nexpose_worker_header = true\n{server_extra}\n\
          [metrics]\nport = 0\n\n[[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n"
     );
-    for (backend, weight) in backends {
-        text.push_str(&format!(
-            "[[backends]]\nurl = \"{}\"\nweight = {weight}\n\n",
-            backend.url()
-        ));
+    for (url, weight) in backends {
+        text.push_str(&format!("[[backends]]\nurl = \"{url}\"\nweight = {weight}\n\n"));
     }
     text.push_str(extra);
     text
