@@ -13,5 +13,6 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod ratelimit;
 pub mod upstream;
 pub mod worker;

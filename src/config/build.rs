@@ -40,6 +40,14 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     top.finish(&mut errors);
 
     check_port_clashes(&frontends, &metrics, &admin, &mut errors);
+    for (index, item) in ratelimit.overrides.iter().enumerate() {
+        if !item.frontend.is_empty() && !frontends.iter().any(|frontend| frontend.name == item.frontend) {
+            errors.push(
+                format!("ratelimit.overrides[{index}].frontend"),
+                format!("no frontend is named {:?}", item.frontend),
+            );
+        }
+    }
     if errors.is_empty() {
         Ok(Config {
             server,
@@ -348,12 +356,23 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
 
 fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
     let mut section = top.section("ratelimit", errors);
-    let rate = section.or("rate", 1000.0, errors);
-    if !(rate > 0.0 && rate.is_finite()) {
-        errors.push(
-            section.key_path("rate"),
-            format!("must be a positive number, got {rate}"),
-        );
+    let rate = positive_rate(&mut section, 1000.0, errors);
+    let allow = section.or("allow", Vec::<String>::new(), errors);
+    if let Err(reason) = crate::ratelimit::AllowList::parse(&allow) {
+        errors.push(section.key_path("allow"), reason);
+    }
+    let mut overrides = Vec::new();
+    for mut item in section.array_of_tables("overrides", errors) {
+        let frontend = item.required::<String>("frontend", errors);
+        let rate = positive_rate(&mut item, rate, errors);
+        let override_config = RateLimitOverride {
+            frontend: frontend.unwrap_or_default(),
+            enabled: item.or("enabled", true, errors),
+            rate,
+            burst: item.integer_in("burst", 100, 1, 10_000_000, errors) as u32,
+        };
+        item.finish(errors);
+        overrides.push(override_config);
     }
     let config = RateLimitConfig {
         enabled: section.or("enabled", false, errors),
@@ -377,10 +396,24 @@ fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
             ],
             errors,
         ),
+        max_clients: section.integer_in("max_clients", 10_000, 1, 10_000_000, errors) as usize,
+        allow,
+        overrides,
     };
-    refuse_unimplemented(&section, config.enabled, "rate limiting", errors);
     section.finish(errors);
     config
+}
+
+fn positive_rate(section: &mut Section, default: f64, errors: &mut ConfigErrors) -> f64 {
+    let rate = section.or("rate", default, errors);
+    if !(rate > 0.0 && rate.is_finite()) {
+        errors.push(
+            section.key_path("rate"),
+            format!("must be a positive number, got {rate}"),
+        );
+        return default;
+    }
+    rate
 }
 
 fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreakerConfig {

@@ -178,6 +178,22 @@ pub struct RateLimitConfig {
     pub burst: u32,
     pub algorithm: RateLimitAlgorithm,
     pub scope: RateLimitScope,
+    /// Per-client limiters kept per worker (client_ip scope); the least recently seen is evicted past this.
+    pub max_clients: usize,
+    /// Client networks never limited (CIDR blocks).
+    pub allow: Vec<String>,
+    /// Per-frontend limits replacing the global one.
+    pub overrides: Vec<RateLimitOverride>,
+}
+
+/// A frontend's own limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitOverride {
+    pub frontend: String,
+    /// `false` exempts the frontend from rate limiting.
+    pub enabled: bool,
+    pub rate: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

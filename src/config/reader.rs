@@ -47,6 +47,20 @@ impl FromToml for f64 {
     }
 }
 
+impl FromToml for Vec<String> {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let items = value.as_array().ok_or_else(|| type_error("a list of strings", value))?;
+        items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| type_error("a string in the list", item))
+            })
+            .collect()
+    }
+}
+
 impl FromToml for toml::Value {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
         Ok(value.clone())

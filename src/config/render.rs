@@ -118,9 +118,10 @@ pub fn to_toml(config: &Config) -> String {
     };
     let _ = writeln!(out, "client_auth = \"{client_auth}\"\n");
     let limit = &config.ratelimit;
+    let allow: Vec<String> = limit.allow.iter().map(|block| quote(block)).collect();
     let _ = writeln!(
         out,
-        "[ratelimit]\nenabled = {}\nrate = {:?}\nburst = {}\nalgorithm = \"{}\"\nscope = \"{}\"\n",
+        "[ratelimit]\nenabled = {}\nrate = {:?}\nburst = {}\nalgorithm = \"{}\"\nscope = \"{}\"\nmax_clients = {}\nallow = [{}]\n",
         limit.enabled,
         limit.rate,
         limit.burst,
@@ -131,8 +132,20 @@ pub fn to_toml(config: &Config) -> String {
         match limit.scope {
             RateLimitScope::Global => "global",
             RateLimitScope::ClientIp => "client_ip",
-        }
+        },
+        limit.max_clients,
+        allow.join(", ")
     );
+    for item in &limit.overrides {
+        let _ = writeln!(
+            out,
+            "[[ratelimit.overrides]]\nfrontend = {}\nenabled = {}\nrate = {:?}\nburst = {}\n",
+            quote(&item.frontend),
+            item.enabled,
+            item.rate,
+            item.burst
+        );
+    }
     let breaker = &config.circuitbreaker;
     let _ = writeln!(
         out,

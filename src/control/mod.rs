@@ -36,7 +36,9 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `status` waits for workers' live figures.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the control loop wakes without events (rollout steps).
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(50);
+/// How often rate-limit shares follow the demand each worker saw.
+const REBALANCE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why corelb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,7 @@ pub struct Control {
     access_log: Sender<LogMessage>,
     /// Outcome and time of the last reload or whole-config apply, for metrics.
     last_reload: (bool, SystemTime),
+    last_rebalance: Instant,
 }
 
 /// Chooses the driver for every worker: io_uring when allowed, epoll otherwise (said once, here).
@@ -198,6 +201,7 @@ impl Control {
                 events: event_sender.clone(),
                 access_log: access_log.clone(),
                 process_seed,
+                workers: count,
             })?);
         }
         let mut history = History::new(config.control.history);
@@ -222,6 +226,7 @@ impl Control {
             request_sender,
             access_log,
             last_reload: (true, SystemTime::now()),
+            last_rebalance: Instant::now(),
         };
         let mut ready = 0;
         while ready < count {
@@ -307,6 +312,10 @@ impl Control {
             }
             // Every pass, not only idle ones: a client polling faster than TICK must not starve a rollout.
             self.rollout_tick();
+            if self.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
+                self.last_rebalance = Instant::now();
+                self.rebalance_rate_limits();
+            }
         }
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         self.stop_workers();
@@ -436,6 +445,69 @@ impl Control {
             Command::Metrics => Ok(Value::String(self.metrics_text())),
             Command::MetricsSummary => Ok(self.metrics_summary()),
             Command::Health => Ok(self.health()),
+        }
+    }
+
+    /// Splits every rate limit over the workers by the demand each saw since the last rebalance (see
+    /// ARCHITECTURE.md, "Rate limiting"). Clients seen on several workers get their limit split the same way.
+    fn rebalance_rate_limits(&mut self) {
+        if !self.config.ratelimit.enabled {
+            return;
+        }
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for worker in &mut self.workers {
+            if worker.send(ToWorker::RateDemand(sender.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let reports: Vec<crate::worker::messages::RateDemand> = (0..asked)
+            .filter_map(|_| receiver.recv_deadline(deadline).ok())
+            .collect();
+        if reports.len() != self.workers.len() {
+            return;
+        }
+        let limits = crate::ratelimit::policies(&self.config).limits;
+        let workers = self.workers.len();
+        let mut shares = vec![crate::worker::messages::RateShares::default(); workers];
+        for (index, limit) in limits.iter().enumerate() {
+            let mut demand = vec![0u64; workers];
+            for report in &reports {
+                demand[report.worker] = report.per_policy.get(index).copied().unwrap_or(0);
+            }
+            for (worker, share) in crate::ratelimit::split(limit.rate, limit.burst, &demand)
+                .into_iter()
+                .enumerate()
+            {
+                shares[worker].per_policy.push(share);
+            }
+        }
+        let mut clients: std::collections::HashMap<(usize, std::net::IpAddr), Vec<(usize, u64)>> =
+            std::collections::HashMap::new();
+        for report in &reports {
+            for &(policy, client, seen) in &report.clients {
+                clients.entry((policy, client)).or_default().push((report.worker, seen));
+            }
+        }
+        for ((policy, client), seen_by) in clients {
+            if seen_by.len() < 2 {
+                continue;
+            }
+            let demand: Vec<u64> = (0..workers)
+                .map(|worker| {
+                    seen_by
+                        .iter()
+                        .find(|(seen_on, _)| *seen_on == worker)
+                        .map_or(0, |(_, count)| *count)
+                })
+                .collect();
+            for (worker, fraction) in crate::ratelimit::split(1.0, 1.0, &demand).into_iter().enumerate() {
+                shares[worker].clients.push((policy, client, fraction.rate));
+            }
+        }
+        for (worker, share) in self.workers.iter_mut().zip(shares) {
+            let _ = worker.send(ToWorker::RateShares(share));
         }
     }
 

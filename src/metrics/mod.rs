@@ -43,6 +43,8 @@ pub struct FrontendSeries {
     pub received_bytes: u64,
     pub sent_bytes: u64,
     pub duration: Histogram,
+    pub ratelimit_allowed: u64,
+    pub ratelimit_limited: u64,
 }
 
 /// One backend's figures on one worker. Requests are per (frontend, method class, status class).
@@ -145,6 +147,16 @@ impl WorkerMetrics {
         }
     }
 
+    pub fn rate_limited(&mut self, frontend: usize, allowed: bool) {
+        if let Some(series) = self.frontends.get_mut(frontend) {
+            if allowed {
+                series.ratelimit_allowed += 1;
+            } else {
+                series.ratelimit_limited += 1;
+            }
+        }
+    }
+
     pub fn connection_opened(&mut self, frontend: usize) {
         if let Some(series) = self.frontends.get_mut(frontend) {
             series.connections_total += 1;
@@ -214,6 +226,8 @@ impl Merged {
                 total.received_bytes += series.received_bytes;
                 total.sent_bytes += series.sent_bytes;
                 total.duration.merge(&series.duration);
+                total.ratelimit_allowed += series.ratelimit_allowed;
+                total.ratelimit_limited += series.ratelimit_limited;
             }
             for series in &worker.backends {
                 let total = merged

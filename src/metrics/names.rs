@@ -12,6 +12,7 @@ pub const UPSTREAM_CONNECTIONS: &str = "corelb_upstream_connections_total";
 pub const UPSTREAM_CONNECTIONS_IDLE: &str = "corelb_upstream_connections_idle";
 pub const UPSTREAM_CONNECTIONS_OPEN: &str = "corelb_upstream_connections_open";
 pub const ERRORS: &str = "corelb_errors_total";
+pub const RATELIMIT_DECISIONS: &str = "corelb_ratelimit_decisions_total";
 pub const RETRIES: &str = "corelb_retries_total";
 pub const BACKEND_UP: &str = "corelb_backend_up";
 pub const BACKEND_WEIGHT: &str = "corelb_backend_weight";

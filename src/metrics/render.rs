@@ -123,6 +123,11 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         MetricType::GAUGE,
     );
     let mut accepted = Family::new(CLIENT_CONNECTIONS, "Client connections accepted.", MetricType::COUNTER);
+    let mut limits = Family::new(
+        RATELIMIT_DECISIONS,
+        "Rate limiter decisions: allowed or limited (answered 429).",
+        MetricType::COUNTER,
+    );
     for (name, series) in &merged.frontends {
         let pairs = [("frontend", name.as_str())];
         duration.histogram(&pairs, &series.duration);
@@ -130,8 +135,18 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         sent.counter(&pairs, series.sent_bytes as f64);
         active.gauge(&pairs, series.connections_active as f64);
         accepted.counter(&pairs, series.connections_total as f64);
+        if series.ratelimit_allowed + series.ratelimit_limited > 0 {
+            limits.counter(
+                &[("frontend", name), ("decision", "allowed")],
+                series.ratelimit_allowed as f64,
+            );
+            limits.counter(
+                &[("frontend", name), ("decision", "limited")],
+                series.ratelimit_limited as f64,
+            );
+        }
     }
-    families.extend([duration, received, sent, active, accepted]);
+    families.extend([duration, received, sent, active, accepted, limits]);
 
     let mut upstream = Family::new(
         UPSTREAM_RESPONSE,

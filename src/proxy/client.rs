@@ -91,6 +91,51 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             continue;
         }
 
+        let limited = context
+            .rate_limit
+            .borrow_mut()
+            .check(frontend, peer.ip(), Instant::now());
+        if let Some((decision, limit)) = limited {
+            context.with_metrics(|metrics| metrics.rate_limited(frontend, decision.allowed));
+            if !decision.allowed {
+                // Refused before any backend is chosen: a limited request never reaches one.
+                let close = head.close || !head.framing.is_empty() || context.draining();
+                let sent = respond_rate_limited(
+                    &mut client,
+                    &generation,
+                    &head,
+                    &decision,
+                    limit,
+                    close,
+                    &request_id,
+                    &mut scratch,
+                )
+                .await;
+                let outcome = Outcome {
+                    status: 429,
+                    error: Some(ProxyError::RateLimited.label()),
+                    sent,
+                    received: head.len as u64,
+                    ..Outcome::new(started)
+                };
+                finish(
+                    &context,
+                    &generation,
+                    frontend,
+                    peer,
+                    Some(&head),
+                    &head_bytes,
+                    &request_id,
+                    &outcome,
+                );
+                if close {
+                    linger_close(client).await;
+                    return;
+                }
+                continue;
+            }
+        }
+
         let request = Request {
             head_bytes: &head_bytes,
             head: &head,
@@ -192,6 +237,52 @@ impl Outcome {
             received: 0,
             backend: None,
         }
+    }
+}
+
+/// Answers 429 with `Retry-After` and the `RateLimit-*` fields (IETF draft). Returns the bytes sent.
+#[allow(clippy::too_many_arguments)]
+async fn respond_rate_limited(
+    client: &mut BufferedStream,
+    generation: &Generation,
+    head: &RequestHead,
+    decision: &crate::ratelimit::Decision,
+    limit: f64,
+    close: bool,
+    request_id: &str,
+    scratch: &mut Vec<u8>,
+) -> u64 {
+    use std::io::Write;
+    let reset = decision.reset_after.as_secs_f64().ceil().max(1.0) as u64;
+    let body = "429 Too Many Requests: rate_limited\n";
+    scratch.clear();
+    let _ = write!(
+        scratch,
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Retry-After: {reset}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {reset}\r\n\
+         X-Request-Id: {request_id}\r\n",
+        body.len(),
+        limit.round() as u64,
+        decision.remaining
+    );
+    if close {
+        scratch.extend_from_slice(b"Connection: close\r\n");
+    } else if head.version == Version::Http10 {
+        scratch.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    scratch.extend_from_slice(b"\r\n");
+    if head.method != Method::Head {
+        scratch.extend_from_slice(body.as_bytes());
+    }
+    let sent = scratch.len() as u64;
+    let (result, buf) = client
+        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
+        .await;
+    *scratch = buf;
+    if result.is_ok() {
+        sent
+    } else {
+        0
     }
 }
 

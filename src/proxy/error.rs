@@ -20,6 +20,8 @@ pub enum ProxyError {
     ClientClosed,
     #[error("client connection failed: {0}")]
     ClientIo(io::Error),
+    #[error("rate limit exceeded")]
+    RateLimited,
     #[error("no backend available")]
     NoBackend,
     #[error("connect to backend {backend} failed: {source}")]
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::BadRequestBody(_) => Some(400),
             ProxyError::ClientHeaderTimeout => Some(408),
             ProxyError::ClientTimeout | ProxyError::ClientClosed | ProxyError::ClientIo(_) => None,
+            ProxyError::RateLimited => Some(429),
             ProxyError::NoBackend => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
@@ -86,6 +89,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ClientClosed => "client_closed",
             ProxyError::ClientIo(_) => "client_io",
+            ProxyError::RateLimited => "rate_limited",
             ProxyError::NoBackend => "no_backend",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
@@ -103,7 +107,8 @@ impl ProxyError {
             | ProxyError::ClientHeaderTimeout
             | ProxyError::ClientTimeout
             | ProxyError::ClientClosed
-            | ProxyError::ClientIo(_) => Side::Client,
+            | ProxyError::ClientIo(_)
+            | ProxyError::RateLimited => Side::Client,
             ProxyError::NoBackend => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -124,6 +129,7 @@ impl ProxyError {
             | ProxyError::ClientTimeout
             | ProxyError::ClientClosed
             | ProxyError::ClientIo(_)
+            | ProxyError::RateLimited
             | ProxyError::NoBackend
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamIo { .. }
@@ -141,6 +147,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",

@@ -17,6 +17,7 @@ use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::net::BufferedStream;
+use crate::proxy::limit::RateLimitShard;
 use crate::proxy::request_id::RequestIds;
 use crate::upstream::IdlePool;
 
@@ -172,6 +173,9 @@ impl Generation {
 pub struct WorkerContext {
     pub index: usize,
     pub request_ids: RequestIds,
+    /// How many workers share the process-wide rate limits.
+    pub workers: usize,
+    pub rate_limit: RefCell<RateLimitShard>,
     metrics: RefCell<WorkerMetrics>,
     /// Access log lines not yet handed to the writer thread.
     access_log: RefCell<String>,
@@ -190,10 +194,13 @@ impl WorkerContext {
         metrics: WorkerMetrics,
         access_log_writer: crossbeam_channel::Sender<LogMessage>,
         process_seed: u64,
+        workers: usize,
     ) -> WorkerContext {
         WorkerContext {
             index,
             request_ids: RequestIds::new(process_seed, index),
+            workers,
+            rate_limit: RefCell::new(RateLimitShard::new(&generation.config, workers, Instant::now())),
             metrics: RefCell::new(metrics),
             access_log: RefCell::new(String::new()),
             access_log_writer,
@@ -213,6 +220,10 @@ impl WorkerContext {
     pub fn apply(&self, snapshot: &Snapshot) {
         let current = self.generation();
         let next = Generation::build(snapshot, Some(&current), self.index, &mut self.metrics.borrow_mut());
+        // A limits change rebuilds the shard; any other change keeps what it has counted.
+        if !self.rate_limit.borrow().matches(&next.config) {
+            *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
+        }
         *self.generation.borrow_mut() = Rc::new(next);
     }
 

@@ -52,6 +52,23 @@ pub struct WorkerReport {
     pub backends: Vec<BackendReport>,
 }
 
+/// Rate-limit demand one worker saw since it was last asked: per policy, and per client for client scope.
+#[derive(Debug, Clone, Default)]
+pub struct RateDemand {
+    pub worker: usize,
+    pub per_policy: Vec<u64>,
+    /// (policy, client, requests)
+    pub clients: Vec<(usize, std::net::IpAddr, u64)>,
+}
+
+/// One worker's part of each rate limit, computed by the control thread from every worker's demand.
+#[derive(Debug, Clone, Default)]
+pub struct RateShares {
+    pub per_policy: Vec<crate::ratelimit::Share>,
+    /// (policy, client, this worker's fraction of that client's limit) for clients seen on several workers.
+    pub clients: Vec<(usize, std::net::IpAddr, f64)>,
+}
+
 #[derive(Debug)]
 pub enum ToWorker {
     Apply(Arc<Snapshot>),
@@ -59,6 +76,10 @@ pub enum ToWorker {
     Report(crossbeam_channel::Sender<WorkerReport>),
     /// Send a copy of the worker's metrics on the given channel.
     CollectMetrics(crossbeam_channel::Sender<crate::metrics::WorkerMetrics>),
+    /// Report rate-limit demand since the last report on the given channel.
+    RateDemand(crossbeam_channel::Sender<RateDemand>),
+    /// Install new rate-limit shares.
+    RateShares(RateShares),
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

@@ -64,6 +64,8 @@ pub struct WorkerSpec {
     pub events: Sender<FromWorker>,
     pub access_log: Sender<crate::access_log::LogMessage>,
     pub process_seed: u64,
+    /// Total workers in the process.
+    pub workers: usize,
 }
 
 /// Starts a worker thread. It reports `Ready` or `StartFailed` on `events`.
@@ -168,6 +170,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         metrics,
         spec.access_log.clone(),
         spec.process_seed,
+        spec.workers,
     ));
     let accept_canceller = Canceller::new();
     for (frontend, listener) in listeners.into_iter().enumerate() {
@@ -232,6 +235,13 @@ async fn serve_inbox(
                 }
                 ToWorker::CollectMetrics(reply) => {
                     let _ = reply.send(context.metrics_snapshot());
+                }
+                ToWorker::RateDemand(reply) => {
+                    let demand = context.rate_limit.borrow_mut().take_demand(context.index);
+                    let _ = reply.send(demand);
+                }
+                ToWorker::RateShares(shares) => {
+                    context.rate_limit.borrow_mut().apply_shares(&shares, Instant::now());
                 }
                 ToWorker::Shutdown => return,
             }

@@ -413,6 +413,22 @@ impl Client {
         }
     }
 
+    /// Connects from a chosen loopback address (127.0.0.2, ...), to look like another client.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
+        socket
+            .connect(&addr.into())
+            .unwrap_or_else(|error| panic!("connect {addr} from {local}: {error}"));
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send request");
     }

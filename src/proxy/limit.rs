@@ -1,0 +1,155 @@
+//! A worker's rate-limit shard: its part of each configured limit, enforced with no shared state. The control
+//! thread periodically asks for the demand this worker saw ([`RateLimitShard::take_demand`]) and sends back this
+//! worker's new shares ([`RateLimitShard::apply_shares`]); between those, every decision is local.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::config::{Config, RateLimitAlgorithm, RateLimitConfig, RateLimitScope};
+use crate::ratelimit::{policies, split, AllowList, ClientTable, Decision, Limiter, Share};
+use crate::worker::messages::{RateDemand, RateShares};
+
+/// Distinct clients whose demand a worker reports per period; the busiest are the ones that matter.
+const MAX_REPORTED_CLIENTS: usize = 1024;
+
+struct Policy {
+    /// The whole configured limit.
+    limit: Share,
+    /// This worker's part of it (global scope).
+    share: Share,
+    global: Limiter,
+    clients: ClientTable<IpAddr, Limiter>,
+    /// Requests seen since the last report.
+    demand: u64,
+    client_demand: HashMap<IpAddr, u64>,
+    /// This worker's fraction of a client's limit, for clients seen on several workers.
+    client_fraction: HashMap<IpAddr, f64>,
+}
+
+pub struct RateLimitShard {
+    config: RateLimitConfig,
+    algorithm: RateLimitAlgorithm,
+    scope: RateLimitScope,
+    allow: AllowList,
+    frontend_policy: Vec<Option<usize>>,
+    policies: Vec<Policy>,
+}
+
+impl RateLimitShard {
+    /// A shard starting with an equal split over `workers`.
+    pub fn new(config: &Config, workers: usize, now: Instant) -> RateLimitShard {
+        let limit = &config.ratelimit;
+        let derived = policies(config);
+        let equal = vec![0; workers.max(1)];
+        let policies = derived
+            .limits
+            .iter()
+            .map(|&whole| {
+                let share = split(whole.rate, whole.burst, &equal)[0];
+                Policy {
+                    limit: whole,
+                    share,
+                    global: Limiter::new(limit.algorithm, share, now),
+                    clients: ClientTable::new(limit.max_clients),
+                    demand: 0,
+                    client_demand: HashMap::new(),
+                    client_fraction: HashMap::new(),
+                }
+            })
+            .collect();
+        RateLimitShard {
+            config: limit.clone(),
+            algorithm: limit.algorithm,
+            scope: limit.scope,
+            allow: AllowList::parse(&limit.allow).unwrap_or_default(),
+            frontend_policy: derived.frontend_policy,
+            policies,
+        }
+    }
+
+    /// The shard was built for this config (a config change elsewhere keeps the counted state).
+    pub fn matches(&self, config: &Config) -> bool {
+        self.config == config.ratelimit
+    }
+
+    /// Decides a request from `client` on `frontend`. `None`: not subject to any limit.
+    pub fn check(&mut self, frontend: usize, client: IpAddr, now: Instant) -> Option<(Decision, f64)> {
+        let index = (*self.frontend_policy.get(frontend)?)?;
+        if !self.allow.is_empty() && self.allow.contains(client) {
+            return None;
+        }
+        let algorithm = self.algorithm;
+        let policy = &mut self.policies[index];
+        policy.demand += 1;
+        let decision = match self.scope {
+            RateLimitScope::Global => policy.global.check(now),
+            RateLimitScope::ClientIp => {
+                if policy.client_demand.len() < MAX_REPORTED_CLIENTS || policy.client_demand.contains_key(&client) {
+                    *policy.client_demand.entry(client).or_insert(0) += 1;
+                }
+                let fraction = policy.client_fraction.get(&client).copied().unwrap_or(1.0);
+                let whole = policy.limit;
+                let limiter = policy
+                    .clients
+                    .get_or_insert_with(&client, || Limiter::new(algorithm, scaled(whole, fraction), now));
+                limiter.check(now)
+            }
+        };
+        Some((decision, policy.limit.rate))
+    }
+
+    /// The demand seen since the last call, then counting starts again.
+    pub fn take_demand(&mut self, worker: usize) -> RateDemand {
+        let mut clients = Vec::new();
+        let per_policy = self
+            .policies
+            .iter_mut()
+            .enumerate()
+            .map(|(index, policy)| {
+                for (client, seen) in policy.client_demand.drain() {
+                    clients.push((index, client, seen));
+                }
+                std::mem::take(&mut policy.demand)
+            })
+            .collect();
+        RateDemand {
+            worker,
+            per_policy,
+            clients,
+        }
+    }
+
+    /// Installs this worker's shares; ignored when they were computed for another set of policies.
+    pub fn apply_shares(&mut self, shares: &RateShares, now: Instant) {
+        if shares.per_policy.len() != self.policies.len() {
+            return;
+        }
+        for (policy, &share) in self.policies.iter_mut().zip(&shares.per_policy) {
+            policy.share = share;
+            policy.global.reshare(share, now);
+            // Clients no longer shared across workers get their whole limit back.
+            let previous = std::mem::take(&mut policy.client_fraction);
+            for client in previous.keys() {
+                if let Some(limiter) = policy.clients.get_mut(client) {
+                    limiter.reshare(policy.limit, now);
+                }
+            }
+        }
+        for &(index, client, fraction) in &shares.clients {
+            if let Some(policy) = self.policies.get_mut(index) {
+                policy.client_fraction.insert(client, fraction);
+                if let Some(limiter) = policy.clients.get_mut(&client) {
+                    limiter.reshare(scaled(policy.limit, fraction), now);
+                }
+            }
+        }
+    }
+}
+
+fn scaled(whole: Share, fraction: f64) -> Share {
+    Share {
+        rate: whole.rate * fraction,
+        burst: (whole.burst * fraction).max(1.0),
+    }
+}
