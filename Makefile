@@ -1,7 +1,7 @@
 # corelb — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test tools lint fmt bench clean
+.PHONY: all build run test tools lint fmt bench bench-micro clean
 
 all: build
 
@@ -30,3 +30,11 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## Side-by-side proxy benchmark against nginx and HAProxy (installs them if missing); report in target/bench-report/.
+bench: build
+	scripts/run-benchmarks.sh $(BENCH_ARGS)
+
+## Criterion micro-benchmarks of the hot pure pieces (selection, rate-limit decision, parsing, rewriting).
+bench-micro:
+	$(CARGO) bench --bench hot_paths

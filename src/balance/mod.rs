@@ -58,24 +58,57 @@ impl RoundRobin {
     }
 }
 
+/// Longest precomputed schedule; beyond it (huge weight sums) picks run the algorithm live.
+const MAX_SCHEDULE: u64 = 1 << 16;
+
 /// nginx's smooth weighted round-robin: every pick adds each admitted backend's weight to its running score, takes
-/// the highest, and subtracts the total from the winner. Over any aligned window of `sum(weights)` picks each
-/// backend is chosen exactly `weight` times, interleaved rather than in bursts.
+/// the highest, and subtracts the total from the winner. Over any window of `sum(weights)` picks each backend is
+/// chosen exactly `weight` times, interleaved rather than in bursts.
+///
+/// With every backend admitted the sequence is periodic, so it is computed once when the backend set changes and a
+/// pick is an index into it: O(1) whatever the number of backends. A refused backend is skipped in the sequence,
+/// which keeps the others' proportions. Weight sums above `MAX_SCHEDULE` run the algorithm per pick.
 #[derive(Debug)]
 pub struct SmoothWeighted {
     weights: Vec<i64>,
     current: Vec<Cell<i64>>,
+    schedule: Vec<u32>,
+    cursor: Cell<usize>,
 }
 
 impl SmoothWeighted {
     pub fn new(weights: &[u32]) -> SmoothWeighted {
-        SmoothWeighted {
+        let mut balancer = SmoothWeighted {
             weights: weights.iter().map(|&weight| i64::from(weight)).collect(),
             current: weights.iter().map(|_| Cell::new(0)).collect(),
+            schedule: Vec::new(),
+            cursor: Cell::new(0),
+        };
+        let total: u64 = weights.iter().map(|&weight| u64::from(weight)).sum();
+        if total <= MAX_SCHEDULE {
+            balancer.schedule = (0..total).filter_map(|_| balancer.pick_live(|_| true)).map(|index| index as u32).collect();
         }
+        balancer
     }
 
     pub fn pick(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.schedule.is_empty() {
+            return self.pick_live(admit);
+        }
+        let start = self.cursor.get();
+        let length = self.schedule.len();
+        for step in 0..length {
+            let position = (start + step) % length;
+            let index = self.schedule[position] as usize;
+            if admit(index) {
+                self.cursor.set((position + 1) % length);
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn pick_live(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
         let mut total = 0;
         let mut best: Option<(usize, i64)> = None;
         for (index, (&weight, current)) in self.weights.iter().zip(&self.current).enumerate() {
@@ -129,6 +162,16 @@ mod tests {
         assert_eq!(&sequence[..9], [0, 1, 0, 2, 0, 1, 0, 1, 0]);
         // Never more than two of the heaviest in a row: interleaved, not bursts.
         assert!(sequence.windows(3).all(|run| run.iter().any(|&index| index != 0)));
+    }
+
+    #[test]
+    fn huge_weight_sums_run_the_algorithm_live_with_the_same_proportions() {
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[1000; 100]);
+        let picks = picks(&balancer, 100);
+        let mut sorted = picks.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100, "each of 100 equal backends once per 100 picks");
     }
 
     #[test]

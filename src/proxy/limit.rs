@@ -2,7 +2,7 @@
 //! thread periodically asks for the demand this worker saw ([`RateLimitShard::take_demand`]) and sends back this
 //! worker's new shares ([`RateLimitShard::apply_shares`]); between those, every decision is local.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -19,10 +19,10 @@ struct Policy {
     /// This worker's part of it (global scope).
     share: Share,
     global: Limiter,
-    clients: ClientTable<IpAddr, Limiter>,
+    /// Per client: its limiter and the requests it made since the last report.
+    clients: ClientTable<IpAddr, (Limiter, u64)>,
     /// Requests seen since the last report.
     demand: u64,
-    client_demand: HashMap<IpAddr, u64>,
     /// This worker's fraction of a client's limit, for clients seen on several workers.
     client_fraction: HashMap<IpAddr, f64>,
 }
@@ -53,8 +53,7 @@ impl RateLimitShard {
                     global: Limiter::new(limit.algorithm, share, now),
                     clients: ClientTable::new(limit.max_clients),
                     demand: 0,
-                    client_demand: HashMap::new(),
-                    client_fraction: HashMap::new(),
+                    client_fraction: HashMap::default(),
                 }
             })
             .collect();
@@ -85,14 +84,13 @@ impl RateLimitShard {
         let decision = match self.scope {
             RateLimitScope::Global => policy.global.check(now),
             RateLimitScope::ClientIp => {
-                if policy.client_demand.len() < MAX_REPORTED_CLIENTS || policy.client_demand.contains_key(&client) {
-                    *policy.client_demand.entry(client).or_insert(0) += 1;
-                }
-                let fraction = policy.client_fraction.get(&client).copied().unwrap_or(1.0);
                 let whole = policy.limit;
-                let limiter = policy
-                    .clients
-                    .get_or_insert_with(&client, || Limiter::new(algorithm, scaled(whole, fraction), now));
+                let fractions = &policy.client_fraction;
+                let (limiter, demand) = policy.clients.get_or_insert_with(&client, || {
+                    let fraction = fractions.get(&client).copied().unwrap_or(1.0);
+                    (Limiter::new(algorithm, scaled(whole, fraction), now), 0)
+                });
+                *demand += 1;
                 limiter.check(now)
             }
         };
@@ -107,8 +105,11 @@ impl RateLimitShard {
             .iter_mut()
             .enumerate()
             .map(|(index, policy)| {
-                for (client, seen) in policy.client_demand.drain() {
-                    clients.push((index, client, seen));
+                for (client, (_, seen)) in policy.clients.iter_mut() {
+                    if *seen > 0 && clients.len() < MAX_REPORTED_CLIENTS {
+                        clients.push((index, *client, *seen));
+                    }
+                    *seen = 0;
                 }
                 std::mem::take(&mut policy.demand)
             })
@@ -131,7 +132,7 @@ impl RateLimitShard {
             // Clients no longer shared across workers get their whole limit back.
             let previous = std::mem::take(&mut policy.client_fraction);
             for client in previous.keys() {
-                if let Some(limiter) = policy.clients.get_mut(client) {
+                if let Some((limiter, _)) = policy.clients.get_mut(client) {
                     limiter.reshare(policy.limit, now);
                 }
             }
@@ -139,7 +140,7 @@ impl RateLimitShard {
         for &(index, client, fraction) in &shares.clients {
             if let Some(policy) = self.policies.get_mut(index) {
                 policy.client_fraction.insert(client, fraction);
-                if let Some(limiter) = policy.clients.get_mut(&client) {
+                if let Some((limiter, _)) = policy.clients.get_mut(&client) {
                     limiter.reshare(scaled(policy.limit, fraction), now);
                 }
             }

@@ -1,13 +1,15 @@
 //! Per-client limiters in a table bounded in memory: past `capacity` clients the least recently seen is evicted.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
+use rustc_hash::FxHashMap;
+
 /// A bounded map with least-recently-used eviction, using a logical clock instead of a linked list: lookups are
-/// O(1); an eviction scans once per `capacity / 8` insertions and drops the oldest eighth.
+/// O(1) (with a fast non-cryptographic hash: keys are client addresses, and the table is bounded, so flooding it
+/// costs evictions, not collisions); an eviction scans once per `capacity / 8` insertions and drops the oldest eighth.
 #[derive(Debug, Clone)]
 pub struct ClientTable<K, V> {
-    entries: HashMap<K, (V, u64)>,
+    entries: FxHashMap<K, (V, u64)>,
     capacity: usize,
     clock: u64,
 }
@@ -15,7 +17,7 @@ pub struct ClientTable<K, V> {
 impl<K: Hash + Eq + Clone, V> ClientTable<K, V> {
     pub fn new(capacity: usize) -> ClientTable<K, V> {
         ClientTable {
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             capacity: capacity.max(1),
             clock: 0,
         }
@@ -53,8 +55,8 @@ impl<K: Hash + Eq + Clone, V> ClientTable<K, V> {
         self.entries.is_empty()
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.entries.values_mut().map(|(value, _)| value)
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(key, (value, _))| (key, value))
     }
 }
 
