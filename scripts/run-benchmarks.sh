@@ -23,7 +23,8 @@ usage: scripts/run-benchmarks.sh [options]
   --build          run `cargo build --release --bins` first (it is also built when the binary is missing)
   --keep           keep the temporary directory (configs, logs, raw wrk output)
   --out DIR        report directory (default target/bench-report)
-Environment: BENCH_BASE_PORT (default 28000; ports BASE..BASE+199 are used on 127.0.0.1).
+Environment: BENCH_BASE_PORT (default 28000; ports BASE..BASE+199 are used on 127.0.0.1),
+  BENCH_NGINX_KEEPALIVE (nginx upstream keepalive, default 64), BENCH_CORELB_METRICS (on|off, default on).
 EOF
 }
 
@@ -61,20 +62,27 @@ for t in "${SELECTED[@]}"; do
 done
 selected() { [[ ",$ONLY," == *",$1,"* ]]; }
 
+SIZES=(0 1k 16k 256k)   # body sizes of the throughput-by-size test
+PROBE_SIZES=(0 1k 16k 256k)
 if [[ $MODE == quick ]]; then
     DURATION=${DURATION:-2}
-    HOLD=4          # seconds the 10,000 connections are held
-    WARMUP=1
+    HOLD=4              # seconds the 10,000 connections are held
+    PROBE=1             # seconds of each single-connection stall probe
+    SIZES=(1k 256k)     # fewer sizes; the stall probe still covers all four
+    MC_TARGETS=(corelb-2w nginx-2w)
+    MC_CONNS=(1000)
 else
     DURATION=${DURATION:-8}
     HOLD=8
-    WARMUP=1
+    PROBE=2
+    MC_TARGETS=(direct-2w corelb-2w nginx-2w)
+    MC_CONNS=(50 1000)
 fi
+WARMUP=1
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || { echo "--duration must be a whole number of seconds" >&2; exit 2; }
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 3 ]] || { echo "--rounds must be at least 3" >&2; exit 2; }
 [[ $LATENCY_TOOL == wrk || $LATENCY_TOOL == hey ]] || { echo "--latency-tool: wrk or hey" >&2; exit 2; }
 
-SIZES=(0 1k 16k 256k)
 THROUGHPUT_CONNS=(50 1000)
 LATENCY_CONNS=10        # connections of the fixed-rate latency test
 LATENCY_PACE_MS=5       # each waits ~5 ms between requests: ~2,000 req/s in total
@@ -82,6 +90,7 @@ RSS_CONNS=10000
 RSS_PACE_MS=1000        # each of the 10,000 connections sends ~1 request per second
 STALL_PER_CONN=100      # below this many req/s per connection a run is flagged STALLED (a Nagle stall gives ~25)
 NGINX_KEEPALIVE=${BENCH_NGINX_KEEPALIVE:-64}
+CORELB_METRICS=${BENCH_CORELB_METRICS:-on}   # on: corelb's default (counting, /metrics on an ephemeral port)
 WORKERS_PINNED=1
 WORKERS_MULTI=2
 
@@ -100,6 +109,9 @@ for tool in wrk nginx haproxy python3 taskset timeout; do
     command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || { echo "missing $tool" >&2; exit 1; }
 done
 export PATH=$PATH:/usr/sbin
+# The interpreter itself, not a version-manager shim (a pyenv shim costs ~0.2 s per call, and it is called per run).
+PY=$(python3 -c 'import sys; print(sys.executable)')
+export PYTHONDONTWRITEBYTECODE=1
 if [[ $LATENCY_TOOL == hey ]] && ! command -v hey >/dev/null; then
     echo "hey is not installed; using paced wrk for the latency test" >&2
     LATENCY_TOOL=wrk
@@ -128,6 +140,11 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/corelb-bench.XXXXXX")
+# A private copy, so that a rebuild during the run (cargo replaces target/release/corelb) cannot mix two binaries.
+mkdir -p "$WORK/bin"
+cp "$CORELB" "$WORK/bin/corelb"
+CORELB_ID="$(sha256sum "$CORELB" | cut -c1-12), built $(date -u -r "$CORELB" +%Y-%m-%dT%H:%M:%SZ)"
+CORELB=$WORK/bin/corelb
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 mkdir -p "$WORK/www/size"
@@ -146,6 +163,7 @@ declare -A PORT=()      # target name -> port clients connect to
 declare -A ORIGIN=()    # target name -> origin name (for the origin's status port)
 declare -A STATUS_PORT=([origin]=$PORT_ORIGIN_STATUS [origin-mc]=$PORT_ORIGIN_MC_STATUS)
 STARTED=()
+LOAD_PID=""             # the running load generator (wrk or hey, under timeout)
 
 stop_proc() {
     local name=$1 pid=${PID[$1]:-} i
@@ -166,6 +184,10 @@ stop_proc() {
 cleanup() {
     local rc=$? name i left
     trap - EXIT INT TERM
+    if [[ -n $LOAD_PID ]] && kill -0 "$LOAD_PID" 2>/dev/null; then
+        kill -TERM "$LOAD_PID" 2>/dev/null || true
+        wait "$LOAD_PID" 2>/dev/null || true
+    fi
     for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
         name=${STARTED[i]}
         [[ -n ${PID[$name]:-} ]] && stop_proc "$name"
@@ -176,7 +198,7 @@ cleanup() {
         echo "warning: processes still running after cleanup:" >&2
         echo "$left" >&2
     fi
-    if ((KEEP)) || ((rc != 0)); then
+    if ((KEEP)) || ((rc != 0 && rc != 130 && rc != 143)); then
         echo "temporary directory kept: $WORK" >&2
     else
         rm -rf "$WORK"
@@ -253,7 +275,7 @@ start_origin() {  # start_origin NAME WORKERS CPUS PORT STATUS_PORT [EXTRA_PORTS
         echo "    server {"
         echo "        listen 127.0.0.1:$port backlog=16384$reuse;"
         for ((i = 0; i < extra; i++)); do echo "        listen 127.0.0.1:$((PORT_MANY + i));"; done
-        echo '        location = / { return 200 "corelb bench origin\n"; }'
+        printf '%s\n' '        location = / { return 200 "corelb bench origin\n"; }'
         echo "        location /size/ { root $WORK/www; }"
         echo "    }"
         echo "    server {"
@@ -277,6 +299,12 @@ start_corelb() {  # start_corelb NAME WORKERS CPUS PORT ORIGIN BACKEND_PORT...
         for p in "$@"; do printf '[[backends]]\nurl = "http://127.0.0.1:%s"\n\n' "$p"; done
         printf '[upstream]\nmax_idle_per_backend = 1024\n\n'
         printf '[control]\nsocket = "corelb.sock"\n\n'
+        # corelb's default keeps its metrics on; port 0 so that several instances (and anything on 9090) coexist.
+        if [[ $CORELB_METRICS == on ]]; then
+            printf '[metrics]\nenabled = true\naddress = "127.0.0.1"\nport = 0\n\n'
+        else
+            printf '[metrics]\nenabled = false\n\n'
+        fi
         printf '[logging]\nlevel = "warn"\n'
     } >"$dir/corelb.toml"
     launch "$name" "$cpus" "$CORELB" run -c "$dir/corelb.toml"
@@ -320,12 +348,16 @@ EOF
 }
 
 start_haproxy() {  # start_haproxy NAME THREADS CPUS PORT ORIGIN ORIGIN_PORT
-    local name=$1 threads=$2 cpus=$3 port=$4 origin=$5 oport=$6 dir=$WORK/$1
+    local name=$1 threads=$2 cpus=$3 port=$4 origin=$5 oport=$6 dir=$WORK/$1 strict=""
     mkdir -p "$dir"
+    # HAProxy wants 2 descriptors per maxconn and refuses to start below that unless told otherwise; the
+    # 10,000-connection test needs only a few upstream connections, so a lower limit is enough.
+    ((FDLIMIT < 2 * 20000 + 100)) && strict="no strict-limits"
     cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread $threads
     maxconn 20000
+    $strict
     pidfile $dir/haproxy.pid
 
 defaults
@@ -374,13 +406,35 @@ cpu_ticks() {   # cpu_ticks PID...: utime+stime (clock ticks) summed over the pr
     echo "$total"
 }
 
-rss_kib() {     # rss_kib PID...: VmRSS summed over the processes
-    local total=0 pid kb
+RSS_NOW=0
+rss_now() {     # rss_now PID...: VmRSS (KiB) summed over the processes into RSS_NOW (no fork: sampled often)
+    local pid key value _
+    RSS_NOW=0
     for pid in "$@"; do
-        kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        total=$((total + ${kb:-0}))
+        while read -r key value _; do
+            if [[ $key == VmRSS: ]]; then RSS_NOW=$((RSS_NOW + value)); break; fi
+        done <"/proc/$pid/status" 2>/dev/null || true
     done
-    echo "$total"
+}
+
+SYS_BUSY=0 SYS_STEAL=0
+sys_ticks() {   # machine-wide busy (user+nice+system+irq+softirq) and steal ticks, from /proc/stat
+    local _cpu u n sy _idle _iow irq sirq steal _rest
+    read -r _cpu u n sy _idle _iow irq sirq steal _rest </proc/stat
+    SYS_BUSY=$((u + n + sy + irq + sirq))
+    SYS_STEAL=$steal
+}
+
+CHILD_MS=0
+children_ms() { # CPU time (ms) of this shell's waited-for children, i.e. of the load generators run so far
+    local line a b
+    times >"$WORK/times"
+    { read -r line; read -r a b; } <"$WORK/times"
+    CHILD_MS=$(($(dur_ms "$a") + $(dur_ms "$b")))
+}
+dur_ms() {      # "1m2.345s" -> 62345
+    [[ $1 =~ ^([0-9]+)m([0-9]+)[.,]([0-9]{3})s$ ]] || { echo 0; return; }
+    echo $(((10#${BASH_REMATCH[1]} * 60 + 10#${BASH_REMATCH[2]}) * 1000 + 10#${BASH_REMATCH[3]}))
 }
 
 origin_accepts() {  # connections the origin has accepted so far (nginx stub_status)
@@ -402,37 +456,50 @@ measure() {  # measure TEST TARGET ROUND CONNS PATH SIZE DURATION THREADS LOAD_C
     mapfile -t pids < <(proc_pids "$target")
     mapfile -t opids < <(proc_pids "$origin")
     mapfile -t pin < <(pin_prefix "$lcpus")
-    local timeout_s=5 t0 t1 o0 o1 a0 a1 rss_peak=0 rss_idle=0 r wpid out rc=0 json
+    local timeout_s=5 t0 t1 o0 o1 a0 a1 b0 b1 s0 s1 c0 c1 rss_peak=0 rss_idle=0 wpid rc=0 json
     ((conns >= 5000)) && timeout_s=20
     local outfile=$WORK/raw/$test-$target-c$conns-$size-r$round.txt
     mkdir -p "$WORK/raw"
-    ((${#pids[@]} > 0)) && rss_idle=$(rss_kib "${pids[@]}")
+    if ((${#pids[@]} > 0)); then rss_now "${pids[@]}"; rss_idle=$RSS_NOW; fi
     a0=$(origin_accepts "$origin")
     t0=$(cpu_ticks "${pids[@]}")
     o0=$(cpu_ticks "${opids[@]}")
+    if ((record)); then "$PY" "$HERE/report.py" procsnap "$WORK/procsnap.json"; fi
+    children_ms; c0=$CHILD_MS
+    sys_ticks; b0=$SYS_BUSY s0=$SYS_STEAL
     if [[ $test == latency && $LATENCY_TOOL == hey ]]; then
         # hey -q is per worker: LATENCY_CONNS workers x (1000/pace) req/s
         timeout --foreground $((dur + 30)) "${pin[@]}" hey -z "${dur}s" -c "$conns" -q $((1000 / pace)) -cpus 1 \
-            -o csv "http://127.0.0.1:$port$path" >"$outfile.csv" 2>&1 || rc=$?
-        json=$(python3 "$HERE/report.py" hey-csv "$outfile.csv" "$dur")
+            -o csv "http://127.0.0.1:$port$path" >"$outfile.csv" 2>&1 &
+        LOAD_PID=$!
+        wait "$LOAD_PID" || rc=$?
     else
         BENCH_PACE_MS=$pace timeout --foreground $((dur + 30)) "${pin[@]}" wrk -t"$threads" -c"$conns" -d"${dur}s" \
             --timeout "${timeout_s}s" -s "$HERE/wrk-report.lua" "http://127.0.0.1:$port$path" >"$outfile" 2>&1 &
         wpid=$!
+        LOAD_PID=$wpid
         # While wrk runs, sample the proxy's resident memory (the peak is what the 10k-connection test reports).
         while kill -0 "$wpid" 2>/dev/null; do
             if ((${#pids[@]} > 0)); then
-                r=$(rss_kib "${pids[@]}")
-                ((r > rss_peak)) && rss_peak=$r
+                rss_now "${pids[@]}"
+                ((RSS_NOW > rss_peak)) && rss_peak=$RSS_NOW
             fi
+            # (an external sleep: bash 5.2 aborts when a trapped signal arrives during `read -t`)
             sleep 0.2
         done
         wait "$wpid" || rc=$?
-        json=$(sed -n 's/^BENCH_JSON //p' "$outfile" | tail -n 1)
     fi
+    LOAD_PID=""
+    sys_ticks; b1=$SYS_BUSY s1=$SYS_STEAL
+    children_ms; c1=$CHILD_MS
     t1=$(cpu_ticks "${pids[@]}")
     o1=$(cpu_ticks "${opids[@]}")
-    a1=$(origin_accepts "$origin")
+    a1=$(($(origin_accepts "$origin") - 1))  # minus the status request itself
+    if [[ $test == latency && $LATENCY_TOOL == hey ]]; then
+        json=$("$PY" "$HERE/report.py" hey-csv "$outfile.csv" "$dur")
+    else
+        json=$(sed -n 's/^BENCH_JSON //p' "$outfile" | tail -n 1)
+    fi
     if [[ -z $json ]]; then
         echo "  $test $target c=$conns size=$size round $round: no result (exit $rc); output:" >&2
         tail -n 20 "$outfile"* >&2 || true
@@ -442,10 +509,12 @@ measure() {  # measure TEST TARGET ROUND CONNS PATH SIZE DURATION THREADS LOAD_C
     RUN_NO=$((RUN_NO + 1))
     local cpu_field="null"
     ((${#pids[@]} > 0)) && cpu_field=$((t1 - t0))
-    printf '{"test":"%s","target":"%s","round":%d,"conns":%d,"size":"%s","path":"%s","threads":%d,"pace_ms":%d,"load_cpus":"%s","cpu_ticks":%s,"origin_cpu_ticks":%d,"clk_tck":%d,"origin_accepts":%d,"rss_idle_kib":%d,"rss_peak_kib":%d,"exit":%d,"wrk":%s}\n' \
+    printf '{"test":"%s","target":"%s","round":%d,"conns":%d,"size":"%s","path":"%s","threads":%d,"pace_ms":%d,"load_cpus":"%s","cpu_ticks":%s,"origin_cpu_ticks":%d,"loadgen_cpu_ms":%d,"sys_busy_ticks":%d,"sys_steal_ticks":%d,"clk_tck":%d,"origin_accepts":%d,"rss_idle_kib":%d,"rss_peak_kib":%d,"exit":%d,"wrk":%s}' \
         "$test" "$target" "$round" "$conns" "$size" "$path" "$threads" "$pace" "${lcpus:-all}" "$cpu_field" \
-        $((o1 - o0)) "$CLK_TCK" $((a1 - a0)) "$rss_idle" "$rss_peak" "$rc" "$json" >>"$RESULTS"
-    python3 "$HERE/report.py" progress "$RUN_NO" "$RUN_TOTAL" "$(tail -n 1 "$RESULTS")" >&2
+        $((o1 - o0)) $((c1 - c0)) $((b1 - b0)) $((s1 - s0)) "$CLK_TCK" $((a1 - a0)) "$rss_idle" "$rss_peak" "$rc" \
+        "$json" >"$WORK/run.json"
+    # adds the other processes' CPU since the snapshot, appends to results.jsonl, prints the progress line
+    "$PY" "$HERE/report.py" record "$WORK/run.json" "$WORK/procsnap.json" "$RESULTS" "$RUN_NO" "$RUN_TOTAL" >&2
 }
 
 warmup() {  # warmup THREADS LOAD_CPUS TARGET...: an unrecorded short run per target (fills upstream pools)
@@ -467,17 +536,18 @@ run_interleaved() {  # run_interleaved TEST CONNS PATH SIZE THREADS LOAD_CPUS PA
 
 MAIN_TARGETS=(direct corelb nginx haproxy)
 PROXIES=(corelb nginx haproxy)
-MC_TARGETS=(direct-2w corelb-2w nginx-2w)
 runs=0
 selected throughput && runs=$((runs + ROUNDS * ${#THROUGHPUT_CONNS[@]} * ${#MAIN_TARGETS[@]}))
-selected sizes && runs=$((runs + ROUNDS * ${#SIZES[@]} * ${#MAIN_TARGETS[@]}))
+selected sizes && runs=$((runs + ROUNDS * ${#SIZES[@]} * ${#MAIN_TARGETS[@]} + ${#PROBE_SIZES[@]} * ${#MAIN_TARGETS[@]}))
 selected latency && runs=$((runs + ROUNDS * ${#MAIN_TARGETS[@]}))
 selected backends && runs=$((runs + ROUNDS * 2))
-selected multicore && runs=$((runs + ROUNDS * ${#THROUGHPUT_CONNS[@]} * ${#MC_TARGETS[@]}))
+selected multicore && runs=$((runs + ROUNDS * ${#MC_CONNS[@]} * ${#MC_TARGETS[@]}))
 RUN_TOTAL=$runs
 selected rss && RUN_TOTAL=$((RUN_TOTAL + ${#PROXIES[@]}))
-estimate=$((runs * (DURATION + 1) + 40))
-selected rss && estimate=$((estimate + ${#PROXIES[@]} * (HOLD + 6)))
+# about 0.4 s of bookkeeping per run, plus warm-ups and start-ups
+estimate=$((runs * (DURATION * 10 + 4) / 10 + 25))
+selected sizes && estimate=$((estimate - ${#PROBE_SIZES[@]} * ${#MAIN_TARGETS[@]} * (DURATION - PROBE)))
+selected rss && estimate=$((estimate + ${#PROXIES[@]} * (HOLD + 3)))
 echo "corelb bench: mode=$MODE tests=$ONLY duration=${DURATION}s rounds=$ROUNDS runs=$RUN_TOTAL (about $((estimate / 60)) min $((estimate % 60)) s); work dir $WORK" >&2
 
 START_TIME=$(date +%s)
@@ -494,7 +564,7 @@ if ((need_main)); then
     start_corelb corelb "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 11)) origin "$PORT_ORIGIN"
     start_nginx_proxy nginx "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 12)) origin "$PORT_ORIGIN"
     start_haproxy haproxy "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 13)) origin "$PORT_ORIGIN"
-    python3 "$HERE/report.py" check "$WORK/www/size" \
+    "$PY" "$HERE/report.py" check "$WORK/www/size" \
         "direct=${PORT[direct]}" "corelb=${PORT[corelb]}" "nginx=${PORT[nginx]}" "haproxy=${PORT[haproxy]}" >&2
 fi
 
@@ -507,6 +577,13 @@ if selected throughput; then
     done
 fi
 if selected sizes; then
+    # Stall probe: one connection per target and size. A healthy path does thousands of requests per second on
+    # one connection; a 40 ms Nagle/delayed-ACK stall caps it at ~25.
+    for s in "${PROBE_SIZES[@]}"; do
+        for t in "${MAIN_TARGETS[@]}"; do
+            measure stall "$t" 1 1 "/size/$s" "$s" "$PROBE" 1 "$LOAD_CPUS" 0
+        done
+    done
     for ((round = 1; round <= ROUNDS; round++)); do
         for s in "${SIZES[@]}"; do
             for t in "${MAIN_TARGETS[@]}"; do
@@ -533,7 +610,6 @@ if selected rss; then
             nginx) start_nginx_proxy nginx "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 12)) origin "$PORT_ORIGIN" ;;
             haproxy) start_haproxy haproxy "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 13)) origin "$PORT_ORIGIN" ;;
         esac
-        sleep 0.5
         measure rss "$t" 1 "$RSS_CONNS" / small "$HOLD" 1 "$LOAD_CPUS" "$RSS_PACE_MS"
     done
 fi
@@ -548,7 +624,7 @@ if selected multicore; then
     start_corelb corelb-2w "$WORKERS_MULTI" "" $((BASE + 21)) origin-mc "$PORT_ORIGIN_MC"
     start_nginx_proxy nginx-2w "$WORKERS_MULTI" "" $((BASE + 22)) origin-mc "$PORT_ORIGIN_MC"
     warmup 2 "" "${MC_TARGETS[@]}"
-    for c in "${THROUGHPUT_CONNS[@]}"; do
+    for c in "${MC_CONNS[@]}"; do
         run_interleaved multicore "$c" / small 2 "" 0 "${MC_TARGETS[@]}"
     done
     for t in nginx-2w corelb-2w origin-mc; do stop_proc "$t"; done
@@ -560,7 +636,7 @@ fi
 ELAPSED=$(($(date +%s) - START_TIME))
 cat >"$WORK/meta.json" <<EOF
 {
-  "mode": "$MODE", "tests": "$ONLY", "duration_s": $DURATION, "rounds": $ROUNDS, "hold_s": $HOLD,
+  "mode": "$MODE", "tests": "$ONLY", "duration_s": $DURATION, "rounds": $ROUNDS, "hold_s": $HOLD, "probe_s": $PROBE,
   "elapsed_s": $ELAPSED, "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "nproc": $NPROC, "cpu_model": "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)",
   "kernel": "$(uname -r)", "fd_limit": $FDLIMIT,
@@ -568,7 +644,8 @@ cat >"$WORK/meta.json" <<EOF
   "workers_pinned": $WORKERS_PINNED, "workers_multi": $WORKERS_MULTI,
   "latency_tool": "$LATENCY_TOOL", "latency_conns": $LATENCY_CONNS, "latency_pace_ms": $LATENCY_PACE_MS,
   "rss_conns": $RSS_CONNS, "rss_pace_ms": $RSS_PACE_MS, "stall_per_conn": $STALL_PER_CONN,
-  "nginx_keepalive": $NGINX_KEEPALIVE, "corelb_rev": "$GIT_REV",
+  "nginx_keepalive": $NGINX_KEEPALIVE, "corelb_rev": "$GIT_REV", "corelb_metrics": "$CORELB_METRICS",
+  "corelb_binary": "$CORELB_ID",
   "versions": {
     "wrk": "$(wrk -v 2>&1 | head -n 1 | awk '{print $2}')",
     "nginx": "$(nginx -v 2>&1 | sed 's/.*nginx\///')",
@@ -577,4 +654,4 @@ cat >"$WORK/meta.json" <<EOF
 }
 EOF
 mkdir -p "$OUT"
-python3 "$HERE/report.py" report "$RESULTS" "$WORK/meta.json" "$OUT"
+"$PY" "$HERE/report.py" report "$RESULTS" "$WORK/meta.json" "$OUT"

@@ -94,7 +94,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
         let limited = context
             .rate_limit
             .borrow_mut()
-            .check(frontend, peer.ip(), Instant::now());
+            .check(frontend, peer.ip(), started);
         if let Some((decision, limit)) = limited {
             context.with_metrics(|metrics| metrics.rate_limited(frontend, decision.allowed));
             if !decision.allowed {
