@@ -67,6 +67,7 @@ fn assert_rate_held(log: &[(u64, u16)], what: &str) {
     let seconds = admitted_per_second(log);
     // Second 0 is warm-up (the initial burst and the first rebalances); the last is cut short by the run's end.
     let last = seconds.keys().copied().max().unwrap_or(0);
+    eprintln!("{what}: (admitted, limited) per second: {seconds:?}");
     for (second, (admitted, limited)) in seconds.iter().filter(|(second, _)| **second >= 1 && **second < last) {
         let low = RATE * 9 / 10;
         let high = RATE * 11 / 10;
