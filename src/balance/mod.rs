@@ -86,7 +86,10 @@ impl SmoothWeighted {
         };
         let total: u64 = weights.iter().map(|&weight| u64::from(weight)).sum();
         if total <= MAX_SCHEDULE {
-            balancer.schedule = (0..total).filter_map(|_| balancer.pick_live(|_| true)).map(|index| index as u32).collect();
+            balancer.schedule = (0..total)
+                .filter_map(|_| balancer.pick_live(|_| true))
+                .map(|index| index as u32)
+                .collect();
         }
         balancer
     }

@@ -9,8 +9,10 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 
-/// Initial read buffer size; it grows for large heads and for streaming bodies.
+/// Initial read buffer of an upstream connection; it grows for large heads and for streaming bodies.
 const INITIAL_CAPACITY: usize = 16 * 1024;
+/// A buffer larger than this is given back when the connection goes idle.
+const IDLE_MAX_CAPACITY: usize = 16 * 1024;
 /// Read size used while streaming a body.
 pub const BODY_CAPACITY: usize = 64 * 1024;
 
@@ -36,10 +38,24 @@ pub struct BufferedStream {
 
 impl BufferedStream {
     pub fn new(stream: TcpStream) -> BufferedStream {
+        BufferedStream::with_capacity(stream, INITIAL_CAPACITY)
+    }
+
+    /// A stream whose read buffer starts at `capacity` bytes: small for client connections, which mostly sit idle
+    /// between small requests, so that ten thousand of them cost little memory.
+    pub fn with_capacity(stream: TcpStream, capacity: usize) -> BufferedStream {
         BufferedStream {
             stream,
-            buf: Vec::with_capacity(INITIAL_CAPACITY),
+            buf: Vec::with_capacity(capacity),
             start: 0,
+        }
+    }
+
+    /// Gives back a buffer grown for a large head or body once nothing is buffered.
+    pub fn shrink_when_idle(&mut self, capacity: usize) {
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_MAX_CAPACITY {
+            self.buf = Vec::with_capacity(capacity);
+            self.start = 0;
         }
     }
 

@@ -19,13 +19,18 @@ use crate::metrics::RequestRecord;
 use crate::net::BufferedStream;
 use crate::worker::context::{Generation, WorkerContext};
 
+/// Initial read buffer of a client connection: most request heads fit; it grows when one does not.
+const CLIENT_BUFFER: usize = 2048;
+/// A head-writing buffer grown past this (a large first write) is dropped between requests.
+const SCRATCH_IDLE_MAX: usize = 16 * 1024;
+
 /// Serves one accepted client connection until it closes.
 pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: SocketAddr, frontend: usize) {
     let _guard = context.connection_opened(frontend);
     let _ = stream.set_nodelay(true);
-    let mut client = BufferedStream::new(stream);
+    let mut client = BufferedStream::with_capacity(stream, CLIENT_BUFFER);
     let mut head_bytes: Vec<u8> = Vec::new();
-    let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let mut scratch: Vec<u8> = Vec::new();
     let mut request_id = String::new();
     let mut first = true;
     loop {
@@ -91,10 +96,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             continue;
         }
 
-        let limited = context
-            .rate_limit
-            .borrow_mut()
-            .check(frontend, peer.ip(), started);
+        let limited = context.rate_limit.borrow_mut().check(frontend, peer.ip(), started);
         if let Some((decision, limit)) = limited {
             context.with_metrics(|metrics| metrics.rate_limited(frontend, decision.allowed));
             if !decision.allowed {
@@ -143,7 +145,16 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             request_id: &request_id,
         };
         let mut stats = ExchangeStats::default();
-        let result = forward(&context, &generation, &mut client, request, &mut scratch, &mut stats).await;
+        // Boxed: the forwarding state lives only while a request is in flight, not in every idle connection's task.
+        let result = Box::pin(forward(
+            &context,
+            &generation,
+            &mut client,
+            request,
+            &mut scratch,
+            &mut stats,
+        ))
+        .await;
         let mut outcome = Outcome {
             status: stats.status.unwrap_or(0),
             upstream: stats.upstream,
@@ -210,6 +221,10 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
         );
         if !keep || context.draining() {
             return;
+        }
+        client.shrink_when_idle(CLIENT_BUFFER);
+        if scratch.capacity() > SCRATCH_IDLE_MAX {
+            scratch = Vec::new();
         }
     }
 }
