@@ -1,7 +1,7 @@
 # corelb — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test tools lint fmt bench bench-micro clean
+.PHONY: all build run test tools lint fmt bench bench-micro bench-overhead clean
 
 all: build
 
@@ -38,3 +38,7 @@ bench: build
 ## Criterion micro-benchmarks of the hot pure pieces (selection, rate-limit decision, parsing, rewriting).
 bench-micro:
 	$(CARGO) bench --bench hot_paths
+
+## CPU per request of metrics, access log and rate limiter: interleaved A/B runs against the same backend.
+bench-overhead: build
+	scripts/bench-overhead.sh $(BENCH_ARGS)
