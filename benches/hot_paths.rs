@@ -28,7 +28,10 @@ Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n";
 fn balancer_pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("balancer_pick");
     for count in [3usize, 1000] {
-        for (name, algorithm) in [("round_robin", Algorithm::RoundRobin), ("smooth_weighted", Algorithm::WeightedRoundRobin)] {
+        for (name, algorithm) in [
+            ("round_robin", Algorithm::RoundRobin),
+            ("smooth_weighted", Algorithm::WeightedRoundRobin),
+        ] {
             let weights: Vec<u32> = (0..count).map(|index| 1 + (index % 5) as u32).collect();
             let balancer = Balancer::new(algorithm, &weights);
             let accepting = vec![true; count];
@@ -44,17 +47,29 @@ fn rate_limit_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit_decision");
     let start = Instant::now();
     let mut bucket = TokenBucket::new(1e9, 1e9, start);
-    group.bench_function("token_bucket", |bench| bench.iter(|| black_box(bucket.check(Instant::now()))));
+    group.bench_function("token_bucket", |bench| {
+        bench.iter(|| black_box(bucket.check(Instant::now())))
+    });
     let mut window = SlidingWindow::new(1e9, start);
-    group.bench_function("sliding_window", |bench| bench.iter(|| black_box(window.check(Instant::now()))));
+    group.bench_function("sliding_window", |bench| {
+        bench.iter(|| black_box(window.check(Instant::now())))
+    });
     let frontends = "[[frontends]]\nname = \"web\"\nport = 1\n[[backends]]\nurl = \"http://127.0.0.1:2\"\n";
     for (name, extra) in [
-        ("shard_global", "[ratelimit]\nenabled = true\nrate = 1e9\nburst = 1000000\n"),
-        ("shard_client_ip", "[ratelimit]\nenabled = true\nrate = 1e9\nburst = 1000000\nscope = \"client_ip\"\n"),
+        (
+            "shard_global",
+            "[ratelimit]\nenabled = true\nrate = 1e9\nburst = 1000000\n",
+        ),
+        (
+            "shard_client_ip",
+            "[ratelimit]\nenabled = true\nrate = 1e9\nburst = 1000000\nscope = \"client_ip\"\n",
+        ),
     ] {
         let config = parse_config(&format!("{frontends}{extra}")).expect("bench config");
         let mut shard = RateLimitShard::new(&config, 2, start);
-        let clients: Vec<IpAddr> = (0..256u32).map(|index| IpAddr::from((0x0a00_0000 + index).to_be_bytes())).collect();
+        let clients: Vec<IpAddr> = (0..256u32)
+            .map(|index| IpAddr::from((0x0a00_0000 + index).to_be_bytes()))
+            .collect();
         let mut next = 0;
         group.bench_function(name, |bench| {
             bench.iter(|| {
@@ -68,7 +83,13 @@ fn rate_limit_decision(c: &mut Criterion) {
 
 fn head_parsing(c: &mut Criterion) {
     c.bench_function("parse_request_head", |bench| {
-        bench.iter(|| black_box(parse_request(black_box(REQUEST), &LIMITS).expect("valid").expect("complete")))
+        bench.iter(|| {
+            black_box(
+                parse_request(black_box(REQUEST), &LIMITS)
+                    .expect("valid")
+                    .expect("complete"),
+            )
+        })
     });
 }
 
@@ -90,5 +111,11 @@ fn header_rewriting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, balancer_pick, rate_limit_decision, head_parsing, header_rewriting);
+criterion_group!(
+    benches,
+    balancer_pick,
+    rate_limit_decision,
+    head_parsing,
+    header_rewriting
+);
 criterion_main!(benches);

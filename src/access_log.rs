@@ -120,9 +120,11 @@ fn quoted_escaped(out: &mut String, bytes: &[u8], limit: usize) {
     }
 }
 
-fn civil(time: SystemTime) -> (i64, u32, u32, u64, u32) {
+/// UTC calendar fields of `time`: (year, month, day, seconds of the day, milliseconds).
+pub fn civil(time: SystemTime) -> (i64, u32, u32, u64, u32) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let days = (seconds / 86_400) as i64;
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
