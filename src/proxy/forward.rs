@@ -78,6 +78,19 @@ async fn connect(backend: &BackendState, generation: &Generation) -> Result<Buff
     }
 }
 
+/// A fresh connection in place of a reused one the backend had already closed (the keep-alive race).
+async fn replace_stale(
+    context: &WorkerContext,
+    generation: &Generation,
+    backend: &BackendState,
+) -> Result<BufferedStream, ProxyError> {
+    context.with_metrics(|metrics| {
+        metrics.retried("stale_connection");
+        metrics.upstream_connected(backend.metrics_slot, false);
+    });
+    connect(backend, generation).await
+}
+
 /// Picks a backend and connects to it, moving on to the next backend when a connect fails.
 async fn open_upstream(
     context: &WorkerContext,
@@ -275,8 +288,7 @@ pub async fn forward(
                 let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
                 if can_retry {
                     retried = true;
-                    context.with_metrics(|metrics| metrics.retried("stale_connection"));
-                    upstream = connect(&backend, generation)
+                    upstream = replace_stale(context, generation, &backend)
                         .await
                         .map_err(|error| fail(error, false, true, Some(&backend)))?;
                     reused = false;
@@ -326,8 +338,7 @@ pub async fn forward(
                 if stale && reused && !retried && !any_byte && replayable {
                     tracing::debug!(backend = %backend.id, "reused connection was closed by the backend; retrying");
                     retried = true;
-                    context.with_metrics(|metrics| metrics.retried("stale_connection"));
-                    upstream = connect(&backend, generation)
+                    upstream = replace_stale(context, generation, &backend)
                         .await
                         .map_err(|error| fail(error, false, true, Some(&backend)))?;
                     reused = false;
