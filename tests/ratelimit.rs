@@ -10,6 +10,13 @@ use common::{config_for, Backend, Client, Corelb, TempDir};
 
 const RATE: u64 = 100;
 
+/// The rate measurements run one at a time: three paced loads at once on a 2-core machine would measure the machine.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn limited_config(backend: &Backend, extra: &str) -> String {
     config_for(
         &[(backend, 1)],
@@ -84,6 +91,7 @@ fn assert_rate_held(log: &[(u64, u16)], what: &str) {
 
 #[test]
 fn three_times_the_rate_spread_over_connections_admits_the_rate() {
+    let _one_at_a_time = measuring();
     let backend = Backend::start("a");
     let corelb = Corelb::start(&limited_config(&backend, ""));
     let log = paced_load(&corelb, 6, RATE / 2, Duration::from_secs(4));
@@ -98,6 +106,7 @@ fn three_times_the_rate_spread_over_connections_admits_the_rate() {
 
 #[test]
 fn three_times_the_rate_on_one_connection_admits_the_rate() {
+    let _one_at_a_time = measuring();
     let backend = Backend::start("a");
     let corelb = Corelb::start(&limited_config(&backend, ""));
     // One connection lands on one worker: the other worker's share must flow to it.
@@ -107,6 +116,7 @@ fn three_times_the_rate_on_one_connection_admits_the_rate() {
 
 #[test]
 fn sliding_window_holds_the_rate_too() {
+    let _one_at_a_time = measuring();
     let backend = Backend::start("a");
     let corelb = Corelb::start(&limited_config(&backend, "algorithm = \"sliding_window\"\n"));
     let log = paced_load(&corelb, 3, RATE, Duration::from_secs(4));
