@@ -97,6 +97,10 @@ pub struct Control {
     /// Outcome and time of the last reload or whole-config apply, for metrics.
     last_reload: (bool, SystemTime),
     last_rebalance: Instant,
+    /// A worker stopped while the control thread was waiting for something else: shut down at the next pass.
+    worker_lost: bool,
+    /// Versions are never reused, even by a change that failed to reach every worker.
+    next_version: u64,
 }
 
 /// Chooses the driver for every worker: io_uring when allowed, epoll otherwise (said once, here).
@@ -227,6 +231,8 @@ impl Control {
             access_log,
             last_reload: (true, SystemTime::now()),
             last_rebalance: Instant::now(),
+            worker_lost: false,
+            next_version: 2,
         };
         let mut ready = 0;
         while ready < count {
@@ -309,6 +315,10 @@ impl Control {
                     Err(_) => break,
                 },
                 default(TICK) => {},
+            }
+            if self.worker_lost {
+                tracing::error!("a worker stopped unexpectedly; shutting down");
+                break;
             }
             // Every pass, not only idle ones: a client polling faster than TICK must not starve a rollout.
             self.rollout_tick();
@@ -657,7 +667,8 @@ impl Control {
         }
         let backend_addrs = resolve_backends(&candidate).map_err(invalid_config)?;
         let started = Instant::now();
-        let version = self.snapshot.version + 1;
+        let version = self.next_version;
+        self.next_version += 1;
         let candidate = Arc::new(candidate);
         let snapshot = Arc::new(Snapshot {
             version,
@@ -713,10 +724,11 @@ impl Control {
             match self.events.recv_deadline(deadline) {
                 Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
                 Ok(FromWorker::Stopped { worker }) => {
+                    self.worker_lost = true;
                     return Err(CommandError::new(
                         ErrorKind::Unavailable,
                         format!("worker {worker} has stopped"),
-                    ))
+                    ));
                 }
                 Ok(_) => {}
                 Err(_) => {

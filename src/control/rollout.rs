@@ -172,11 +172,8 @@ impl Control {
     }
 
     pub(super) fn rollout_abort(&mut self) -> Result<Value, CommandError> {
-        let original = match self.rollout.as_mut() {
-            Some(rollout) if rollout.is_active() => {
-                rollout.state = State::Aborted;
-                Arc::clone(&rollout.original)
-            }
+        let original = match self.rollout.as_ref() {
+            Some(rollout) if rollout.is_active() => Arc::clone(&rollout.original),
             _ => return Err(CommandError::new(ErrorKind::NotFound, "no rollout in progress")),
         };
         let mut restored = (*self.config).clone();
@@ -186,7 +183,12 @@ impl Control {
             &Source::Rollout,
             Some("rollout aborted: starting backend set restored".into()),
         );
-        tracing::warn!("rollout aborted");
+        if result.is_ok() {
+            if let Some(rollout) = self.rollout.as_mut() {
+                rollout.state = State::Aborted;
+            }
+            tracing::warn!("rollout aborted");
+        }
         result
     }
 
@@ -217,7 +219,8 @@ impl Control {
         };
         // 1. Remove what the previous step drained.
         if !rollout.draining.is_empty() {
-            let ids = std::mem::take(&mut rollout.draining);
+            // Work leaves the rollout's queues only once its commit succeeded, so a failed step can be resumed.
+            let ids = rollout.draining.clone();
             let mut candidate = (*self.config).clone();
             candidate.backends.retain(|backend| !ids.contains(&backend.id));
             self.commit(
@@ -227,6 +230,7 @@ impl Control {
             )
             .map_err(|error| error.message)?;
             if let Some(rollout) = self.rollout.as_mut() {
+                rollout.draining.clear();
                 rollout.removed.extend(ids);
             }
             return Ok(());
@@ -252,7 +256,7 @@ impl Control {
         // 3. Add the next batch.
         if !rollout.to_add.is_empty() {
             let count = rollout.batch.min(rollout.to_add.len());
-            let urls: Vec<String> = rollout.to_add.drain(..count).collect();
+            let urls: Vec<String> = rollout.to_add.iter().take(count).cloned().collect();
             let mut text = crate::config::to_toml(&self.config);
             for url in &urls {
                 text.push_str(&format!("\n[[backends]]\nurl = {}\n", toml::Value::String(url.clone())));
@@ -271,6 +275,7 @@ impl Control {
             )
             .map_err(|error| error.message)?;
             if let Some(rollout) = self.rollout.as_mut() {
+                rollout.to_add.drain(..count);
                 rollout.added.extend(ids.iter().cloned());
                 rollout.unproven = ids;
             }
@@ -293,7 +298,7 @@ impl Control {
         if count == 0 {
             return Ok(());
         }
-        let ids: Vec<String> = rollout.to_remove.drain(..count).collect();
+        let ids: Vec<String> = rollout.to_remove.iter().take(count).cloned().collect();
         let mut candidate = (*self.config).clone();
         for backend in &mut candidate.backends {
             if ids.contains(&backend.id) {
@@ -307,6 +312,7 @@ impl Control {
         )
         .map_err(|error| error.message)?;
         if let Some(rollout) = self.rollout.as_mut() {
+            rollout.to_remove.drain(..count);
             rollout.draining = ids;
         }
         Ok(())

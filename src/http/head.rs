@@ -371,8 +371,9 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
         BodyFraming::Chunked
     } else {
         match framing_fields.content_length {
-            Some(0) | None => BodyFraming::None,
+            // An explicit `Content-Length: 0` is forwarded as such: strict servers want it on POST and PUT.
             Some(length) => BodyFraming::Length(length),
+            None => BodyFraming::None,
         }
     };
     let close = match version {
@@ -440,14 +441,12 @@ pub fn parse_response(buf: &[u8], method: Method, limits: &HeadLimits) -> Result
             // Transfer-Encoding wins, but the connection cannot be trusted afterwards.
             close = true;
         }
-        if framing_fields.chunked_last && version == Version::Http11 {
-            if !framing_fields.chunked_only {
-                return Err(HeadError::UnsupportedTransferCoding);
-            }
+        // Codings other than a lone `chunked` (or chunked from an HTTP/1.0 server) would reach the client stripped
+        // of the header that names them: refuse the response as faulty (RFC 9112 §6.3).
+        if framing_fields.chunked_only && version == Version::Http11 {
             BodyFraming::Chunked
         } else {
-            close = true;
-            BodyFraming::UntilClose
+            return Err(HeadError::UnsupportedTransferCoding);
         }
     } else {
         match framing_fields.content_length {

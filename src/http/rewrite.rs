@@ -95,7 +95,11 @@ pub fn write_upstream_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead,
     out.extend_from_slice(&buf[head.method_range.clone()]);
     out.push(b' ');
     let target = &buf[head.target.clone()];
-    out.extend_from_slice(if target.is_empty() { b"/" } else { target });
+    // An absolute-form target without a path ("http://h?q") still needs one in origin-form.
+    if target.first() != Some(&b'/') && target != b"*" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let host = head
         .host

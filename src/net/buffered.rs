@@ -106,7 +106,11 @@ impl BufferedStream {
                 self.buf = slice.into_inner();
                 result
             }
-            Err(_) => Err(timed_out()),
+            Err(_) => {
+                // The kernel kept the buffer: start over with an empty one, consistently.
+                self.start = 0;
+                Err(timed_out())
+            }
         }
     }
 
@@ -128,7 +132,11 @@ impl BufferedStream {
                     other => other,
                 }
             }
-            Err(_) => Err(timed_out()),
+            Err(_) => {
+                // The kernel kept the buffer: start over with an empty one, consistently.
+                self.start = 0;
+                Err(timed_out())
+            }
         }
     }
 
@@ -143,7 +151,11 @@ impl BufferedStream {
                 self.consume(count);
                 Ok(())
             }
-            Err(_) => Err(timed_out()),
+            Err(_) => {
+                // The kernel kept the buffer: start over with an empty one, consistently.
+                self.start = 0;
+                Err(timed_out())
+            }
         }
     }
 

@@ -46,7 +46,10 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                     &mut client,
                     &generation,
                     &error,
-                    Version::Http11,
+                    ReplyTo {
+                        version: Version::Http11,
+                        head_only: false,
+                    },
                     true,
                     &request_id,
                     &mut scratch,
@@ -66,6 +69,8 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
         };
         let started = Instant::now();
         first = false;
+        // The wait for this head may have spanned a config change: the request runs on the config current now.
+        let generation = context.generation();
         head_bytes.clear();
         head_bytes.extend_from_slice(&client.buffered()[..head.len]);
         client.consume(head.len);
@@ -184,7 +189,11 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                         &mut client,
                         &generation,
                         error,
-                        head.version,
+                        ReplyTo {
+                            version: head.version,
+                            // A HEAD response has no body, however the error reads: the connection stays in sync.
+                            head_only: head.method == Method::Head,
+                        },
                         !keep,
                         &request_id,
                         &mut scratch,
@@ -220,6 +229,11 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             &outcome,
         );
         if !keep || context.draining() {
+            if !client.buffered().is_empty() {
+                // Pipelined requests we will not answer: closing now would reset the connection and could destroy
+                // the response just sent.
+                linger_close(client).await;
+            }
             return;
         }
         client.shrink_when_idle(CLIENT_BUFFER);
@@ -525,11 +539,18 @@ async fn linger_close(mut client: BufferedStream) {
 }
 
 /// Sends the short error response for `error`, when the error has one. Returns the bytes sent.
+/// What a locally generated reply must respect of the request it answers.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTo {
+    version: Version,
+    head_only: bool,
+}
+
 async fn respond_with_error(
     client: &mut BufferedStream,
     generation: &Generation,
     error: &ProxyError,
-    version: Version,
+    to: ReplyTo,
     close: bool,
     request_id: &str,
     scratch: &mut Vec<u8>,
@@ -548,9 +569,9 @@ async fn respond_with_error(
             content_type: "text/plain; charset=utf-8",
             body: &body,
             close,
-            version,
+            version: to.version,
             request_id: request_id.as_bytes(),
-            head_only: false,
+            head_only: to.head_only,
         },
     );
     let sent = scratch.len() as u64;

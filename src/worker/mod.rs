@@ -94,6 +94,10 @@ fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStre
     }
     let events = spec.events.clone();
     let index = spec.index;
+    let _stopped = StoppedGuard {
+        worker: index,
+        events: spec.events.clone(),
+    };
     let result = match spec.driver {
         Driver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(RING_ENTRIES)
@@ -118,7 +122,6 @@ fn run_thread(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStre
             error: format!("cannot start event loop: {error}"),
         });
     }
-    let _ = events.send(FromWorker::Stopped { worker: index });
 }
 
 fn run_epoll(spec: WorkerSpec, inbox: Receiver<ToWorker>, wake_end: StdUnixStream) -> std::io::Result<()> {
@@ -264,7 +267,12 @@ async fn accept_loop(
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_client(Rc::clone(&context), stream, peer, frontend));
+                monoio::spawn(Contained::new(serve_client(
+                    Rc::clone(&context),
+                    stream,
+                    peer,
+                    frontend,
+                )));
             }
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
@@ -274,6 +282,43 @@ async fn accept_loop(
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// A connection's task with any panic contained to that connection: the worker and its other connections go on.
+/// (monoio does not catch panics in tasks; one would unwind the whole worker thread.)
+struct Contained(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
+
+impl Contained {
+    fn new(future: impl std::future::Future<Output = ()> + 'static) -> Contained {
+        Contained(Box::pin(future))
+    }
+}
+
+impl std::future::Future for Contained {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("a connection task panicked; that connection was closed");
+                std::task::Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// Tells the control thread a worker ended, however it ended (also while unwinding from a panic).
+struct StoppedGuard {
+    worker: usize,
+    events: Sender<FromWorker>,
+}
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        let _ = self.events.send(FromWorker::Stopped { worker: self.worker });
     }
 }
 
