@@ -228,6 +228,8 @@ pub struct LocalResponse<'a> {
     pub request_id: &'a [u8],
     /// A HEAD request: the head only.
     pub head_only: bool,
+    /// Further fields, already formatted as `Name: value\r\n` lines (e.g. `Retry-After`).
+    pub extra_fields: &'a str,
 }
 
 /// Writes a complete local response.
@@ -240,6 +242,7 @@ pub fn write_local_response(out: &mut Vec<u8>, response: &LocalResponse) {
         response.content_type,
         response.body.len()
     );
+    out.extend_from_slice(response.extra_fields.as_bytes());
     put_connection(out, response.close, response.version);
     if !response.request_id.is_empty() {
         put_field(out, b"X-Request-Id", response.request_id);

@@ -17,7 +17,7 @@ use crate::http::rewrite::{write_local_response, LocalResponse};
 use crate::http::Method;
 use crate::metrics::RequestRecord;
 use crate::net::BufferedStream;
-use crate::worker::context::{Generation, WorkerContext};
+use crate::worker::context::{BackendState, Generation, WorkerContext};
 
 /// Initial read buffer of a client connection: most request heads fit; it grows when one does not.
 const CLIENT_BUFFER: usize = 2048;
@@ -75,6 +75,18 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
         head_bytes.extend_from_slice(&client.buffered()[..head.len]);
         client.consume(head.len);
         choose_request_id(&context, &head, &head_bytes, &mut request_id);
+        let log = |outcome: &Outcome| {
+            finish(
+                &context,
+                &generation,
+                frontend,
+                peer,
+                Some(&head),
+                &head_bytes,
+                &request_id,
+                outcome,
+            )
+        };
 
         if is_health_request(&generation, &head, &head_bytes) {
             let close = head.close || context.draining();
@@ -85,16 +97,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                 received: head.len as u64,
                 ..Outcome::new(started)
             };
-            finish(
-                &context,
-                &generation,
-                frontend,
-                peer,
-                Some(&head),
-                &head_bytes,
-                &request_id,
-                &outcome,
-            );
+            log(&outcome);
             if close {
                 return;
             }
@@ -125,16 +128,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                     received: head.len as u64,
                     ..Outcome::new(started)
                 };
-                finish(
-                    &context,
-                    &generation,
-                    frontend,
-                    peer,
-                    Some(&head),
-                    &head_bytes,
-                    &request_id,
-                    &outcome,
-                );
+                log(&outcome);
                 if close {
                     linger_close(client).await;
                     return;
@@ -165,10 +159,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             upstream: stats.upstream,
             sent: stats.sent,
             received: head.len as u64 + stats.body_received,
-            backend: stats
-                .backend
-                .as_ref()
-                .map(|backend| (backend.metrics_slot, backend.id.clone())),
+            backend: stats.backend.take(),
             ..Outcome::new(started)
         };
         let keep = match result {
@@ -202,32 +193,14 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
                     outcome.status = error.status().unwrap_or(0);
                 }
                 if !keep && !failure.response_started {
-                    finish(
-                        &context,
-                        &generation,
-                        frontend,
-                        peer,
-                        Some(&head),
-                        &head_bytes,
-                        &request_id,
-                        &outcome,
-                    );
+                    log(&outcome);
                     linger_close(client).await;
                     return;
                 }
                 keep
             }
         };
-        finish(
-            &context,
-            &generation,
-            frontend,
-            peer,
-            Some(&head),
-            &head_bytes,
-            &request_id,
-            &outcome,
-        );
+        log(&outcome);
         if !keep || context.draining() {
             if !client.buffered().is_empty() {
                 // Pipelined requests we will not answer: closing now would reset the connection and could destroy
@@ -251,8 +224,8 @@ struct Outcome {
     upstream: Option<std::time::Duration>,
     sent: u64,
     received: u64,
-    /// Metrics slot and id of the backend involved.
-    backend: Option<(usize, String)>,
+    /// The backend involved.
+    backend: Option<Rc<BackendState>>,
 }
 
 impl Outcome {
@@ -281,38 +254,24 @@ async fn respond_rate_limited(
     request_id: &str,
     scratch: &mut Vec<u8>,
 ) -> u64 {
-    use std::io::Write;
     let reset = decision.reset_after.as_secs_f64().ceil().max(1.0) as u64;
-    let body = "429 Too Many Requests: rate_limited\n";
-    scratch.clear();
-    let _ = write!(
-        scratch,
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Retry-After: {reset}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {reset}\r\n\
-         X-Request-Id: {request_id}\r\n",
-        body.len(),
+    let extra_fields = format!(
+        "Retry-After: {reset}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {reset}\r\n",
         limit.round() as u64,
         decision.remaining
     );
-    if close {
-        scratch.extend_from_slice(b"Connection: close\r\n");
-    } else if head.version == Version::Http10 {
-        scratch.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    scratch.extend_from_slice(b"\r\n");
-    if head.method != Method::Head {
-        scratch.extend_from_slice(body.as_bytes());
-    }
-    let sent = scratch.len() as u64;
-    let (result, buf) = client
-        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
-        .await;
-    *scratch = buf;
-    if result.is_ok() {
-        sent
-    } else {
-        0
-    }
+    let response = LocalResponse {
+        status: 429,
+        reason: reason_phrase(429),
+        content_type: "text/plain; charset=utf-8",
+        body: "429 Too Many Requests: rate_limited\n",
+        close,
+        version: head.version,
+        request_id: request_id.as_bytes(),
+        head_only: head.method == Method::Head,
+        extra_fields: &extra_fields,
+    };
+    send_local(client, generation, &response, scratch).await
 }
 
 /// Keeps a well-formed incoming `X-Request-Id`, or makes one.
@@ -359,7 +318,7 @@ fn finish(
         context.with_metrics(|metrics| {
             metrics.record(&RequestRecord {
                 frontend,
-                backend: outcome.backend.as_ref().map_or(0, |(slot, _)| *slot),
+                backend: outcome.backend.as_ref().map_or(0, |backend| backend.metrics_slot),
                 method,
                 status: outcome.status,
                 duration,
@@ -391,7 +350,7 @@ fn finish(
             bytes_received: outcome.received,
             duration,
             upstream: outcome.upstream,
-            backend: outcome.backend.as_ref().map_or("-", |(_, id)| id.as_str()),
+            backend: outcome.backend.as_ref().map_or("-", |backend| backend.id.as_str()),
             worker: context.index,
             error: outcome.error,
             request_id,
@@ -441,26 +400,18 @@ async fn answer_health(
         "{{\"status\":\"{}\",\"healthy_backends\":{healthy},\"backends\":{total}}}\n",
         if ok { "ok" } else { "unavailable" }
     );
-    scratch.clear();
-    write_local_response(
-        scratch,
-        &LocalResponse {
-            status: if ok { 200 } else { 503 },
-            reason: if ok { "OK" } else { "Service Unavailable" },
-            content_type: "application/json",
-            body: &body,
-            close,
-            version: head.version,
-            request_id: request_id.as_bytes(),
-            head_only: head.method == Method::Head,
-        },
-    );
-    let sent = scratch.len() as u64;
-    let (result, buf) = client
-        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
-        .await;
-    *scratch = buf;
-    (if result.is_ok() { sent } else { 0 }, ok)
+    let response = LocalResponse {
+        status: if ok { 200 } else { 503 },
+        reason: if ok { "OK" } else { "Service Unavailable" },
+        content_type: "application/json",
+        body: &body,
+        close,
+        version: head.version,
+        request_id: request_id.as_bytes(),
+        head_only: head.method == Method::Head,
+        extra_fields: "",
+    };
+    (send_local(client, generation, &response, scratch).await, ok)
 }
 
 /// Waits for a complete request head. `Ok(None)`: the client closed or went idle between requests.
@@ -538,7 +489,6 @@ async fn linger_close(mut client: BufferedStream) {
     }
 }
 
-/// Sends the short error response for `error`, when the error has one. Returns the bytes sent.
 /// What a locally generated reply must respect of the request it answers.
 #[derive(Debug, Clone, Copy)]
 struct ReplyTo {
@@ -546,6 +496,7 @@ struct ReplyTo {
     head_only: bool,
 }
 
+/// Sends the short error response for `error`, when the error has one. Returns the bytes sent.
 async fn respond_with_error(
     client: &mut BufferedStream,
     generation: &Generation,
@@ -560,20 +511,29 @@ async fn respond_with_error(
     };
     let reason = reason_phrase(status);
     let body = format!("{status} {reason}: {}\n", error.label());
+    let response = LocalResponse {
+        status,
+        reason,
+        content_type: "text/plain; charset=utf-8",
+        body: &body,
+        close,
+        version: to.version,
+        request_id: request_id.as_bytes(),
+        head_only: to.head_only,
+        extra_fields: "",
+    };
+    send_local(client, generation, &response, scratch).await
+}
+
+/// Writes a response corelb makes itself. Returns the bytes that reached the client (0 when the write failed).
+async fn send_local(
+    client: &mut BufferedStream,
+    generation: &Generation,
+    response: &LocalResponse<'_>,
+    scratch: &mut Vec<u8>,
+) -> u64 {
     scratch.clear();
-    write_local_response(
-        scratch,
-        &LocalResponse {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: &body,
-            close,
-            version: to.version,
-            request_id: request_id.as_bytes(),
-            head_only: to.head_only,
-        },
-    );
+    write_local_response(scratch, response);
     let sent = scratch.len() as u64;
     let (result, buf) = client
         .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
