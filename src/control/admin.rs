@@ -112,6 +112,18 @@ struct ApiRequest {
     body: Vec<u8>,
 }
 
+/// Appends what one read returns to `out`; the peer closing early is `closed`.
+fn read_more(stream: &mut TcpStream, chunk: &mut [u8], out: &mut Vec<u8>, closed: &str) -> Result<(), CommandError> {
+    let read = stream
+        .read(chunk)
+        .map_err(|error| CommandError::invalid_request(error.to_string()))?;
+    if read == 0 {
+        return Err(CommandError::invalid_request(closed));
+    }
+    out.extend_from_slice(&chunk[..read]);
+    Ok(())
+}
+
 fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -121,13 +133,7 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
         {
             break head;
         }
-        let read = stream
-            .read(&mut chunk)
-            .map_err(|error| CommandError::invalid_request(error.to_string()))?;
-        if read == 0 {
-            return Err(CommandError::invalid_request("connection closed mid-request"));
-        }
-        buf.extend_from_slice(&chunk[..read]);
+        read_more(stream, &mut chunk, &mut buf, "connection closed mid-request")?;
     };
     let length = match head.framing {
         BodyFraming::None => 0,
@@ -139,13 +145,7 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
     };
     let mut body = buf[head.len..].to_vec();
     while body.len() < length {
-        let read = stream
-            .read(&mut chunk)
-            .map_err(|error| CommandError::invalid_request(error.to_string()))?;
-        if read == 0 {
-            return Err(CommandError::invalid_request("connection closed mid-body"));
-        }
-        body.extend_from_slice(&chunk[..read]);
+        read_more(stream, &mut chunk, &mut body, "connection closed mid-body")?;
     }
     body.truncate(length);
     let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&buf[range]).into_owned();
