@@ -14,7 +14,7 @@ use corelb::config::duration::parse_duration;
 use corelb::http::chunked::{write_chunk, LAST_CHUNK};
 use corelb::http::head::{parse_request, HeadLimits, RequestHead, Version};
 use corelb::http::{BodyFraming, ChunkedDecoder, Method};
-use corelb::net::BufferedStream;
+use corelb::net::{BufferedStream, Watchdog};
 use monoio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
@@ -56,6 +56,8 @@ struct Backend {
     idle_timeout: Duration,
     connections: Cell<u64>,
     requests: Cell<u64>,
+    /// Keeps the socket timeouts of every connection.
+    watchdog: Rc<Watchdog>,
 }
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         idle_timeout: args.idle_timeout,
         connections: Cell::new(0),
         requests: Cell::new(0),
+        watchdog: Watchdog::new(),
     });
     let address = SocketAddr::new(args.address, args.port);
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         let local = listener.local_addr().unwrap_or(address);
         eprintln!("corelb-backend {} listening on {local}", backend.id);
         let _ = std::io::stderr().flush();
+        monoio::spawn(Rc::clone(&backend.watchdog).run());
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
@@ -137,7 +141,7 @@ fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
 
 async fn serve(backend: Rc<Backend>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut connection = BufferedStream::new(stream);
+    let mut connection = BufferedStream::new(stream, &backend.watchdog);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.get();
     loop {
         let head = loop {

@@ -1,13 +1,17 @@
 //! A TCP stream with an owned read buffer, in the shape io_uring wants: buffers are handed to the kernel and handed
-//! back, so every operation here takes the buffer out, runs, and puts it back. Every operation has a timeout; after a
-//! timeout the stream must be closed (the cancelled operation may have completed anyway), never reused.
+//! back, so every operation here takes the buffer out, runs, and puts it back. Every operation has a timeout, kept
+//! by the worker's [`Watchdog`]; after a timeout the stream fails every operation and must be closed, never reused.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+
+use super::watchdog::{Operation, Watch, Watchdog};
 
 /// Initial read buffer of an upstream connection; it grows for large heads and for streaming bodies.
 const INITIAL_CAPACITY: usize = 16 * 1024;
@@ -20,35 +24,34 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "operation timed out")
 }
 
-/// Writes all of `buf` within `timeout`. Returns the buffer (empty after a timeout: the kernel may still own it).
-pub async fn write_all_timeout(stream: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
-    match monoio::time::timeout(timeout, stream.write_all(buf)).await {
-        Ok((Ok(_), buf)) => (Ok(()), buf),
-        Ok((Err(error), buf)) => (Err(error), buf),
-        Err(_) => (Err(timed_out()), Vec::new()),
-    }
-}
-
 /// A stream plus the bytes read from it and not yet consumed (`buf[start..]`).
 pub struct BufferedStream {
-    pub stream: TcpStream,
+    // Declared before `stream`: the watch must let go of the descriptor before the socket is closed.
+    watch: Watch,
+    stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
 }
 
 impl BufferedStream {
-    pub fn new(stream: TcpStream) -> BufferedStream {
-        BufferedStream::with_capacity(stream, INITIAL_CAPACITY)
+    pub fn new(stream: TcpStream, watchdog: &Rc<Watchdog>) -> BufferedStream {
+        BufferedStream::with_capacity(stream, watchdog, INITIAL_CAPACITY)
     }
 
     /// A stream whose read buffer starts at `capacity` bytes: small for client connections, which mostly sit idle
     /// between small requests, so that ten thousand of them cost little memory.
-    pub fn with_capacity(stream: TcpStream, capacity: usize) -> BufferedStream {
+    pub fn with_capacity(stream: TcpStream, watchdog: &Rc<Watchdog>, capacity: usize) -> BufferedStream {
         BufferedStream {
+            watch: watchdog.watch(stream.as_raw_fd()),
             stream,
             buf: Vec::with_capacity(capacity),
             start: 0,
         }
+    }
+
+    /// Whether an operation timed out: the stream is unusable and must not go back to a pool.
+    pub fn expired(&self) -> bool {
+        self.watch.expired()
     }
 
     /// Gives back a buffer grown for a large head or body once nothing is buffered.
@@ -97,70 +100,61 @@ impl BufferedStream {
 
     /// Reads more bytes, waiting at most `timeout`. Returns how many arrived; 0 means the peer closed.
     pub async fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
-        self.make_room(1024);
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let capacity = buf.capacity();
-        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..capacity))).await {
-            Ok((result, slice)) => {
-                self.buf = slice.into_inner();
-                result
-            }
-            Err(_) => {
-                // The kernel kept the buffer: start over with an empty one, consistently.
-                self.start = 0;
-                Err(timed_out())
-            }
-        }
+        self.read_more(timeout, Operation::Read).await
     }
 
-    /// Like [`fill`](Self::fill), but also ends early with `ErrorKind::Interrupted` when `cancel` fires: used for
-    /// idle keep-alive waits that a graceful shutdown should end at once.
-    pub async fn fill_cancelable(&mut self, timeout: Duration, cancel: CancelHandle) -> io::Result<usize> {
+    /// Like [`fill`](Self::fill) for a keep-alive connection waiting for its next request: a graceful shutdown
+    /// ends the wait at once (with `TimedOut`).
+    pub async fn fill_idle(&mut self, timeout: Duration) -> io::Result<usize> {
+        self.read_more(timeout, Operation::IdleRead).await
+    }
+
+    async fn read_more(&mut self, timeout: Duration, operation: Operation) -> io::Result<usize> {
         self.make_room(1024);
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let capacity = buf.capacity();
-        let read = self.stream.cancelable_read(buf.slice_mut(len..capacity), cancel);
-        match monoio::time::timeout(timeout, read).await {
-            Ok((result, slice)) => {
-                self.buf = slice.into_inner();
-                match result {
-                    Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => {
-                        Err(io::Error::new(io::ErrorKind::Interrupted, "shutting down"))
-                    }
-                    other => other,
-                }
-            }
-            Err(_) => {
-                // The kernel kept the buffer: start over with an empty one, consistently.
-                self.start = 0;
-                Err(timed_out())
-            }
+        self.watch.arm(timeout, operation);
+        let (result, slice) = self.stream.read(buf.slice_mut(len..capacity)).await;
+        self.buf = slice.into_inner();
+        if self.watch.disarm() {
+            return Err(timed_out());
         }
+        result
     }
 
     /// Writes the first `count` buffered bytes to `dst` (without copying them) and consumes them.
-    pub async fn forward_buffered(&mut self, dst: &mut TcpStream, count: usize, timeout: Duration) -> io::Result<()> {
+    pub async fn forward_buffered(
+        &mut self,
+        dst: &mut BufferedStream,
+        count: usize,
+        timeout: Duration,
+    ) -> io::Result<()> {
         let buf = std::mem::take(&mut self.buf);
         let range = self.start..self.start + count;
-        match monoio::time::timeout(timeout, dst.write_all(buf.slice(range))).await {
-            Ok((result, slice)) => {
-                self.buf = slice.into_inner();
-                result?;
-                self.consume(count);
-                Ok(())
-            }
-            Err(_) => {
-                // The kernel kept the buffer: start over with an empty one, consistently.
-                self.start = 0;
-                Err(timed_out())
-            }
+        dst.watch.arm(timeout, Operation::Write);
+        let (result, slice) = dst.stream.write_all(buf.slice(range)).await;
+        self.buf = slice.into_inner();
+        if dst.watch.disarm() {
+            return Err(timed_out());
         }
+        result?;
+        self.consume(count);
+        Ok(())
     }
 
-    /// Writes `buf` to this stream.
+    /// Writes all of `buf` within `timeout`, and returns it.
     pub async fn write_all(&mut self, buf: Vec<u8>, timeout: Duration) -> (io::Result<()>, Vec<u8>) {
-        write_all_timeout(&mut self.stream, buf, timeout).await
+        self.watch.arm(timeout, Operation::Write);
+        let (result, buf) = self.stream.write_all(buf).await;
+        if self.watch.disarm() {
+            return (Err(timed_out()), buf);
+        }
+        (result.map(|_| ()), buf)
+    }
+
+    /// Sends FIN (no more writes); reading stays possible.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await
     }
 }

@@ -1,6 +1,9 @@
-//! Sockets on a worker's event loop: buffered streams with per-operation timeouts, and SO_REUSEPORT listeners.
+//! Sockets on a worker's event loop: buffered streams, the watchdog that keeps their timeouts, and SO_REUSEPORT
+//! listeners.
 
 pub mod buffered;
 pub mod listener;
+pub mod watchdog;
 
-pub use buffered::{write_all_timeout, BufferedStream};
+pub use buffered::BufferedStream;
+pub use watchdog::Watchdog;

@@ -6,11 +6,9 @@
 use std::io;
 use std::time::Duration;
 
-use monoio::net::TcpStream;
-
 use crate::http::chunked::{write_chunk, LAST_CHUNK};
 use crate::http::{BodyFraming, ChunkedDecoder, ChunkedError};
-use crate::net::{write_all_timeout, BufferedStream};
+use crate::net::BufferedStream;
 
 /// How body bytes are written out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +38,11 @@ pub struct CopyTimeouts {
     pub write: Duration,
 }
 
-async fn flush(dst: &mut TcpStream, pending: &mut Vec<u8>, timeout: Duration) -> Result<(), BodyError> {
+async fn flush(dst: &mut BufferedStream, pending: &mut Vec<u8>, timeout: Duration) -> Result<(), BodyError> {
     if pending.is_empty() {
         return Ok(());
     }
-    let (result, mut buf) = write_all_timeout(dst, std::mem::take(pending), timeout).await;
+    let (result, mut buf) = dst.write_all(std::mem::take(pending), timeout).await;
     buf.clear();
     *pending = buf;
     result.map_err(BodyError::Write)
@@ -65,7 +63,7 @@ fn encode(pending: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
 /// Returns the number of body bytes delivered.
 pub async fn copy_body(
     src: &mut BufferedStream,
-    dst: &mut TcpStream,
+    dst: &mut BufferedStream,
     input: BodyFraming,
     output: Encoding,
     pending: &mut Vec<u8>,
@@ -84,7 +82,7 @@ pub async fn copy_body(
 
 async fn copy_length(
     src: &mut BufferedStream,
-    dst: &mut TcpStream,
+    dst: &mut BufferedStream,
     length: u64,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
@@ -114,7 +112,7 @@ async fn copy_length(
 
 async fn copy_chunked(
     src: &mut BufferedStream,
-    dst: &mut TcpStream,
+    dst: &mut BufferedStream,
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
@@ -148,7 +146,7 @@ async fn copy_chunked(
 
 async fn copy_until_close(
     src: &mut BufferedStream,
-    dst: &mut TcpStream,
+    dst: &mut BufferedStream,
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,

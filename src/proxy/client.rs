@@ -28,7 +28,7 @@ const SCRATCH_IDLE_MAX: usize = 16 * 1024;
 pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: SocketAddr, frontend: usize) {
     let _guard = context.connection_opened(frontend);
     let _ = stream.set_nodelay(true);
-    let mut client = BufferedStream::with_capacity(stream, CLIENT_BUFFER);
+    let mut client = BufferedStream::with_capacity(stream, &context.watchdog, CLIENT_BUFFER);
     let mut head_bytes: Vec<u8> = Vec::new();
     let mut scratch: Vec<u8> = Vec::new();
     let mut request_id = String::new();
@@ -434,9 +434,7 @@ async fn read_request_head(
             if context.draining() {
                 return Ok(None);
             }
-            client
-                .fill_cancelable(timeouts.client_idle, context.idle_wait_handle())
-                .await
+            client.fill_idle(timeouts.client_idle).await
         } else {
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeouts.client_header);
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -468,8 +466,7 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// a reset, which can discard the response before the client reads it. So stop writing, read and drop what the
 /// client still sends (bounded in time and bytes), then close.
 async fn linger_close(mut client: BufferedStream) {
-    use monoio::io::AsyncWriteRent;
-    if client.stream.shutdown().await.is_err() {
+    if client.shutdown_write().await.is_err() {
         return;
     }
     let deadline = Instant::now() + LINGER_TIME;

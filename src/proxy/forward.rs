@@ -16,7 +16,7 @@ use super::error::ProxyError;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
-use crate::net::{write_all_timeout, BufferedStream};
+use crate::net::BufferedStream;
 use crate::worker::context::{BackendState, Generation, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
@@ -61,12 +61,17 @@ pub struct ExchangeStats {
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-async fn connect(backend: &BackendState, generation: &Generation) -> Result<BufferedStream, ProxyError> {
+async fn connect(
+    context: &WorkerContext,
+    backend: &BackendState,
+    generation: &Generation,
+) -> Result<BufferedStream, ProxyError> {
     let timeout = generation.config.timeouts.connect;
+    // Once per new connection, so a timer here costs little; the socket's later operations use the watchdog.
     match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(BufferedStream::new(stream))
+            Ok(BufferedStream::new(stream, &context.watchdog))
         }
         Ok(Err(source)) => Err(ProxyError::ConnectFailed {
             backend: backend.id.clone(),
@@ -88,7 +93,7 @@ async fn replace_stale(
         metrics.retried("stale_connection");
         metrics.upstream_connected(backend.metrics_slot, false);
     });
-    connect(backend, generation).await
+    connect(context, backend, generation).await
 }
 
 /// Picks a backend and connects to it, moving on to the next backend when a connect fails.
@@ -121,7 +126,7 @@ async fn open_upstream(
         if let Some(connection) = backend.take_idle(now, upstream.idle_timeout) {
             return Ok((backend, connection, true));
         }
-        match connect(&backend, generation).await {
+        match connect(context, &backend, generation).await {
             Ok(connection) => {
                 backend.mark_succeeded();
                 return Ok((backend, connection, false));
@@ -277,12 +282,9 @@ pub async fn forward(
         sent_at = Instant::now();
         // Send the head, and the body if there is one.
         if bodiless {
-            let (result, buf) = write_all_timeout(
-                &mut upstream.stream,
-                std::mem::take(scratch),
-                timeouts.upstream_response,
-            )
-            .await;
+            let (result, buf) = upstream
+                .write_all(std::mem::take(scratch), timeouts.upstream_response)
+                .await;
             *scratch = buf;
             if let Err(source) = result {
                 let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
@@ -310,7 +312,7 @@ pub async fn forward(
             };
             let copied = copy_body(
                 client,
-                &mut upstream.stream,
+                &mut upstream,
                 head.framing,
                 encoding,
                 scratch,
@@ -375,7 +377,7 @@ pub async fn forward(
     };
     match copy_body(
         &mut upstream,
-        &mut client.stream,
+        client,
         response.framing,
         encoding,
         scratch,
@@ -393,7 +395,10 @@ pub async fn forward(
         }
     }
 
-    let reusable = !response.close && response.framing != BodyFraming::UntilClose && upstream.buffered().is_empty();
+    let reusable = !response.close
+        && response.framing != BodyFraming::UntilClose
+        && upstream.buffered().is_empty()
+        && !upstream.expired();
     if reusable {
         let capacity = generation.config.upstream.max_idle_per_backend;
         backend.put_idle(upstream, Instant::now(), capacity);

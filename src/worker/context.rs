@@ -8,15 +8,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{CancelHandle, Canceller};
-
 use super::messages::{BackendReport, Snapshot};
 use crate::access_log::LogMessage;
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
-use crate::net::BufferedStream;
+use crate::net::{BufferedStream, Watchdog};
 use crate::proxy::limit::RateLimitShard;
 use crate::proxy::request_id::RequestIds;
 use crate::upstream::IdlePool;
@@ -183,8 +181,8 @@ pub struct WorkerContext {
     generation: RefCell<Rc<Generation>>,
     draining: Cell<bool>,
     active_connections: Cell<usize>,
-    /// Cancels idle keep-alive waits when shutdown begins.
-    idle_waits: RefCell<Canceller>,
+    /// Keeps every socket timeout of this worker; also ends idle keep-alive waits when shutdown begins.
+    pub watchdog: Rc<Watchdog>,
 }
 
 impl WorkerContext {
@@ -207,7 +205,7 @@ impl WorkerContext {
             generation: RefCell::new(Rc::new(generation)),
             draining: Cell::new(false),
             active_connections: Cell::new(0),
-            idle_waits: RefCell::new(Canceller::new()),
+            watchdog: Watchdog::new(),
         }
     }
 
@@ -276,13 +274,8 @@ impl WorkerContext {
     /// Starts a graceful shutdown: connections finish their current exchange and close; idle ones close now.
     pub fn start_draining(&self) {
         self.draining.set(true);
-        let cancelled = std::mem::replace(&mut *self.idle_waits.borrow_mut(), Canceller::new());
-        // The returned canceller is fresh and unused: waits started after this point are not cancelled.
-        let _ = cancelled.cancel();
-    }
-
-    pub fn idle_wait_handle(&self) -> CancelHandle {
-        self.idle_waits.borrow().handle()
+        // Waits that start after this see `draining` and do not begin.
+        self.watchdog.end_idle_waits();
     }
 
     pub fn active_connections(&self) -> usize {

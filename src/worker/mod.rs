@@ -184,6 +184,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
             accept_canceller.handle(),
         ));
     }
+    monoio::spawn(Rc::clone(&context.watchdog).run());
     monoio::spawn(sweep_idle_pools(Rc::clone(&context)));
     monoio::spawn(flush_access_log(Rc::clone(&context)));
     let _ = spec.events.send(FromWorker::Ready { worker: index, driver });
