@@ -96,7 +96,7 @@ fn head_parsing(c: &mut Criterion) {
 fn header_rewriting(c: &mut Criterion) {
     let head = parse_request(REQUEST, &LIMITS).expect("valid").expect("complete");
     let client = ClientSide {
-        address: "198.51.100.4".parse().expect("address"),
+        address: b"198.51.100.4",
         scheme: "http",
         fallback_host: b"127.0.0.1:9001",
         request_id: b"7b81f6eddd7c-0-2a",

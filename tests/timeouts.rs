@@ -17,9 +17,15 @@ fn an_idle_keep_alive_connection_is_closed_after_client_idle() {
     let mut client = corelb.client();
     assert_eq!(client.get("/").status, 200);
     let idle_since = Instant::now();
-    assert!(client.is_closed_by_peer(Duration::from_secs(5)), "the idle connection was kept open");
+    assert!(
+        client.is_closed_by_peer(Duration::from_secs(5)),
+        "the idle connection was kept open"
+    );
     let waited = idle_since.elapsed();
-    assert!(waited >= Duration::from_millis(300), "closed before the idle timeout: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed before the idle timeout: {waited:?}"
+    );
     // A connection in use is not cut: requests spaced below the timeout keep it alive.
     let mut busy = corelb.client();
     for _ in 0..5 {
@@ -84,7 +90,10 @@ fn a_backend_that_stops_reading_the_body_gives_504() {
     let response = client.read_response();
     assert_eq!(response.status, 504, "{}", response.text());
     assert!(response.text().contains("upstream_timeout"), "{}", response.text());
-    assert!(started.elapsed() < Duration::from_secs(4), "timed out by the backend closing, not by corelb");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "timed out by the backend closing, not by corelb"
+    );
     drop(client);
     let _ = uploader.join();
     let _ = holder.join();
@@ -98,9 +107,16 @@ fn sigterm_closes_idle_keep_alive_connections_at_once() {
     assert_eq!(idle.get("/").status, 200);
     let signalled = Instant::now();
     corelb.process.signal(libc::SIGTERM);
-    assert!(idle.is_closed_by_peer(Duration::from_secs(3)), "the idle connection was kept open");
+    assert!(
+        idle.is_closed_by_peer(Duration::from_secs(3)),
+        "the idle connection was kept open"
+    );
     let status = corelb.process.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     // The default idle timeout is far longer: the wait was ended by the shutdown, not by the timeout.
-    assert!(signalled.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?}",
+        signalled.elapsed()
+    );
 }

@@ -2,7 +2,6 @@
 //! actually sends, and the forwarding fields (`X-Forwarded-*`, `Via`) set.
 
 use std::io::Write;
-use std::net::IpAddr;
 
 use super::head::{BodyFraming, Field, RequestHead, ResponseHead, Version};
 
@@ -72,7 +71,7 @@ fn put_appended(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], name: &[u8], ex
 fn put_framing(out: &mut Vec<u8>, framing: BodyFraming) {
     match framing {
         BodyFraming::Length(length) => {
-            let _ = write!(out, "Content-Length: {length}\r\n");
+            put_content_length(out, length);
         }
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         BodyFraming::None | BodyFraming::UntilClose => {}
@@ -82,7 +81,8 @@ fn put_framing(out: &mut Vec<u8>, framing: BodyFraming) {
 /// What the proxy knows about the client connection a request came in on.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide<'a> {
-    pub address: IpAddr,
+    /// The client's address as text, formatted once per connection.
+    pub address: &'a [u8],
     pub scheme: &'static str,
     /// `Host` to send when the client sent none (HTTP/1.0): the backend's authority.
     pub fallback_host: &'a [u8],
@@ -114,13 +114,7 @@ pub fn write_upstream_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead,
         }
         put_field(out, &buf[field.name.clone()], &buf[field.value.clone()]);
     }
-    let mut address = [0u8; 48];
-    let address_len = {
-        let mut cursor = std::io::Cursor::new(&mut address[..]);
-        let _ = write!(cursor, "{}", client.address);
-        cursor.position() as usize
-    };
-    put_appended(out, buf, &head.fields, b"X-Forwarded-For", &address[..address_len]);
+    put_appended(out, buf, &head.fields, b"X-Forwarded-For", client.address);
     put_field(out, b"X-Forwarded-Proto", client.scheme.as_bytes());
     put_field(out, b"X-Forwarded-Host", host);
     put_appended(out, buf, &head.fields, b"Via", VIA);
@@ -173,7 +167,9 @@ pub struct ResponseShape<'a> {
 
 /// Writes the response head to send to the client for `head` (parsed from `buf`).
 pub fn write_client_response(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, shape: &ResponseShape) {
-    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_decimal(out, u64::from(head.status));
+    out.push(b' ');
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     for field in forwardable(buf, &head.fields, &head.connection_options) {
@@ -181,9 +177,7 @@ pub fn write_client_response(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead,
     }
     put_appended(out, buf, &head.fields, b"Via", VIA);
     match shape.framing {
-        ClientFraming::Length(length) => {
-            let _ = write!(out, "Content-Length: {length}\r\n");
-        }
+        ClientFraming::Length(length) => put_content_length(out, length),
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         // A 304 or HEAD response keeps the upstream's Content-Length: it describes the representation.
         ClientFraming::None => {
@@ -199,12 +193,35 @@ pub fn write_client_response(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead,
     }
     put_connection(out, shape.close, shape.client_version);
     if let Some(worker) = shape.worker {
-        let _ = write!(out, "X-Corelb-Worker: {worker}\r\n");
+        out.extend_from_slice(b"X-Corelb-Worker: ");
+        put_decimal(out, worker as u64);
+        out.extend_from_slice(b"\r\n");
     }
     if !shape.request_id.is_empty() {
         put_field(out, b"X-Request-Id", shape.request_id);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+fn put_content_length(out: &mut Vec<u8>, length: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    put_decimal(out, length);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `value` in decimal; `write!` costs a formatter round trip per number on the request path.
+fn put_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 fn put_connection(out: &mut Vec<u8>, close: bool, client_version: Version) {
@@ -268,7 +285,7 @@ mod tests {
         let head = parse_request(text.as_bytes(), &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
         let client = ClientSide {
-            address: "10.0.0.9".parse().unwrap(),
+            address: b"10.0.0.9",
             scheme: "http",
             fallback_host: b"127.0.0.1:9001",
             request_id: b"",
@@ -326,5 +343,14 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: s\r\nVia: 1.1 corelb\r\nConnection: close\r\nX-Corelb-Worker: 1\r\nX-Request-Id: r1\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn decimals_are_written_exactly() {
+        for value in [0u64, 7, 10, 99, 1000, 65_536, u64::MAX] {
+            let mut out = b"x".to_vec();
+            put_decimal(&mut out, value);
+            assert_eq!(out, format!("x{value}").into_bytes());
+        }
     }
 }

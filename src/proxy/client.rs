@@ -32,6 +32,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
     let mut head_bytes: Vec<u8> = Vec::new();
     let mut scratch: Vec<u8> = Vec::new();
     let mut request_id = String::new();
+    let peer_ip = peer.ip().to_string();
     let mut first = true;
     loop {
         let generation = context.generation();
@@ -141,6 +142,7 @@ pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: S
             head_bytes: &head_bytes,
             head: &head,
             peer,
+            peer_ip: &peer_ip,
             request_id: &request_id,
         };
         let mut stats = ExchangeStats::default();

@@ -42,6 +42,8 @@ pub struct Request<'a> {
     pub head_bytes: &'a [u8],
     pub head: &'a RequestHead,
     pub peer: SocketAddr,
+    /// `peer`'s address as text, formatted once per connection.
+    pub peer_ip: &'a str,
     pub request_id: &'a str,
 }
 
@@ -264,7 +266,7 @@ pub async fn forward(
     stats.backend = Some(Rc::clone(&backend));
     context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
     let client_side = ClientSide {
-        address: request.peer.ip(),
+        address: request.peer_ip.as_bytes(),
         scheme: "http",
         fallback_host: &backend.authority,
         request_id: request.request_id.as_bytes(),
