@@ -69,7 +69,9 @@ async fn connect(
     generation: &Generation,
 ) -> Result<BufferedStream, ProxyError> {
     let timeout = generation.config.timeouts.connect;
-    // Once per new connection, so a timer here costs little; the socket's later operations use the watchdog.
+    // Once per new connection, so a timer here costs little; the socket's later operations use the watchdog. The
+    // callers box this future: a timer entry is cache-line padded (128-byte aligned), and inline it would make every
+    // request's forwarding state large and over-aligned.
     match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -95,7 +97,7 @@ async fn replace_stale(
         metrics.retried("stale_connection");
         metrics.upstream_connected(backend.metrics_slot, false);
     });
-    connect(context, backend, generation).await
+    Box::pin(connect(context, backend, generation)).await
 }
 
 /// Picks a backend and connects to it, moving on to the next backend when a connect fails.
@@ -128,7 +130,7 @@ async fn open_upstream(
         if let Some(connection) = backend.take_idle(now, upstream.idle_timeout) {
             return Ok((backend, connection, true));
         }
-        match connect(context, &backend, generation).await {
+        match Box::pin(connect(context, &backend, generation)).await {
             Ok(connection) => {
                 backend.mark_succeeded();
                 return Ok((backend, connection, false));
