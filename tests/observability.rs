@@ -4,42 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{config_for, config_from_urls, Backend, Client, Corelb, DeadBackend};
-
-/// The metrics listener's address, from its log line.
-fn metrics_addr(corelb: &Corelb) -> SocketAddr {
-    let line = corelb
-        .process
-        .output()
-        .into_iter()
-        .find(|line| line.contains("metrics listening"))
-        .expect("metrics listener line");
-    let start = line.find("address=").unwrap() + "address=".len();
-    line[start..].split_whitespace().next().unwrap().parse().unwrap()
-}
-
-fn scrape(corelb: &Corelb) -> String {
-    let response = Client::connect(metrics_addr(corelb)).get("/metrics");
-    assert_eq!(response.status, 200);
-    assert!(response
-        .header("Content-Type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    response.text()
-}
-
-/// Sums every sample of `family` (exact name, any labels) whose label text contains `filter`.
-fn sum(text: &str, family: &str, filter: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| line.starts_with(&format!("{family}{{")) || line.starts_with(&format!("{family} ")))
-        .filter(|line| line.contains(filter))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{config_for, config_from_urls, metric_sum as sum, Backend, Client, Corelb, DeadBackend};
 
 #[test]
 fn merged_totals_are_exact_over_two_workers() {
@@ -62,7 +29,7 @@ fn merged_totals_are_exact_over_two_workers() {
     assert_eq!(bad.read_response().status, 400);
     let total = connections * per_connection + 1;
 
-    let text = scrape(&corelb);
+    let text = corelb.scrape();
     assert_eq!(workers_seen.len(), 2, "both workers served");
     assert_eq!(sum(&text, "corelb_requests_total", ""), total as f64, "{text}");
     // The refused head never parsed, so its method is the bounded "OTHER".
@@ -129,7 +96,7 @@ fn exposition_passes_promtool() {
     for _ in 0..20 {
         corelb.get("/");
     }
-    let text = scrape(&corelb);
+    let text = corelb.scrape();
     assert!(
         sum(&text, "corelb_retries_total", "reason=\"connect_failed\"") >= 1.0,
         "{text}"
@@ -293,14 +260,14 @@ fn health_answers_on_frontends_and_the_metrics_port() {
         body["healthy_backends"], 1,
         "the dead backend is marked down after a failed connect"
     );
-    let from_metrics_port = Client::connect(metrics_addr(&corelb)).get("/health");
+    let from_metrics_port = Client::connect(corelb.metrics_addr()).get("/health");
     assert_eq!(from_metrics_port.status, 200);
 
     let gone = DeadBackend::new();
     let only_dead = Corelb::start(&config_from_urls(&[(gone.url(), 1)], 1, "", ""));
     assert_eq!(only_dead.get("/").status, 502);
     assert_eq!(only_dead.get("/health").status, 503);
-    assert_eq!(Client::connect(metrics_addr(&only_dead)).get("/health").status, 503);
+    assert_eq!(Client::connect(only_dead.metrics_addr()).get("/health").status, 503);
 
     let passthrough = Corelb::start(&config_for(
         &[(&live, 1)],

@@ -110,6 +110,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     let pin_workers = section.or("pin_workers", true, errors);
     let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
     let expose_worker_header = section.or("expose_worker_header", false, errors);
+    let splice_bodies = section.or("splice_bodies", true, errors);
     section.finish(errors);
     ServerConfig {
         workers,
@@ -117,6 +118,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
         pin_workers,
         shutdown_grace,
         expose_worker_header,
+        splice_bodies,
     }
 }
 

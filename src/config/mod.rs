@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Add `X-Corelb-Worker: <n>` to responses, to see how SO_REUSEPORT spreads connections.
     pub expose_worker_header: bool,
+    /// Move large bodies with splice(2) instead of copying them through user memory (less proxy CPU per byte).
+    pub splice_bodies: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,10 +36,11 @@ pub fn to_toml(config: &Config) -> String {
     };
     let _ = writeln!(
         out,
-        "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\n",
+        "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\nsplice_bodies = {}\n",
         server.pin_workers,
         format_duration(server.shutdown_grace),
-        server.expose_worker_header
+        server.expose_worker_header,
+        server.splice_bodies
     );
     for frontend in &config.frontends {
         let _ = writeln!(

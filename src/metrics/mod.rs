@@ -88,6 +88,8 @@ pub struct WorkerMetrics {
     pub errors: BTreeMap<&'static str, u64>,
     pub retries: BTreeMap<&'static str, u64>,
     pub requests: u64,
+    /// Body bytes moved with splice(2) (filled when a snapshot is taken).
+    pub spliced_bytes: u64,
 }
 
 impl WorkerMetrics {
@@ -105,6 +107,7 @@ impl WorkerMetrics {
             errors: BTreeMap::new(),
             retries: BTreeMap::new(),
             requests: 0,
+            spliced_bytes: 0,
         };
         metrics.backend_slot(NO_BACKEND);
         metrics
@@ -201,6 +204,7 @@ pub struct Merged {
     pub errors: BTreeMap<&'static str, u64>,
     pub retries: BTreeMap<&'static str, u64>,
     pub worker_requests: Vec<(usize, u64)>,
+    pub spliced_bytes: u64,
     /// Workers that said a backend is up, and that reported it at all.
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
 }
@@ -210,6 +214,7 @@ impl Merged {
         let mut merged = Merged::default();
         for worker in workers {
             merged.worker_requests.push((worker.worker, worker.requests));
+            merged.spliced_bytes += worker.spliced_bytes;
             if merged.frontend_names.is_empty() {
                 merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
             }

@@ -6,6 +6,7 @@ pub const REQUEST_DURATION: &str = "corelb_request_duration_seconds";
 pub const UPSTREAM_RESPONSE: &str = "corelb_upstream_response_seconds";
 pub const RECEIVED_BYTES: &str = "corelb_received_bytes_total";
 pub const SENT_BYTES: &str = "corelb_sent_bytes_total";
+pub const SPLICED_BYTES: &str = "corelb_spliced_bytes_total";
 pub const CLIENT_CONNECTIONS_ACTIVE: &str = "corelb_client_connections_active";
 pub const CLIENT_CONNECTIONS: &str = "corelb_client_connections_total";
 pub const UPSTREAM_CONNECTIONS: &str = "corelb_upstream_connections_total";

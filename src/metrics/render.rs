@@ -146,7 +146,13 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
             );
         }
     }
-    families.extend([duration, received, sent, active, accepted, limits]);
+    let mut spliced = Family::new(
+        SPLICED_BYTES,
+        "Body bytes moved with splice(2), never copied through corelb's memory (server.splice_bodies).",
+        MetricType::COUNTER,
+    );
+    spliced.counter(&[], merged.spliced_bytes as f64);
+    families.extend([duration, received, sent, spliced, active, accepted, limits]);
 
     let mut upstream = Family::new(
         UPSTREAM_RESPONSE,

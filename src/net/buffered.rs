@@ -3,7 +3,7 @@
 //! by the worker's [`Watchdog`]; after a timeout the stream fails every operation and must be closed, never reused.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct BufferedStream {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
+    /// Whether the socket is known to be in non-blocking mode (see [`prepare_splice`](Self::prepare_splice)).
+    nonblocking: bool,
 }
 
 impl BufferedStream {
@@ -46,6 +48,7 @@ impl BufferedStream {
             stream,
             buf: Vec::with_capacity(capacity),
             start: 0,
+            nonblocking: false,
         }
     }
 
@@ -156,5 +159,43 @@ impl BufferedStream {
     /// Sends FIN (no more writes); reading stays possible.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
+    }
+
+    /// Readies the socket for [`splice`](super::splice), which honours only the descriptor's own blocking mode:
+    /// io_uring leaves sockets blocking, and a blocking splice would stall the worker. io_uring's reads and
+    /// writes ignore the flag, so it stays set for the connection's life. Returns the descriptor.
+    pub fn prepare_splice(&mut self) -> io::Result<RawFd> {
+        let fd = self.stream.as_raw_fd();
+        if !self.nonblocking {
+            // SAFETY: fcntl on the descriptor this stream owns.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.nonblocking = true;
+        }
+        Ok(fd)
+    }
+
+    /// Waits until the socket has bytes to read (or is closed), at most `timeout`. For reads done outside the
+    /// event loop's own operations (splice).
+    pub async fn wait_readable(&mut self, timeout: Duration) -> io::Result<()> {
+        self.watch.arm(timeout, Operation::Read);
+        let result = self.stream.readable(false).await;
+        if self.watch.disarm() {
+            return Err(timed_out());
+        }
+        result
+    }
+
+    /// Waits until the socket's send buffer has room, at most `timeout`.
+    pub async fn wait_writable(&mut self, timeout: Duration) -> io::Result<()> {
+        self.watch.arm(timeout, Operation::Write);
+        let result = self.stream.writable(false).await;
+        if self.watch.disarm() {
+            return Err(timed_out());
+        }
+        result
     }
 }

@@ -1,14 +1,19 @@
 //! Streaming a message body from one connection to another without holding the whole body: Content-Length bodies
 //! are forwarded straight out of the read buffer, chunked bodies are decoded and re-encoded, and bodies that end at
 //! connection close are forwarded until EOF. Bytes to send first (a head) go out in the same write as the first body
-//! bytes, so a small response is one `write`.
+//! bytes, so a small response is one `write`. What is left of a large unencoded body after that first write is
+//! spliced (socket → pipe → socket in the kernel) instead of copied through user memory.
 
 use std::io;
 use std::time::Duration;
 
 use crate::http::chunked::{write_chunk, LAST_CHUNK};
 use crate::http::{BodyFraming, ChunkedDecoder, ChunkedError};
-use crate::net::BufferedStream;
+use crate::net::{BufferedStream, Pipe, PipePool};
+
+/// A body with at least this much left after the head's write is spliced rather than copied: below it, the copy
+/// costs less than the extra system calls.
+const SPLICE_MIN_BODY: u64 = 16 * 1024;
 
 /// How body bytes are written out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +64,8 @@ fn encode(pending: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
     }
 }
 
-/// Copies one body framed as `input` from `src` to `dst`, preceded by `pending` (left empty and reusable).
-/// Returns the number of body bytes delivered.
+/// Copies one body framed as `input` from `src` to `dst`, preceded by `pending` (left empty and reusable). With
+/// `pipes`, a large unencoded body is spliced. Returns the number of body bytes delivered.
 pub async fn copy_body(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
@@ -68,15 +73,16 @@ pub async fn copy_body(
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
+    pipes: Option<&PipePool>,
 ) -> Result<u64, BodyError> {
     match input {
         BodyFraming::None | BodyFraming::Length(0) => {
             flush(dst, pending, timeouts.write).await?;
             Ok(0)
         }
-        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts).await,
+        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts, pipes).await,
         BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts).await,
-        BodyFraming::UntilClose => copy_until_close(src, dst, output, pending, timeouts).await,
+        BodyFraming::UntilClose => copy_until_close(src, dst, output, pending, timeouts, pipes).await,
     }
 }
 
@@ -86,6 +92,7 @@ async fn copy_length(
     length: u64,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
+    pipes: Option<&PipePool>,
 ) -> Result<u64, BodyError> {
     let mut remaining = length;
     // The first body bytes ride along with the pending head.
@@ -94,6 +101,12 @@ async fn copy_length(
     src.consume(take);
     remaining -= take as u64;
     flush(dst, pending, timeouts.write).await?;
+    // Nothing is buffered now unless the body is already complete.
+    if remaining >= SPLICE_MIN_BODY {
+        if let Some(spliced) = try_splice(src, dst, pipes, Some(remaining), timeouts).await {
+            return spliced.map(|_| length);
+        }
+    }
     if remaining > 0 {
         src.reserve_for_body();
     }
@@ -150,6 +163,7 @@ async fn copy_until_close(
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
+    pipes: Option<&PipePool>,
 ) -> Result<u64, BodyError> {
     let mut delivered = 0u64;
     src.reserve_for_body();
@@ -161,6 +175,12 @@ async fn copy_until_close(
             delivered += available as u64;
         }
         flush(dst, pending, timeouts.write).await?;
+        if output == Encoding::Identity {
+            // Nothing is buffered: the rest can go through a pipe.
+            if let Some(spliced) = try_splice(src, dst, pipes, None, timeouts).await {
+                return spliced.map(|count| delivered + count);
+            }
+        }
         if fill(src, timeouts.read).await? == 0 {
             break;
         }
@@ -170,4 +190,72 @@ async fn copy_until_close(
         flush(dst, pending, timeouts.write).await?;
     }
     Ok(delivered)
+}
+
+/// Splices the rest of a body (see [`splice_body`]) when splicing is on and a pipe is to be had; `None` means the
+/// caller copies instead.
+async fn try_splice(
+    src: &mut BufferedStream,
+    dst: &mut BufferedStream,
+    pipes: Option<&PipePool>,
+    limit: Option<u64>,
+    timeouts: CopyTimeouts,
+) -> Option<Result<u64, BodyError>> {
+    let pool = pipes?;
+    let mut pipe = pool.take()?;
+    let spliced = splice_body(src, dst, &mut pipe, limit, timeouts).await;
+    pool.give_back(pipe);
+    Some(spliced)
+}
+
+/// Moves the rest of a body, `limit` bytes or (`None`) everything until `src` closes, from `src` to `dst` through
+/// `pipe`. Nothing may be buffered in `src`. Returns the bytes moved.
+async fn splice_body(
+    src: &mut BufferedStream,
+    dst: &mut BufferedStream,
+    pipe: &mut Pipe,
+    limit: Option<u64>,
+    timeouts: CopyTimeouts,
+) -> Result<u64, BodyError> {
+    let source = src.prepare_splice().map_err(BodyError::Read)?;
+    let target = dst.prepare_splice().map_err(BodyError::Write)?;
+    let mut moved = 0u64;
+    let mut source_done = limit == Some(0);
+    loop {
+        let mut progress = false;
+        if !source_done && pipe.room() > 0 {
+            let want = limit.map_or(usize::MAX, |limit| usize::try_from(limit - moved).unwrap_or(usize::MAX));
+            match pipe.fill_from(source, want) {
+                Ok(0) if limit.is_some() => return Err(BodyError::ReadEof),
+                Ok(0) => source_done = true,
+                Ok(count) => {
+                    moved += count as u64;
+                    source_done = limit == Some(moved);
+                    progress = true;
+                }
+                // Nothing arrived yet, or the pipe is full.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(BodyError::Read(error)),
+            }
+        }
+        if pipe.held() > 0 {
+            match pipe.drain_into(target) {
+                Ok(count) => progress |= count > 0,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(BodyError::Write(error)),
+            }
+        }
+        if source_done && pipe.held() == 0 {
+            return Ok(moved);
+        }
+        if progress {
+            continue;
+        }
+        // Neither side moved: wait for the one holding things up.
+        if pipe.held() == 0 {
+            src.wait_readable(timeouts.read).await.map_err(BodyError::Read)?;
+        } else {
+            dst.wait_writable(timeouts.write).await.map_err(BodyError::Write)?;
+        }
+    }
 }

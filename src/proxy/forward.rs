@@ -260,6 +260,7 @@ pub async fn forward(
             backend: backend.map(|backend| backend.id.clone()),
         };
     let bodiless = head.framing.is_empty();
+    let pipes = generation.config.server.splice_bodies.then_some(&context.pipes);
 
     let (backend, mut upstream, mut reused) = open_upstream(context, generation)
         .await
@@ -321,6 +322,7 @@ pub async fn forward(
                 encoding,
                 scratch,
                 upstream_timeouts,
+                pipes,
             )
             .await;
             match copied {
@@ -386,6 +388,7 @@ pub async fn forward(
         encoding,
         scratch,
         client_timeouts,
+        pipes,
     )
     .await
     {

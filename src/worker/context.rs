@@ -14,7 +14,7 @@ use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
-use crate::net::{BufferedStream, Watchdog};
+use crate::net::{BufferedStream, PipePool, Watchdog};
 use crate::proxy::limit::RateLimitShard;
 use crate::proxy::request_id::RequestIds;
 use crate::upstream::IdlePool;
@@ -183,6 +183,8 @@ pub struct WorkerContext {
     active_connections: Cell<usize>,
     /// Keeps every socket timeout of this worker; also ends idle keep-alive waits when shutdown begins.
     pub watchdog: Rc<Watchdog>,
+    /// Empty pipes for splicing large bodies.
+    pub pipes: PipePool,
 }
 
 impl WorkerContext {
@@ -206,6 +208,7 @@ impl WorkerContext {
             draining: Cell::new(false),
             active_connections: Cell::new(0),
             watchdog: Watchdog::new(),
+            pipes: PipePool::default(),
         }
     }
 
@@ -233,6 +236,7 @@ impl WorkerContext {
     /// A copy of this worker's metrics with the gauges (idle connections, health, weight) filled in.
     pub fn metrics_snapshot(&self) -> WorkerMetrics {
         let mut snapshot = self.metrics.borrow().clone();
+        snapshot.spliced_bytes = self.pipes.spliced_bytes();
         let generation = self.generation();
         let now = Instant::now();
         for (state, config) in generation.backends.iter().zip(&generation.config.backends) {

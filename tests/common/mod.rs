@@ -364,6 +364,39 @@ impl Corelb {
     pub fn get(&self, path: &str) -> Response {
         self.client().get(path)
     }
+
+    /// The metrics listener's address, from its log line.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self
+            .process
+            .output()
+            .into_iter()
+            .find(|line| line.contains("metrics listening"))
+            .expect("metrics listener line");
+        let start = line.find("address=").unwrap() + "address=".len();
+        line[start..].split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// `GET /metrics`, checked to be Prometheus text.
+    pub fn scrape(&self) -> String {
+        let response = Client::connect(self.metrics_addr()).get("/metrics");
+        assert_eq!(response.status, 200);
+        assert!(response
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        response.text()
+    }
+}
+
+/// Sums every sample of `family` (exact name, any labels) whose label text contains `filter`.
+pub fn metric_sum(text: &str, family: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.starts_with(&format!("{family}{{")) || line.starts_with(&format!("{family} ")))
+        .filter(|line| line.contains(filter))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A response as received.
