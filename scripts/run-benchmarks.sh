@@ -293,7 +293,7 @@ start_corelb() {  # start_corelb NAME WORKERS CPUS PORT ORIGIN BACKEND_PORT...
     shift 5
     mkdir -p "$dir"
     {
-        printf '[server]\nworkers = %s\npin_workers = false\n\n' "$workers"
+        printf '[server]\nworkers = %s\npin_workers = false\nsplice_bodies = %s\n\n' "$workers" "${SPLICE:-true}"
         printf '[[frontends]]\nname = "bench"\naddress = "127.0.0.1"\nport = %s\n\n' "$port"
         printf '[balancer]\nalgorithm = "round_robin"\n\n'
         for p in "$@"; do printf '[[backends]]\nurl = "http://127.0.0.1:%s"\n\n' "$p"; done
@@ -538,7 +538,7 @@ MAIN_TARGETS=(direct corelb nginx haproxy)
 PROXIES=(corelb nginx haproxy)
 runs=0
 selected throughput && runs=$((runs + ROUNDS * ${#THROUGHPUT_CONNS[@]} * ${#MAIN_TARGETS[@]}))
-selected sizes && runs=$((runs + ROUNDS * ${#SIZES[@]} * ${#MAIN_TARGETS[@]} + ${#PROBE_SIZES[@]} * ${#MAIN_TARGETS[@]}))
+selected sizes && runs=$((runs + ROUNDS * ${#SIZES[@]} * (${#MAIN_TARGETS[@]} + 1) + ${#PROBE_SIZES[@]} * ${#MAIN_TARGETS[@]}))
 selected latency && runs=$((runs + ROUNDS * ${#MAIN_TARGETS[@]}))
 selected backends && runs=$((runs + ROUNDS * 2))
 selected multicore && runs=$((runs + ROUNDS * ${#MC_CONNS[@]} * ${#MC_TARGETS[@]}))
@@ -584,13 +584,17 @@ if selected sizes; then
             measure stall "$t" 1 1 "/size/$s" "$s" "$PROBE" 1 "$LOAD_CPUS" 0
         done
     done
+    # corelb-copy: corelb with splicing off, to show what splice(2) changes for large bodies.
+    SPLICE=false start_corelb corelb-copy "$WORKERS_PINNED" "$PROXY_CPUS" $((BASE + 15)) origin "$PORT_ORIGIN"
+    warmup 1 "$LOAD_CPUS" corelb-copy
     for ((round = 1; round <= ROUNDS; round++)); do
         for s in "${SIZES[@]}"; do
-            for t in "${MAIN_TARGETS[@]}"; do
+            for t in "${MAIN_TARGETS[@]}" corelb-copy; do
                 measure sizes "$t" "$round" 50 "/size/$s" "$s" "$DURATION" 1 "$LOAD_CPUS" 0
             done
         done
     done
+    stop_proc corelb-copy
 fi
 if selected latency; then
     run_interleaved latency "$LATENCY_CONNS" / small 1 "$LOAD_CPUS" "$LATENCY_PACE_MS" "${MAIN_TARGETS[@]}"
