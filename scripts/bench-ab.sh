@@ -2,15 +2,18 @@
 # CPU per request of two corelb binaries, measured as interleaved A/B runs: the tool for "did this change make the
 # proxy cheaper?". Same setup as bench-overhead.sh: one pinned worker on CPU 0, wrk and the example backend on
 # CPU 1, metrics off. Prints medians with min/max and B's change against A.
-#   scripts/bench-ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS] [CONNECTIONS]      e.g. save a build as /tmp/corelb-a,
-#   rebuild, then: scripts/bench-ab.sh /tmp/corelb-a target/release/corelb 7 3 50
+#   scripts/bench-ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS] [CONNECTIONS] [PATH]      e.g. save a build as
+#   /tmp/corelb-a, rebuild, then: scripts/bench-ab.sh /tmp/corelb-a target/release/corelb 7 3 50
+#   PATH defaults to / (a 20-byte body); /bytes?n=262144 asks the backend for 256 KiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-A=${1:?usage: scripts/bench-ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS] [CONNECTIONS]}
-B=${2:?usage: scripts/bench-ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS] [CONNECTIONS]}
+USAGE="usage: scripts/bench-ab.sh BINARY_A BINARY_B [ROUNDS] [SECONDS] [CONNECTIONS] [PATH]"
+A=${1:?$USAGE}
+B=${2:?$USAGE}
 ROUNDS=${3:-5}
 SECONDS_PER_RUN=${4:-3}
 CONNECTIONS=${5:-50}
+TARGET_PATH=${6:-/}
 command -v wrk >/dev/null || scripts/install-bench-tools.sh
 [[ -x target/release/corelb-backend ]] || cargo build --release --bins -q
 work=$(mktemp -d /tmp/corelb-ab.XXXXXX)
@@ -47,7 +50,7 @@ run() {
     for _ in $(seq 50); do grep -q "corelb ready" "$work/$name.err" 2>/dev/null && break; sleep 0.1; done
     local before after output requests
     before=$(awk '{print $14+$15}' /proc/$pid/stat)
-    output=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$FRONT_PORT/" 2>&1)
+    output=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$FRONT_PORT$TARGET_PATH" 2>&1)
     after=$(awk '{print $14+$15}' /proc/$pid/stat)
     kill "$pid"; wait "$pid" 2>/dev/null || true
     requests=$(echo "$output" | awk '/requests in/{print $1}')

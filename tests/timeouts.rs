@@ -120,3 +120,26 @@ fn sigterm_closes_idle_keep_alive_connections_at_once() {
         signalled.elapsed()
     );
 }
+
+#[test]
+fn a_stalled_head_gets_its_408_sent_whole_then_the_connection_is_drained_and_closed() {
+    let backend = Backend::start("a");
+    let extra = "[timeouts]\nclient_header = \"300ms\"\n\n[access_log]\nenabled = true\n";
+    let mut corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "", extra));
+    let mut client = corelb.client();
+    client.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    assert_eq!(client.read_response().status, 408);
+    // The client keeps sending after the timeout shut the proxy's read side: the proxy drops those bytes and
+    // closes once the client is done, rather than resetting the connection under the reply.
+    client.send(b"X-Late: 1\r\n\r\n");
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let closing = Instant::now();
+    assert!(client.is_closed_by_peer(Duration::from_secs(5)));
+    assert!(
+        closing.elapsed() < Duration::from_millis(1500),
+        "closed when the client finished, not after the whole linger time"
+    );
+    // The reply's write succeeded and is logged with its size (a read timeout does not fail later writes).
+    let line = corelb.process.wait_for_line("\"status\":408", Duration::from_secs(5));
+    assert!(!line.contains("\"bytes_sent\":0,"), "{line}");
+}

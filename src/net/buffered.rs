@@ -57,6 +57,49 @@ impl BufferedStream {
         self.watch.expired()
     }
 
+    /// Whether a read timed out, leaving the read side shut (reads fail at once) and writing still possible.
+    pub fn reads_ended(&self) -> bool {
+        self.watch.reads_ended()
+    }
+
+    /// Drops whatever the peer has sent and the kernel holds, without waiting. Returns how many bytes; for a
+    /// socket whose reads ended, where the event loop's reads fail at once.
+    pub fn discard_received(&mut self) -> usize {
+        let fd = self.stream.as_raw_fd();
+        let mut scratch = [0u8; 4096];
+        let mut discarded = 0;
+        loop {
+            // SAFETY: `scratch` is writable for its whole length; MSG_DONTWAIT makes the call return at once.
+            let count = unsafe { libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+            if count <= 0 {
+                return discarded;
+            }
+            discarded += count as usize;
+        }
+    }
+
+    /// Whether the peer has closed its sending side (its FIN arrived), from the kernel's TCP state.
+    pub fn peer_finished_sending(&self) -> bool {
+        // SAFETY: a zeroed tcp_info is a valid value of a plain C struct.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `length` describe a writable buffer of the right size.
+        let result = unsafe {
+            libc::getsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut length,
+            )
+        };
+        if result != 0 {
+            return true;
+        }
+        // TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING (include/net/tcp_states.h).
+        matches!(info.tcpi_state, 6..=9 | 11)
+    }
+
     /// Gives back a buffer grown for a large head or body once nothing is buffered.
     pub fn shrink_when_idle(&mut self, capacity: usize) {
         if self.buf.is_empty() && self.buf.capacity() > IDLE_MAX_CAPACITY {

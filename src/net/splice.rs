@@ -11,8 +11,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Pipe size asked for: a 256 KiB body crosses in one round instead of four.
 const PIPE_SIZE: usize = 256 * 1024;
-/// Empty pipes kept per worker; more are closed when given back.
-const MAX_IDLE_PIPES: usize = 32;
+/// A pipe smaller than this is not used: the kernel gives 8 KiB pipes to a user past `pipe-user-pages-soft`, and
+/// splicing through one costs more system calls than copying.
+const MIN_PIPE_SIZE: usize = 64 * 1024;
+/// Empty pipes kept per worker; more are closed when given back. Each counts its full size against the user's pipe
+/// page limit even when empty.
+const MAX_IDLE_PIPES: usize = 16;
 
 /// A pipe and how many bytes are in it.
 #[derive(Debug)]
@@ -26,7 +30,8 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    fn open() -> io::Result<Pipe> {
+    /// A new pipe, or `None` when the kernel will not give one of at least [`MIN_PIPE_SIZE`].
+    fn open() -> io::Result<Option<Pipe>> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
@@ -37,24 +42,23 @@ impl Pipe {
         // A smaller pipe (the system's limit may be lower) still works, in more rounds.
         // SAFETY: fcntl on a descriptor we own.
         let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        let capacity = if size > 0 {
-            size as usize
+        let size = if size > 0 {
+            size
         } else {
             // SAFETY: as above.
-            let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-            if size > 0 {
-                size as usize
-            } else {
-                64 * 1024
-            }
+            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) }
         };
-        Ok(Pipe {
+        let capacity = usize::try_from(size).unwrap_or(0);
+        if capacity < MIN_PIPE_SIZE {
+            return Ok(None);
+        }
+        Ok(Some(Pipe {
             read,
             write,
             capacity,
             held: 0,
             drained: 0,
-        })
+        }))
     }
 
     /// Bytes in the pipe, not yet passed on.
@@ -70,7 +74,15 @@ impl Pipe {
     /// Moves up to `max` bytes from the socket `source` into the pipe. `Ok(0)` means the peer closed; `WouldBlock`
     /// means nothing has arrived (or the pipe is full).
     pub fn fill_from(&mut self, source: RawFd, max: usize) -> io::Result<usize> {
-        let moved = splice(source, self.write.as_raw_fd(), max.min(self.room()))?;
+        let want = max.min(self.room());
+        let moved = splice(source, self.write.as_raw_fd(), want)?;
+        if moved == 0 && want > 0 && !at_end_of_stream(source) {
+            // TCP splice also returns 0 when urgent (out-of-band) data blocks the stream; that is not an end.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "splice stopped before the end of the stream (urgent data?)",
+            ));
+        }
         self.held += moved;
         Ok(moved)
     }
@@ -83,6 +95,21 @@ impl Pipe {
         self.drained += moved as u64;
         Ok(moved)
     }
+}
+
+/// Whether the socket has nothing more to read because the peer closed (checked without consuming anything).
+fn at_end_of_stream(socket: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: one writable byte; MSG_PEEK leaves it queued and MSG_DONTWAIT returns at once.
+    let peeked = unsafe {
+        libc::recv(
+            socket,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    peeked == 0
 }
 
 /// One non-blocking splice call, retried on EINTR. Both descriptors must be non-blocking (a blocking socket would
@@ -114,29 +141,20 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 #[derive(Debug, Default)]
 pub struct PipePool {
     idle: RefCell<Vec<Pipe>>,
-    /// Set once opening a pipe has failed for a reason that will not pass (anything but running out of
-    /// descriptors): later bodies are copied through user memory instead.
-    unavailable: Cell<bool>,
     /// Bytes spliced by this worker so far (`corelb_spliced_bytes_total`).
     spliced: Cell<u64>,
 }
 
 impl PipePool {
-    /// An empty pipe, or `None` when none can be had (out of descriptors): the caller copies instead.
+    /// An empty pipe, or `None` when none can be had (out of descriptors, or past the pipe page limit): the
+    /// caller copies instead.
     pub fn take(&self) -> Option<Pipe> {
-        if self.unavailable.get() {
-            return None;
-        }
         if let Some(pipe) = self.idle.borrow_mut().pop() {
             return Some(pipe);
         }
         match Pipe::open() {
-            Ok(pipe) => Some(pipe),
+            Ok(pipe) => pipe,
             Err(error) => {
-                // Out of descriptors passes; anything else (no pipe support at all) does not.
-                if !matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    self.unavailable.set(true);
-                }
                 tracing::debug!(%error, "no pipe for splicing; copying the body instead");
                 None
             }
@@ -178,7 +196,7 @@ mod tests {
     fn bytes_cross_from_socket_to_socket_through_the_pipe() {
         let (mut origin, source) = connected_pair();
         let (target, mut receiver) = connected_pair();
-        let mut pipe = Pipe::open().unwrap();
+        let mut pipe = Pipe::open().unwrap().expect("a pipe of at least 64 KiB");
         assert!(pipe.room() >= 64 * 1024);
 
         let empty = pipe.fill_from(source.as_raw_fd(), 1024).unwrap_err();

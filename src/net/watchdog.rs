@@ -3,9 +3,11 @@
 //! per proxied request. Instead each socket gets one slot in its worker's `Watchdog` for its whole life; an
 //! operation writes its deadline (in coarse ticks, no clock read) into the slot before it starts and clears it
 //! when it ends. One task per worker advances the clock every `TICK` and ends every operation past its deadline
-//! by shutting the socket down, which completes the pending read or write on both io_uring and epoll. The slot
-//! stays marked as expired, so every later operation on that socket fails with `TimedOut`: a socket whose operation
-//! timed out is never reused (the io_uring rule: a cancelled operation may have completed anyway).
+//! by shutting the socket down, which completes the pending read or write on both io_uring and epoll. A socket
+//! whose operation timed out is never reused (the io_uring rule: a cancelled operation may have completed anyway).
+//! A timed-out read shuts only the read side: every later read fails with `TimedOut`, but writes still work, with
+//! their own deadlines, so the peer can be sent its 408 or 504. A timed-out write shuts both sides and every later
+//! operation fails.
 //!
 //! Precision is one tick: a deadline fires between `timeout` and `timeout + 2 * TICK` after the operation began
 //! (earlier only by as long as the worker's loop stalled past a tick).
@@ -36,7 +38,9 @@ enum State {
     Free,
     /// Owned; `deadline` is 0 when no operation is pending.
     Open,
-    /// A deadline passed (or an idle wait was ended): the socket is shut down and every operation fails.
+    /// A read's deadline passed (or an idle wait was ended): the read side is shut and reads fail; writes go on.
+    ReadShut,
+    /// A write's deadline passed: the socket is shut down both ways and every operation fails.
     Expired,
 }
 
@@ -121,8 +125,12 @@ impl Watchdog {
     fn expire_where(&self, due: impl Fn(&Slot) -> bool) -> usize {
         let mut ended = 0;
         for slot in self.slots.borrow_mut().iter_mut() {
-            if slot.state == State::Open && due(slot) {
-                slot.state = State::Expired;
+            let live = matches!(slot.state, State::Open | State::ReadShut);
+            if live && due(slot) {
+                slot.state = match slot.operation {
+                    Operation::Read | Operation::IdleRead => State::ReadShut,
+                    Operation::Write => State::Expired,
+                };
                 slot.deadline = 0;
                 shut_down(slot.fd, slot.operation);
                 ended += 1;
@@ -163,25 +171,35 @@ impl Watch {
         let deadline = self.watchdog.deadline_after(timeout);
         let mut slots = self.watchdog.slots.borrow_mut();
         let slot = &mut slots[self.index as usize];
-        if slot.state == State::Open {
+        slot.operation = operation;
+        if slot.state != State::Expired {
             slot.deadline = deadline;
-            slot.operation = operation;
         }
     }
 
-    /// Ends the current operation's deadline. Returns `true` when it had expired (or an earlier one had): the
-    /// operation's result must be treated as a timeout and the socket closed.
+    /// Ends the current operation's deadline. Returns `true` when the operation cannot have succeeded: it timed
+    /// out, or it is a read on a socket whose reads already did (or a write after a write did). Its result must be
+    /// treated as a timeout.
     #[inline]
     pub fn disarm(&self) -> bool {
         let mut slots = self.watchdog.slots.borrow_mut();
         let slot = &mut slots[self.index as usize];
         slot.deadline = 0;
-        slot.state == State::Expired
+        match slot.state {
+            State::Open | State::Free => false,
+            State::ReadShut => slot.operation != Operation::Write,
+            State::Expired => true,
+        }
     }
 
     /// Whether an operation on this socket timed out; such a socket must not be reused.
     pub fn expired(&self) -> bool {
-        self.watchdog.slots.borrow()[self.index as usize].state == State::Expired
+        self.watchdog.slots.borrow()[self.index as usize].state != State::Open
+    }
+
+    /// Whether the socket's read side was shut by a timeout while writing still works.
+    pub fn reads_ended(&self) -> bool {
+        self.watchdog.slots.borrow()[self.index as usize].state == State::ReadShut
     }
 }
 
@@ -227,8 +245,37 @@ mod tests {
         watch.arm(Duration::from_millis(10), Operation::Read);
         watchdog.advance(later(&watchdog, 1000));
         let mut byte = [0u8; 1];
-        // Would block forever without the shutdown.
+        // Without the shutdown this read would wait for the peer, which sends nothing: it fails after 5 s instead.
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(ours.read(&mut byte).unwrap(), 0);
+    }
+
+    #[test]
+    fn after_a_read_timeout_writes_still_work_and_time_out_on_their_own() {
+        let watchdog = Watchdog::new();
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let watch = watchdog.watch(ours.as_raw_fd());
+        watch.arm(Duration::from_millis(10), Operation::Read);
+        watchdog.advance(later(&watchdog, 100));
+        assert!(watch.disarm(), "the read timed out");
+        assert!(watch.expired() && watch.reads_ended());
+
+        watch.arm(Duration::from_millis(100), Operation::Read);
+        assert!(watch.disarm(), "later reads fail at once");
+        watch.arm(Duration::from_millis(100), Operation::Write);
+        assert_eq!(
+            watchdog.advance(later(&watchdog, 150)),
+            0,
+            "the write has its own deadline"
+        );
+        assert!(!watch.disarm(), "a write that finished in time succeeded");
+
+        watch.arm(Duration::from_millis(100), Operation::Write);
+        assert_eq!(watchdog.advance(later(&watchdog, 400)), 1);
+        assert!(watch.disarm(), "a write past its deadline timed out");
+        assert!(!watch.reads_ended(), "both sides are shut now");
+        watch.arm(Duration::from_millis(100), Operation::Write);
+        assert!(watch.disarm(), "and every later write fails");
     }
 
     #[test]

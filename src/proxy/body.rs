@@ -14,6 +14,9 @@ use crate::net::{BufferedStream, Pipe, PipePool};
 /// A body with at least this much left after the head's write is spliced rather than copied: below it, the copy
 /// costs less than the extra system calls.
 const SPLICE_MIN_BODY: u64 = 16 * 1024;
+/// A splice whose two sides stay ready never waits; after this many bytes it waits once on the event loop anyway,
+/// so that the worker's other connections and its watchdog get their turn.
+const SPLICE_FAIR_SHARE: u64 = 1024 * 1024;
 
 /// How body bytes are written out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +223,7 @@ async fn splice_body(
     let source = src.prepare_splice().map_err(BodyError::Read)?;
     let target = dst.prepare_splice().map_err(BodyError::Write)?;
     let mut moved = 0u64;
+    let mut next_turn = SPLICE_FAIR_SHARE;
     let mut source_done = limit == Some(0);
     loop {
         let mut progress = false;
@@ -249,6 +253,11 @@ async fn splice_body(
             return Ok(moved);
         }
         if progress {
+            if moved >= next_turn {
+                next_turn = moved + SPLICE_FAIR_SHARE;
+                // A readiness wait goes through the ring, so other tasks run before this one resumes.
+                dst.wait_writable(timeouts.write).await.map_err(BodyError::Write)?;
+            }
             continue;
         }
         // Neither side moved: wait for the one holding things up.
