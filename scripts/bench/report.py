@@ -526,9 +526,8 @@ def cmd_report(results_path, meta_path, out_dir):
     throughput_table("Body sizes (50 connections)", "sizes", (50,), SIZES, MAIN + ["corelb-copy"],
                      "corelb moves what is left of a body after its first read with `splice(2)` when 16 KiB or "
                      "more remain (`server.splice_bodies`, on by default); `corelb-copy` is the same corelb with it "
-                     "off. On loopback the origin shares the machine and pays part of what splicing saves the "
-                     "proxy (its send pages stay referenced until the client reads them), so the origin-bound "
-                     "req/s can fall while the proxy's CPU per request falls more.")
+                     "off. The origin here serves files with `sendfile`, so a spliced body goes from the page cache "
+                     "to the client's socket without a copy in between.")
 
     body = []
     for s in SIZES:
