@@ -25,8 +25,6 @@ pub struct Pipe {
     write: OwnedFd,
     capacity: usize,
     held: usize,
-    /// Bytes passed on since the pipe was last given back to its pool.
-    drained: u64,
 }
 
 impl Pipe {
@@ -57,7 +55,6 @@ impl Pipe {
             write,
             capacity,
             held: 0,
-            drained: 0,
         }))
     }
 
@@ -92,7 +89,6 @@ impl Pipe {
     pub fn drain_into(&mut self, target: RawFd) -> io::Result<usize> {
         let moved = splice(self.read.as_raw_fd(), target, self.held)?;
         self.held -= moved.min(self.held);
-        self.drained += moved as u64;
         Ok(moved)
     }
 }
@@ -162,16 +158,19 @@ impl PipePool {
     }
 
     /// Keeps an empty pipe for the next body; one still holding bytes (an interrupted transfer) is closed.
-    pub fn give_back(&self, mut pipe: Pipe) {
-        self.spliced.set(self.spliced.get() + pipe.drained);
-        pipe.drained = 0;
+    pub fn give_back(&self, pipe: Pipe) {
         let mut idle = self.idle.borrow_mut();
         if pipe.held == 0 && idle.len() < MAX_IDLE_PIPES {
             idle.push(pipe);
         }
     }
 
-    /// Bytes spliced through this pool's pipes (counted when a pipe is given back).
+    /// Counts bytes passed on through one of this pool's pipes.
+    pub fn count_spliced(&self, bytes: usize) {
+        self.spliced.set(self.spliced.get() + bytes as u64);
+    }
+
+    /// Bytes spliced through this pool's pipes so far.
     pub fn spliced_bytes(&self) -> u64 {
         self.spliced.get()
     }
@@ -249,10 +248,8 @@ mod tests {
         let first = pool.take().unwrap();
         let mut second = pool.take().unwrap();
         second.held = 1;
-        second.drained = 10;
         pool.give_back(first);
         pool.give_back(second);
         assert_eq!(pool.idle.borrow().len(), 1, "the pipe still holding a byte was closed");
-        assert_eq!(pool.spliced_bytes(), 10);
     }
 }

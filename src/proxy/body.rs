@@ -206,17 +206,18 @@ async fn try_splice(
 ) -> Option<Result<u64, BodyError>> {
     let pool = pipes?;
     let mut pipe = pool.take()?;
-    let spliced = splice_body(src, dst, &mut pipe, limit, timeouts).await;
+    let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts).await;
     pool.give_back(pipe);
     Some(spliced)
 }
 
 /// Moves the rest of a body, `limit` bytes or (`None`) everything until `src` closes, from `src` to `dst` through
-/// `pipe`. Nothing may be buffered in `src`. Returns the bytes moved.
+/// `pipe`, counting them in `pool`. Nothing may be buffered in `src`. Returns the bytes moved.
 async fn splice_body(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
     pipe: &mut Pipe,
+    pool: &PipePool,
     limit: Option<u64>,
     timeouts: CopyTimeouts,
 ) -> Result<u64, BodyError> {
@@ -244,7 +245,10 @@ async fn splice_body(
         }
         if pipe.held() > 0 {
             match pipe.drain_into(target) {
-                Ok(count) => progress |= count > 0,
+                Ok(count) => {
+                    pool.count_spliced(count);
+                    progress |= count > 0;
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(BodyError::Write(error)),
             }
