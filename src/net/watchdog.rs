@@ -10,11 +10,15 @@
 //! operation fails.
 //!
 //! Precision is one tick: a deadline fires between `timeout` and `timeout + 2 * TICK` after the operation began
-//! (earlier only by as long as the worker's loop stalled past a tick).
+//! (earlier only by as long as the worker's loop stalled past a tick). With no deadline pending the task stops
+//! ticking, so an idle worker does not wake 100 times a second; the next `arm` reads the clock and wakes it.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::os::fd::RawFd;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How often deadlines are checked: the resolution of every socket timeout.
@@ -61,6 +65,12 @@ pub struct Watchdog {
     now: Cell<u64>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
+    /// Whether the last scan of the slots found a deadline still pending.
+    pending: Cell<bool>,
+    /// Whether the ticking task is parked because no deadline was pending (`now` is stale meanwhile).
+    parked: Cell<bool>,
+    /// The parked task, woken by the next `arm`.
+    waker: RefCell<Option<Waker>>,
 }
 
 impl Watchdog {
@@ -71,14 +81,34 @@ impl Watchdog {
             now: Cell::new(1),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            pending: Cell::new(true),
+            parked: Cell::new(false),
+            waker: RefCell::new(None),
         })
     }
 
-    /// Advances the clock every `TICK` and ends expired operations, forever; spawn it once per event loop.
+    /// Advances the clock every `TICK` and ends expired operations, forever; spawn it once per event loop. Parks
+    /// while no deadline is pending.
     pub async fn run(self: Rc<Self>) {
         loop {
-            monoio::time::sleep(TICK).await;
-            self.advance(Instant::now());
+            if self.pending.get() {
+                monoio::time::sleep(TICK).await;
+                self.advance(Instant::now());
+            } else {
+                self.parked.set(true);
+                Parked(&self).await;
+            }
+        }
+    }
+
+    /// Called by the first `arm` after the task parked: brings the clock up to date and wakes the task.
+    fn unpark(&self) {
+        self.parked.set(false);
+        self.advance(Instant::now());
+        // The deadline being armed is not in the slots yet.
+        self.pending.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
         }
     }
 
@@ -122,8 +152,10 @@ impl Watchdog {
         self.expire_where(|slot| slot.deadline != 0 && slot.operation == Operation::IdleRead)
     }
 
+    /// Ends the operations `due` picks; notes whether any deadline is left.
     fn expire_where(&self, due: impl Fn(&Slot) -> bool) -> usize {
         let mut ended = 0;
+        let mut pending = false;
         for slot in self.slots.borrow_mut().iter_mut() {
             let live = matches!(slot.state, State::Open | State::ReadShut);
             if live && due(slot) {
@@ -135,7 +167,9 @@ impl Watchdog {
                 shut_down(slot.fd, slot.operation);
                 ended += 1;
             }
+            pending |= slot.deadline != 0;
         }
+        self.pending.set(pending);
         ended
     }
 
@@ -143,6 +177,22 @@ impl Watchdog {
         let millis = timeout.as_secs().saturating_mul(1000) + u64::from(timeout.subsec_millis());
         // Rounded up, plus one tick because `now` may be up to a tick old.
         self.now.get() + millis.div_ceil(TICK_MS) + 1
+    }
+}
+
+/// Resolves once `unpark` has run.
+struct Parked<'a>(&'a Watchdog);
+
+impl Future for Parked<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.parked.get() {
+            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 }
 
@@ -168,6 +218,9 @@ impl Watch {
     /// Starts the deadline of one operation.
     #[inline]
     pub fn arm(&self, timeout: Duration, operation: Operation) {
+        if self.watchdog.parked.get() {
+            self.watchdog.unpark();
+        }
         let deadline = self.watchdog.deadline_after(timeout);
         let mut slots = self.watchdog.slots.borrow_mut();
         let slot = &mut slots[self.index as usize];
@@ -276,6 +329,24 @@ mod tests {
         assert!(!watch.reads_ended(), "both sides are shut now");
         watch.arm(Duration::from_millis(100), Operation::Write);
         assert!(watch.disarm(), "and every later write fails");
+    }
+
+    #[test]
+    fn the_first_deadline_after_parking_counts_from_the_real_time() {
+        let watchdog = Watchdog::new();
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let watch = watchdog.watch(ours.as_raw_fd());
+        watchdog.advance(later(&watchdog, 10));
+        assert!(!watchdog.pending.get(), "nothing armed: the ticking task may park");
+        watchdog.parked.set(true);
+        // While parked the clock is not advanced: a deadline counted from it would already be 300 ms late.
+        std::thread::sleep(Duration::from_millis(300));
+        watch.arm(Duration::from_millis(100), Operation::Read);
+        assert!(!watchdog.parked.get());
+        assert!(watchdog.pending.get());
+        assert_eq!(watchdog.advance(later(&watchdog, 330)), 0, "fired early");
+        assert!(watchdog.pending.get(), "the deadline is still pending");
+        assert_eq!(watchdog.advance(later(&watchdog, 450)), 1);
     }
 
     #[test]
