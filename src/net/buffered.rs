@@ -205,8 +205,9 @@ impl BufferedStream {
     }
 
     /// Readies the socket for [`splice`](super::splice), which honours only the descriptor's own blocking mode:
-    /// io_uring leaves sockets blocking, and a blocking splice would stall the worker. io_uring's reads and
-    /// writes ignore the flag, so it stays set for the connection's life. Returns the descriptor.
+    /// io_uring leaves sockets blocking, and a blocking splice would stall the worker. The flag stays set for the
+    /// connection's life: monoio reads and writes sockets with IORING_OP_RECV/SEND, which go by their own message
+    /// flags and ignore it (IORING_OP_READ/WRITE would not). Returns the descriptor.
     pub fn prepare_splice(&mut self) -> io::Result<RawFd> {
         let fd = self.stream.as_raw_fd();
         if !self.nonblocking {
