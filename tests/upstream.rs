@@ -73,8 +73,10 @@ fn only_backend_down_gives_502_naming_the_category() {
 
 #[test]
 fn a_backend_that_comes_back_is_used_again() {
-    let first = Backend::start("first");
-    let port = first.addr.port();
+    // The port stays reserved while "first" is down, so no other test's process can be handed it meanwhile (that
+    // race once answered this test's requests with resets from a stranger).
+    let reserved = DeadBackend::new();
+    let first = Backend::start_on("first", &reserved);
     let other = Backend::start("other");
     let config = config_for(
         &[(&first, 1), (&other, 1)],
@@ -86,7 +88,7 @@ fn a_backend_that_comes_back_is_used_again() {
     let corelb = Corelb::start(&config);
     let mut client = corelb.client();
     assert_eq!(client.get("/").backend_id(), "other");
-    let revived = Backend::start_with("first", &["--port", &port.to_string()]);
+    let revived = Backend::start_on("first", &reserved);
     std::thread::sleep(Duration::from_millis(300));
     let ids: Vec<String> = (0..4).map(|_| client.get("/").backend_id()).collect();
     assert!(
@@ -142,4 +144,123 @@ fn backend_sending_garbage_gives_502() {
     assert_eq!(response.status, 502);
     assert!(response.text().contains("bad_response"), "{}", response.text());
     server.join().unwrap();
+}
+
+/// What one client saw while a backend was killed under it.
+#[derive(Default)]
+struct KillReport {
+    sent: usize,
+    /// Failed requests sent while the victim was still alive or dying.
+    failed_before_reaped: Vec<String>,
+    /// Failed requests sent after the victim had exited and been reaped, so none of them could have reached it.
+    failed_after_reaped: Vec<String>,
+}
+
+/// Keep-alive load from 8 clients on 3 backends, one of them killed (SIGKILL) once the load is under way.
+fn kill_one_backend_under_load(method: &str, per_client: usize) -> KillReport {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let reserved = DeadBackend::new();
+    let mut victim = Backend::start_on("victim", &reserved);
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let corelb = Corelb::start(&config_from_urls(
+        &[(victim.url(), 1), (b.url(), 1), (c.url(), 1)],
+        2,
+        "",
+        "",
+    ));
+    let done = Arc::new(AtomicUsize::new(0));
+    let reaped = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = corelb.addr;
+            let done = Arc::clone(&done);
+            let reaped = Arc::clone(&reaped);
+            let method = method.to_string();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut report = KillReport::default();
+                for _ in 0..per_client {
+                    let after_reaped = reaped.load(Ordering::SeqCst);
+                    let request = match method.as_str() {
+                        "GET" => "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n".to_string(),
+                        _ => "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_string(),
+                    };
+                    client.send(request.as_bytes());
+                    let response = client.read_response();
+                    report.sent += 1;
+                    if response.status != 200 {
+                        let failure = format!("{} {}", response.status, response.text().trim());
+                        match after_reaped {
+                            true => report.failed_after_reaped.push(failure),
+                            false => report.failed_before_reaped.push(failure),
+                        }
+                    }
+                    if response.header("Connection") == Some("close") {
+                        client = Client::connect(addr);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                report
+            })
+        })
+        .collect();
+    // Mid-run: every client has pooled connections to the victim on both workers by now.
+    let total = 8 * per_client;
+    while done.load(Ordering::Relaxed) < total / 3 {
+        std::thread::yield_now();
+    }
+    victim.process.signal(libc::SIGKILL);
+    victim.process.wait_exit(Duration::from_secs(10));
+    // Exited and reaped: every socket it had is closed, and its listener gone (the port stays reserved).
+    reaped.store(true, Ordering::SeqCst);
+    let mut report = KillReport::default();
+    for client in clients {
+        let seen = client.join().expect("client thread");
+        report.sent += seen.sent;
+        report.failed_before_reaped.extend(seen.failed_before_reaped);
+        report.failed_after_reaped.extend(seen.failed_after_reaped);
+    }
+    println!(
+        "{method}: {} of {total} failed with one of three backends killed mid-run ({} after it was reaped): {:?}",
+        report.failed_before_reaped.len() + report.failed_after_reaped.len(),
+        report.failed_after_reaped.len(),
+        report.failed_before_reaped
+    );
+    drop(reserved);
+    report
+}
+
+#[test]
+fn killing_a_backend_under_keep_alive_load_fails_no_get() {
+    let report = kill_one_backend_under_load("GET", 300);
+    assert_eq!(report.sent, 2400);
+    assert!(
+        report.failed_before_reaped.is_empty() && report.failed_after_reaped.is_empty(),
+        "GETs failed: {:?} {:?}",
+        report.failed_before_reaped,
+        report.failed_after_reaped
+    );
+}
+
+#[test]
+fn killing_a_backend_under_load_fails_only_posts_it_may_have_received() {
+    // A POST's body is streamed, so one the victim may have read is not sent again: those sent to it while it was
+    // alive or dying may fail; none sent after it was gone may.
+    let report = kill_one_backend_under_load("POST", 300);
+    assert!(
+        report.failed_after_reaped.is_empty(),
+        "POSTs sent after the backend was gone failed: {:?}",
+        report.failed_after_reaped
+    );
+    assert!(
+        report
+            .failed_before_reaped
+            .iter()
+            .all(|failure| failure.contains("upstream_io") || failure.contains("upstream_closed")),
+        "{:?}",
+        report.failed_before_reaped
+    );
 }

@@ -87,6 +87,8 @@ pub struct WorkerMetrics {
     pub backends: Vec<BackendSeries>,
     pub errors: BTreeMap<&'static str, u64>,
     pub retries: BTreeMap<&'static str, u64>,
+    /// Upstream connections closed instead of reused because their exchange was not clean, by reason.
+    pub discarded: BTreeMap<&'static str, u64>,
     pub requests: u64,
     /// Body bytes moved with splice(2) (filled when a snapshot is taken).
     pub spliced_bytes: u64,
@@ -106,6 +108,7 @@ impl WorkerMetrics {
             backends: Vec::new(),
             errors: BTreeMap::new(),
             retries: BTreeMap::new(),
+            discarded: BTreeMap::new(),
             requests: 0,
             spliced_bytes: 0,
         };
@@ -193,6 +196,10 @@ impl WorkerMetrics {
     pub fn retried(&mut self, reason: &'static str) {
         *self.retries.entry(reason).or_insert(0) += 1;
     }
+
+    pub fn upstream_discarded(&mut self, reason: &'static str) {
+        *self.discarded.entry(reason).or_insert(0) += 1;
+    }
 }
 
 /// Every worker's metrics added together, by frontend name and backend id.
@@ -203,6 +210,7 @@ pub struct Merged {
     pub frontend_names: Vec<String>,
     pub errors: BTreeMap<&'static str, u64>,
     pub retries: BTreeMap<&'static str, u64>,
+    pub discarded: BTreeMap<&'static str, u64>,
     pub worker_requests: Vec<(usize, u64)>,
     pub spliced_bytes: u64,
     /// Workers that said a backend is up, and that reported it at all.
@@ -261,6 +269,9 @@ impl Merged {
             }
             for (reason, count) in &worker.retries {
                 *merged.retries.entry(reason).or_insert(0) += count;
+            }
+            for (reason, count) in &worker.discarded {
+                *merged.discarded.entry(reason).or_insert(0) += count;
             }
         }
         merged

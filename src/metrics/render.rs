@@ -204,13 +204,23 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     families.push(errors);
     let mut retries = Family::new(
         RETRIES,
-        "Requests sent again: to another backend after a failed connect, or on a fresh connection after a stale one.",
+        "Requests sent again: to another backend after a failed connect, or after a connection failed before any response byte.",
         MetricType::COUNTER,
     );
     for (reason, count) in &merged.retries {
         retries.counter(&[("reason", reason)], *count as f64);
     }
     families.push(retries);
+    let mut discarded = Family::new(
+        UPSTREAM_DISCARDED,
+        "Upstream connections closed instead of reused: an early answer, bytes past a response's end, or bytes or \
+         a close found on an idle connection.",
+        MetricType::COUNTER,
+    );
+    for (reason, count) in &merged.discarded {
+        discarded.counter(&[("reason", reason)], *count as f64);
+    }
+    families.push(discarded);
     let mut per_worker = Family::new(
         WORKER_REQUESTS,
         "Requests answered by each worker (shows SO_REUSEPORT imbalance).",

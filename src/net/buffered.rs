@@ -24,6 +24,24 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "operation timed out")
 }
 
+/// What [`BufferedStream::pending_input`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingInput {
+    /// Nothing to read and the connection open.
+    Nothing,
+    /// Bytes are waiting to be read.
+    Bytes,
+    /// The peer closed (EOF) or the connection failed (reset).
+    Closed,
+}
+
+/// Which of two sockets [`BufferedStream::wait_readable_unless`] found readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readable {
+    This,
+    Other,
+}
+
 /// A stream plus the bytes read from it and not yet consumed (`buf[start..]`).
 pub struct BufferedStream {
     // Declared before `stream`: the watch must let go of the descriptor before the socket is closed.
@@ -75,6 +93,34 @@ impl BufferedStream {
                 return discarded;
             }
             discarded += count as usize;
+        }
+    }
+
+    /// What the peer has sent that nobody asked for yet, checked without waiting: bytes already buffered, or in
+    /// the kernel (one `recv` with `MSG_PEEK | MSG_DONTWAIT`, which consumes nothing). An idle upstream connection
+    /// must show [`PendingInput::Nothing`] to be reused: anything else is a stray response or a close in flight.
+    pub fn pending_input(&self) -> PendingInput {
+        if !self.buffered().is_empty() {
+            return PendingInput::Bytes;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: `byte` is writable for its length; MSG_DONTWAIT makes the call return at once, MSG_PEEK leaves
+        // the data queued.
+        let count = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                byte.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match count {
+            0 => PendingInput::Closed,
+            count if count > 0 => PendingInput::Bytes,
+            _ => match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => PendingInput::Nothing,
+                _ => PendingInput::Closed,
+            },
         }
     }
 
@@ -227,6 +273,21 @@ impl BufferedStream {
     pub async fn wait_readable(&mut self, timeout: Duration) -> io::Result<()> {
         self.watch.arm(timeout, Operation::Read);
         let result = self.stream.readable(false).await;
+        if self.watch.disarm() {
+            return Err(timed_out());
+        }
+        result
+    }
+
+    /// Waits until this socket has bytes to read (or is closed), at most `timeout`, unless `other` becomes readable
+    /// first. Both are readiness waits, so whichever loses is dropped without losing a byte. For a request body
+    /// that is still arriving while the backend may already answer.
+    pub async fn wait_readable_unless(&mut self, other: &BufferedStream, timeout: Duration) -> io::Result<Readable> {
+        self.watch.arm(timeout, Operation::Read);
+        let result = monoio::select! {
+            result = self.stream.readable(false) => result.map(|()| Readable::This),
+            result = other.stream.readable(false) => result.map(|()| Readable::Other),
+        };
         if self.watch.disarm() {
             return Err(timed_out());
         }

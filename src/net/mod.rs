@@ -6,6 +6,6 @@ pub mod listener;
 pub mod splice;
 pub mod watchdog;
 
-pub use buffered::BufferedStream;
+pub use buffered::{BufferedStream, PendingInput, Readable};
 pub use splice::{Pipe, PipePool};
 pub use watchdog::Watchdog;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::http::chunked::{write_chunk, LAST_CHUNK};
 use crate::http::{BodyFraming, ChunkedDecoder, ChunkedError};
-use crate::net::{BufferedStream, Pipe, PipePool};
+use crate::net::{BufferedStream, PendingInput, Pipe, PipePool, Readable};
 
 /// A body with at least this much left after the head's write is spliced rather than copied: below it, the copy
 /// costs less than the extra system calls.
@@ -26,6 +26,18 @@ pub enum Encoding {
     Chunked,
 }
 
+/// Whether the destination may answer while the body is still on its way: a backend may send its final response
+/// before it has read the whole request body (an early 401 or 413, RFC 9112 §9.3). Watched, the copy stops as soon
+/// as the destination has anything to read, instead of pushing the rest of the body into a connection whose
+/// exchange is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyWatch {
+    /// A request body: stop when the backend answers.
+    Watch,
+    /// A response body: the client sends nothing that matters until it ends.
+    Ignore,
+}
+
 /// Why a body could not be copied; the caller knows which side each direction is.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -37,6 +49,10 @@ pub enum BodyError {
     Write(io::Error),
     #[error("malformed chunked body: {0}")]
     Malformed(ChunkedError),
+    /// The destination answered (or closed) before the body was complete, after this many body bytes were read
+    /// from the source.
+    #[error("the peer answered after {0} body bytes, before the body was complete")]
+    Answered(u64),
 }
 
 /// Timeouts for the two sides of one copy.
@@ -68,7 +84,9 @@ fn encode(pending: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
 }
 
 /// Copies one body framed as `input` from `src` to `dst`, preceded by `pending` (left empty and reusable). With
-/// `pipes`, a large unencoded body is spliced. Returns the number of body bytes delivered.
+/// `pipes`, a large unencoded body is spliced. With [`ReplyWatch::Watch`], stops with [`BodyError::Answered`] once
+/// `dst` has something to read. Returns the number of body bytes delivered.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_body(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
@@ -77,16 +95,44 @@ pub async fn copy_body(
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
     pipes: Option<&PipePool>,
+    watch: ReplyWatch,
 ) -> Result<u64, BodyError> {
     match input {
         BodyFraming::None | BodyFraming::Length(0) => {
             flush(dst, pending, timeouts.write).await?;
             Ok(0)
         }
-        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts, pipes).await,
-        BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts).await,
+        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts, pipes, watch).await,
+        BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts, watch).await,
         BodyFraming::UntilClose => copy_until_close(src, dst, output, pending, timeouts, pipes).await,
     }
+}
+
+/// With [`ReplyWatch::Watch`]: fails with [`BodyError::Answered`] when `dst` has already answered, without waiting.
+fn check_answered(dst: &BufferedStream, watch: ReplyWatch, delivered: u64) -> Result<(), BodyError> {
+    match watch {
+        ReplyWatch::Watch if dst.pending_input() != PendingInput::Nothing => Err(BodyError::Answered(delivered)),
+        ReplyWatch::Watch | ReplyWatch::Ignore => Ok(()),
+    }
+}
+
+/// Reads more body bytes into `src`. With [`ReplyWatch::Watch`], the wait for them ends early, with
+/// [`BodyError::Answered`], when `dst` answers first. Returns how many bytes arrived (0: `src` closed).
+async fn fill_body(
+    src: &mut BufferedStream,
+    dst: &BufferedStream,
+    watch: ReplyWatch,
+    delivered: u64,
+    timeout: Duration,
+) -> Result<usize, BodyError> {
+    if watch == ReplyWatch::Watch {
+        check_answered(dst, watch, delivered)?;
+        match src.wait_readable_unless(dst, timeout).await.map_err(BodyError::Read)? {
+            Readable::This => {}
+            Readable::Other => return Err(BodyError::Answered(delivered)),
+        }
+    }
+    fill(src, timeout).await
 }
 
 async fn copy_length(
@@ -96,6 +142,7 @@ async fn copy_length(
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
     pipes: Option<&PipePool>,
+    watch: ReplyWatch,
 ) -> Result<u64, BodyError> {
     let mut remaining = length;
     // The first body bytes ride along with the pending head.
@@ -106,17 +153,22 @@ async fn copy_length(
     flush(dst, pending, timeouts.write).await?;
     // Nothing is buffered now unless the body is already complete.
     if remaining >= SPLICE_MIN_BODY {
-        if let Some(spliced) = try_splice(src, dst, pipes, Some(remaining), timeouts).await {
-            return spliced.map(|_| length);
+        let sent = length - remaining;
+        if let Some(spliced) = try_splice(src, dst, pipes, Some(remaining), timeouts, watch).await {
+            return spliced.map(|_| length).map_err(|error| match error {
+                BodyError::Answered(moved) => BodyError::Answered(sent + moved),
+                other => other,
+            });
         }
     }
     if remaining > 0 {
         src.reserve_for_body();
     }
     while remaining > 0 {
-        if src.buffered().is_empty() && fill(src, timeouts.read).await? == 0 {
+        if src.buffered().is_empty() && fill_body(src, dst, watch, length - remaining, timeouts.read).await? == 0 {
             return Err(BodyError::ReadEof);
         }
+        check_answered(dst, watch, length - remaining)?;
         let take = (src.buffered().len() as u64).min(remaining) as usize;
         src.forward_buffered(dst, take, timeouts.write)
             .await
@@ -132,6 +184,7 @@ async fn copy_chunked(
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
+    watch: ReplyWatch,
 ) -> Result<u64, BodyError> {
     let mut decoder = ChunkedDecoder::new();
     let mut delivered = 0u64;
@@ -154,7 +207,7 @@ async fn copy_chunked(
         }
         flush(dst, pending, timeouts.write).await?;
         src.reserve_for_body();
-        if fill(src, timeouts.read).await? == 0 {
+        if fill_body(src, dst, watch, delivered, timeouts.read).await? == 0 {
             return Err(BodyError::ReadEof);
         }
     }
@@ -180,7 +233,7 @@ async fn copy_until_close(
         flush(dst, pending, timeouts.write).await?;
         if output == Encoding::Identity {
             // Nothing is buffered: the rest can go through a pipe.
-            if let Some(spliced) = try_splice(src, dst, pipes, None, timeouts).await {
+            if let Some(spliced) = try_splice(src, dst, pipes, None, timeouts, ReplyWatch::Ignore).await {
                 return spliced.map(|count| delivered + count);
             }
         }
@@ -203,16 +256,18 @@ async fn try_splice(
     pipes: Option<&PipePool>,
     limit: Option<u64>,
     timeouts: CopyTimeouts,
+    watch: ReplyWatch,
 ) -> Option<Result<u64, BodyError>> {
     let pool = pipes?;
     let mut pipe = pool.take()?;
-    let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts).await;
+    let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts, watch).await;
     pool.give_back(pipe);
     Some(spliced)
 }
 
 /// Moves the rest of a body, `limit` bytes or (`None`) everything until `src` closes, from `src` to `dst` through
-/// `pipe`, counting them in `pool`. Nothing may be buffered in `src`. Returns the bytes moved.
+/// `pipe`, counting them in `pool`. Nothing may be buffered in `src`. Returns the bytes moved; with
+/// [`ReplyWatch::Watch`], stops with [`BodyError::Answered`] once `dst` answers.
 async fn splice_body(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
@@ -220,6 +275,7 @@ async fn splice_body(
     pool: &PipePool,
     limit: Option<u64>,
     timeouts: CopyTimeouts,
+    watch: ReplyWatch,
 ) -> Result<u64, BodyError> {
     let source = src.prepare_splice().map_err(BodyError::Read)?;
     let target = dst.prepare_splice().map_err(BodyError::Write)?;
@@ -227,6 +283,7 @@ async fn splice_body(
     let mut next_turn = SPLICE_FAIR_SHARE;
     let mut source_done = limit == Some(0);
     loop {
+        check_answered(dst, watch, moved)?;
         let mut progress = false;
         if !source_done && pipe.room() > 0 {
             let want = limit.map_or(usize::MAX, |limit| usize::try_from(limit - moved).unwrap_or(usize::MAX));
@@ -266,7 +323,14 @@ async fn splice_body(
         }
         // Neither side moved: wait for the one holding things up.
         if pipe.held() == 0 {
-            src.wait_readable(timeouts.read).await.map_err(BodyError::Read)?;
+            match watch {
+                ReplyWatch::Watch => match src.wait_readable_unless(dst, timeouts.read).await {
+                    Ok(Readable::This) => {}
+                    Ok(Readable::Other) => return Err(BodyError::Answered(moved)),
+                    Err(error) => return Err(BodyError::Read(error)),
+                },
+                ReplyWatch::Ignore => src.wait_readable(timeouts.read).await.map_err(BodyError::Read)?,
+            }
         } else {
             dst.wait_writable(timeouts.write).await.map_err(BodyError::Write)?;
         }

@@ -214,16 +214,24 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         backend: stats.backend.take(),
         ..Outcome::new(started)
     };
+    let mut linger = false;
     let keep = match result {
-        Ok(disposition) => disposition == Disposition::KeepAlive,
+        Ok(disposition) => {
+            linger = disposition == Disposition::Linger;
+            disposition == Disposition::KeepAlive
+        }
         Err(failure) => {
             let error = &failure.error;
-            match error.side() {
-                Side::Upstream | Side::Proxy => tracing::warn!(
-                    %peer, backend = failure.backend.as_deref().unwrap_or("-"), category = error.label(),
-                    error = %error, request_id = %request_id, "request failed"
-                ),
-                Side::Client => tracing::debug!(%peer, category = error.label(), error = %error, "client failed"),
+            match (error.side(), &outcome.backend) {
+                (Side::Upstream | Side::Proxy, Some(backend)) => context.warn_backend(backend, error, "request failed"),
+                (Side::Upstream | Side::Proxy, None) => {
+                    if let Some(suppressed) = context.warnings.open(Instant::now()) {
+                        tracing::warn!(%peer, category = error.label(), error = %error, suppressed, "request failed");
+                    }
+                }
+                (Side::Client, _) => {
+                    tracing::debug!(%peer, category = error.label(), error = %error, "client failed")
+                }
             }
             outcome.error = Some(error.label());
             let keep = failure.request_consumed && !failure.response_started && !head.close && !context.draining();
@@ -254,7 +262,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
     log(&outcome, request_id);
     if keep && !context.draining() {
         Next::KeepAlive
-    } else if !client.buffered().is_empty() {
+    } else if linger || !client.buffered().is_empty() {
         // Pipelined requests we will not answer: closing now would reset the connection and could destroy the
         // response just sent.
         Next::LingerClose

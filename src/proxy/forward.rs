@@ -1,9 +1,11 @@
 //! One request/response exchange: choose a backend, get a connection (idle or new), send the request and stream its
 //! body, read the response head, stream the response back, and return the connection to the pool when it is clean.
 //!
-//! Two retries are safe and done here. A failed connect sent nothing, so the request moves on to another backend. A
-//! reused idle connection that fails before any response byte came back is the keep-alive race (the backend closed it
-//! as we picked it): a bodiless request is sent again, once, on a fresh connection to the same backend.
+//! Connection hygiene: an idle connection is reused only if nothing is waiting on it; one that carried an early
+//! answer, or bytes past the response's framed end, is closed, never pooled. Retries: a failed connect sent nothing,
+//! so the request moves on to another backend; a connection that fails before any response byte (the keep-alive
+//! race, or a backend that just died) purges that backend's idle pool here and, when the request can be replayed
+//! ([`retry_decision`]), sends it again on a fresh connection, to another backend when there is one.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,12 +13,12 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use super::body::{copy_body, BodyError, CopyTimeouts, Encoding};
+use super::body::{copy_body, BodyError, CopyTimeouts, Encoding, ReplyWatch};
 use super::error::ProxyError;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
-use crate::net::BufferedStream;
+use crate::net::{BufferedStream, PendingInput, PipePool};
 use crate::worker::context::{BackendState, Generation, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
@@ -24,6 +26,9 @@ use crate::worker::context::{BackendState, Generation, WorkerContext};
 pub enum Disposition {
     KeepAlive,
     Close,
+    /// Close, but first drain what the client is still sending (the backend answered before the request body
+    /// ended), so the response is not destroyed by a reset.
+    Linger,
 }
 
 /// A failed exchange and how far it got, which decides whether the client can still be answered or kept.
@@ -87,37 +92,130 @@ async fn connect(
     }
 }
 
-/// A fresh connection in place of a reused one the backend had already closed (the keep-alive race).
-async fn replace_stale(
-    context: &WorkerContext,
-    generation: &Generation,
-    backend: &BackendState,
-) -> Result<BufferedStream, ProxyError> {
-    context.with_metrics(|metrics| {
-        metrics.retried("stale_connection");
-        metrics.upstream_connected(backend.metrics_slot, false);
-    });
-    Box::pin(connect(context, backend, generation)).await
+/// Where a request that failed before any response byte came back may go next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not sent again: the backend may have acted on it, or its answer was slow rather than missing.
+    No,
+    /// Sent again on a fresh connection, to another backend when there is one (the failed one is likely dying).
+    Elsewhere,
 }
 
-/// Picks a backend and connects to it, moving on to the next backend when a connect fails.
+/// How far an exchange got when its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Writing the request failed: the backend's socket was already gone, so it cannot have acted on it.
+    Writing,
+    /// The request was written and the connection ended (reset, EOF) before any response byte.
+    Awaiting,
+}
+
+/// Whether a request whose upstream connection failed before any response byte may be sent again. A bodiless
+/// request is still held whole, so it can be replayed; a body was streamed from the client and is gone. An
+/// idempotent request (RFC 9110 §9.2.2) may be replayed even if the backend received it; any other only when the
+/// write itself failed.
+pub fn retry_decision(error: &ProxyError, stage: Stage, bodiless: bool, idempotent: bool) -> Retry {
+    let connection_failed = match error {
+        ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => true,
+        ProxyError::BadRequest(_)
+        | ProxyError::BadRequestBody(_)
+        | ProxyError::ClientHeaderTimeout
+        | ProxyError::ClientTimeout
+        | ProxyError::ClientClosed
+        | ProxyError::ClientIo(_)
+        | ProxyError::RateLimited
+        | ProxyError::NoBackend
+        | ProxyError::ConnectFailed { .. }
+        | ProxyError::ConnectTimeout { .. }
+        | ProxyError::UpstreamTimeout { .. }
+        | ProxyError::BadResponse { .. } => false,
+    };
+    let replayable = match stage {
+        Stage::Writing => bodiless,
+        Stage::Awaiting => bodiless && idempotent,
+    };
+    if connection_failed && replayable {
+        Retry::Elsewhere
+    } else {
+        Retry::No
+    }
+}
+
+/// The backends one request has tried, and how many more tries it has.
+struct Route {
+    tried: Vec<usize>,
+    /// Most backends tried for one request (`upstream.max_connect_attempts`).
+    limit: usize,
+    /// Exchanges that failed before any response byte and were sent again.
+    replays: u32,
+}
+
+/// A request is replayed after a failed exchange at most this often, whatever the attempt limit: with one backend,
+/// once on a fresh connection (the keep-alive race).
+const MAX_REPLAYS: u32 = 2;
+
+impl Route {
+    fn new(limit: u32) -> Route {
+        Route {
+            tried: Vec::new(),
+            limit: limit.max(1) as usize,
+            replays: 0,
+        }
+    }
+
+    /// Records that `index` failed; whether the request may try again.
+    fn failed(&mut self, index: usize, backends: usize) -> bool {
+        if !self.tried.contains(&index) {
+            self.tried.push(index);
+        }
+        self.tried.len() < self.limit.min(backends)
+    }
+
+    /// Records a failed exchange to be sent again; false when the request has been replayed enough.
+    fn replay(&mut self, index: usize) -> bool {
+        if !self.tried.contains(&index) {
+            self.tried.push(index);
+        }
+        self.replays += 1;
+        self.replays <= MAX_REPLAYS && self.replays as usize <= self.limit
+    }
+}
+
+/// A backend chosen for one attempt and the connection to it.
+struct Upstream {
+    index: usize,
+    backend: Rc<BackendState>,
+    connection: BufferedStream,
+    reused: bool,
+}
+
+/// Picks a backend (one `route` has not tried when there is one) and a connection to it: an idle one that is
+/// clean, or a new one. A failed connect moves on to the next backend.
 async fn open_upstream(
     context: &WorkerContext,
     generation: &Generation,
-) -> Result<(Rc<BackendState>, BufferedStream, bool), ProxyError> {
+    route: &mut Route,
+) -> Result<Upstream, ProxyError> {
     let upstream = &generation.config.upstream;
-    let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     loop {
         let now = Instant::now();
         let backends = &generation.backends;
         let accepting = &generation.accepting;
+        let tried = &route.tried;
         let pick = generation
             .balancer
             .pick(|index| accepting[index] && !tried.contains(&index) && backends[index].available(now))
-            // Every backend marked down: try one anyway rather than refuse outright; it may be back.
+            // Every untried backend marked down: try one anyway rather than refuse outright; it may be back.
             .or_else(|| {
-                if tried.is_empty() {
+                generation
+                    .balancer
+                    .pick(|index| accepting[index] && !tried.contains(&index))
+            })
+            // A request replayed after a failed exchange, with every backend tried: a fresh connection to one
+            // of them (its idle pool was purged) rather than none.
+            .or_else(|| {
+                if route.replays > 0 && last_error.is_none() {
                     generation.balancer.pick(|index| accepting[index])
                 } else {
                     None
@@ -127,26 +225,54 @@ async fn open_upstream(
             return Err(last_error.unwrap_or(ProxyError::NoBackend));
         };
         let backend = Rc::clone(&backends[index]);
-        if let Some(connection) = backend.take_idle(now, upstream.idle_timeout) {
-            return Ok((backend, connection, true));
+        if let Some(connection) = take_clean_idle(context, &backend, now, upstream.idle_timeout) {
+            return Ok(Upstream {
+                index,
+                backend,
+                connection,
+                reused: true,
+            });
         }
         match Box::pin(connect(context, &backend, generation)).await {
             Ok(connection) => {
                 backend.mark_succeeded();
-                return Ok((backend, connection, false));
+                return Ok(Upstream {
+                    index,
+                    backend,
+                    connection,
+                    reused: false,
+                });
             }
             Err(error) => {
-                tracing::warn!(backend = %backend.id, error = %error, "backend connect failed; trying another");
+                context.warn_backend(&backend, &error, "backend connect failed; trying another");
                 backend.mark_failed(now + upstream.fail_timeout);
                 context.with_metrics(|metrics| metrics.retried("connect_failed"));
-                tried.push(index);
                 last_error = Some(error);
-                if tried.len() >= upstream.max_connect_attempts as usize || tried.len() >= backends.len() {
+                if !route.failed(index, backends.len()) {
                     return Err(last_error.unwrap_or(ProxyError::NoBackend));
                 }
             }
         }
     }
+}
+
+/// The freshest idle connection to `backend` on which nothing is waiting to be read. One with bytes pending holds
+/// a response nobody asked for (a misbehaving backend), one at EOF was closed by the backend: either would hand
+/// this request an answer that is not its own, so it is closed and the next one is checked.
+fn take_clean_idle(
+    context: &WorkerContext,
+    backend: &BackendState,
+    now: Instant,
+    max_idle: std::time::Duration,
+) -> Option<BufferedStream> {
+    while let Some(connection) = backend.take_idle(now, max_idle) {
+        match connection.pending_input() {
+            PendingInput::Nothing => return Some(connection),
+            PendingInput::Bytes => context.with_metrics(|metrics| metrics.upstream_discarded("unsolicited_bytes")),
+            PendingInput::Closed => context.with_metrics(|metrics| metrics.upstream_discarded("closed_by_backend")),
+        }
+    }
+    None
 }
 
 /// Reads a final (non-1xx) response head. The `bool` in the error says whether any response byte arrived.
@@ -227,6 +353,8 @@ fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
             backend: backend.id.clone(),
         },
         BodyError::Malformed(error) => bad_response(backend, &error.to_string()),
+        // Only a watched copy stops this way, and `send_request` handles it before mapping errors.
+        BodyError::Answered(_) => bad_response(backend, "answered before the request body was sent"),
     }
 }
 
@@ -238,6 +366,100 @@ fn client_error(error: BodyError) -> ProxyError {
         BodyError::Read(source) | BodyError::Write(source) => ProxyError::ClientIo(source),
         BodyError::ReadEof => ProxyError::ClientClosed,
         BodyError::Malformed(error) => ProxyError::BadRequestBody(error),
+        // The client is never the watched side of a copy.
+        BodyError::Answered(_) => ProxyError::ClientClosed,
+    }
+}
+
+/// How sending a request ended.
+enum Sent {
+    /// Head and body reached the backend's socket; the body held this many bytes.
+    Complete(u64),
+    /// The backend answered before the body was complete (this many body bytes were read from the client): the
+    /// rest stays unread, so neither connection can carry another exchange.
+    Answered(u64),
+}
+
+/// A request that could not be sent, and whether the client's connection is still in sync.
+struct SendFailure {
+    error: ProxyError,
+    stage: Stage,
+    request_consumed: bool,
+    response_started: bool,
+}
+
+/// Sends the request head in `scratch` and streams the body, watching for an early answer from the backend.
+async fn send_request(
+    client: &mut BufferedStream,
+    upstream: &mut BufferedStream,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    generation: &Generation,
+    pipes: Option<&PipePool>,
+    backend: &BackendState,
+) -> Result<Sent, SendFailure> {
+    let timeouts = &generation.config.timeouts;
+    if head.framing.is_empty() {
+        let (result, buf) = upstream
+            .write_all(std::mem::take(scratch), timeouts.upstream_response)
+            .await;
+        *scratch = buf;
+        return match result {
+            Ok(()) => Ok(Sent::Complete(0)),
+            Err(source) => Err(SendFailure {
+                error: upstream_error(backend, BodyError::Write(source)),
+                stage: Stage::Writing,
+                request_consumed: true,
+                response_started: false,
+            }),
+        };
+    }
+    if head.expect_continue && head.version == Version::Http11 {
+        let (result, _) = client.write_all(CONTINUE.to_vec(), timeouts.client_idle).await;
+        if let Err(source) = result {
+            return Err(SendFailure {
+                error: ProxyError::ClientIo(source),
+                stage: Stage::Writing,
+                request_consumed: false,
+                // No other answer can follow a broken write.
+                response_started: true,
+            });
+        }
+    }
+    let encoding = match head.framing {
+        BodyFraming::Chunked => Encoding::Chunked,
+        _ => Encoding::Identity,
+    };
+    let copy_timeouts = CopyTimeouts {
+        read: timeouts.client_idle,
+        write: timeouts.upstream_response,
+    };
+    let copied = copy_body(
+        client,
+        upstream,
+        head.framing,
+        encoding,
+        scratch,
+        copy_timeouts,
+        pipes,
+        ReplyWatch::Watch,
+    )
+    .await;
+    match copied {
+        Ok(received) => Ok(Sent::Complete(received)),
+        Err(BodyError::Answered(received)) => Ok(Sent::Answered(received)),
+        Err(error) => {
+            let error = match error {
+                BodyError::Write(_) => upstream_error(backend, error),
+                other => client_error(other),
+            };
+            Err(SendFailure {
+                error,
+                stage: Stage::Writing,
+                request_consumed: false,
+                response_started: false,
+            })
+        }
     }
 }
 
@@ -260,106 +482,82 @@ pub async fn forward(
             backend: backend.map(|backend| backend.id.clone()),
         };
     let bodiless = head.framing.is_empty();
+    let idempotent = head.method.is_idempotent();
     let pipes = generation.config.server.splice_bodies.then_some(&context.pipes);
+    let mut route = Route::new(generation.config.upstream.max_connect_attempts);
 
-    let (backend, mut upstream, mut reused) = open_upstream(context, generation)
-        .await
-        .map_err(|error| fail(error, false, bodiless, None))?;
-    let _in_flight = backend.begin_request();
-    stats.backend = Some(Rc::clone(&backend));
-    context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
-    let client_side = ClientSide {
-        address: request.peer_ip.as_bytes(),
-        scheme: "http",
-        fallback_host: &backend.authority,
-        request_id: request.request_id.as_bytes(),
-    };
-    scratch.clear();
-    write_upstream_request(scratch, request.head_bytes, head, &client_side);
+    let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
+        let Upstream {
+            index,
+            backend,
+            connection: mut upstream,
+            reused,
+        } = open_upstream(context, generation, &mut route)
+            .await
+            .map_err(|error| fail(error, false, bodiless, None))?;
+        let in_flight = backend.begin_request();
+        stats.backend = Some(Rc::clone(&backend));
+        context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
+        let client_side = ClientSide {
+            address: request.peer_ip.as_bytes(),
+            scheme: "http",
+            fallback_host: &backend.authority,
+            request_id: request.request_id.as_bytes(),
+        };
+        scratch.clear();
+        write_upstream_request(scratch, request.head_bytes, head, &client_side);
 
-    let upstream_timeouts = CopyTimeouts {
-        read: timeouts.client_idle,
-        write: timeouts.upstream_response,
-    };
-    let mut retried = false;
-    let mut sent_at: Instant;
-    let response = loop {
-        sent_at = Instant::now();
-        // Send the head, and the body if there is one.
-        if bodiless {
-            let (result, buf) = upstream
-                .write_all(std::mem::take(scratch), timeouts.upstream_response)
-                .await;
-            *scratch = buf;
-            if let Err(source) = result {
-                let can_retry = reused && !retried && source.kind() != std::io::ErrorKind::TimedOut;
-                if can_retry {
-                    retried = true;
-                    upstream = replace_stale(context, generation, &backend)
-                        .await
-                        .map_err(|error| fail(error, false, true, Some(&backend)))?;
-                    reused = false;
-                    continue;
-                }
-                let error = upstream_error(&backend, BodyError::Write(source));
-                return Err(fail(error, false, true, Some(&backend)));
-            }
-        } else {
-            if head.expect_continue && head.version == Version::Http11 {
-                let (result, _) = client.write_all(CONTINUE.to_vec(), timeouts.client_idle).await;
-                if let Err(source) = result {
-                    return Err(fail(ProxyError::ClientIo(source), true, false, Some(&backend)));
+        let sent_at = Instant::now();
+        let failed = match send_request(client, &mut upstream, head, scratch, generation, pipes, &backend).await {
+            Ok(sent) => {
+                let (received, complete) = match sent {
+                    Sent::Complete(received) => (received, true),
+                    Sent::Answered(received) => (received, false),
+                };
+                stats.body_received = received;
+                match read_response_head(&mut upstream, head.method, generation, &backend).await {
+                    Ok(response) => break (backend, upstream, sent_at, response, complete, in_flight),
+                    Err((error, true)) => return Err(fail(error, false, complete, Some(&backend))),
+                    Err((error, false)) => SendFailure {
+                        error,
+                        stage: Stage::Awaiting,
+                        request_consumed: complete,
+                        response_started: false,
+                    },
                 }
             }
-            let encoding = match head.framing {
-                BodyFraming::Chunked => Encoding::Chunked,
-                _ => Encoding::Identity,
-            };
-            let copied = copy_body(
-                client,
-                &mut upstream,
-                head.framing,
-                encoding,
-                scratch,
-                upstream_timeouts,
-                pipes,
-            )
-            .await;
-            match copied {
-                Ok(received) => stats.body_received = received,
-                Err(error) => {
-                    let error = match error {
-                        BodyError::Write(_) => upstream_error(&backend, error),
-                        other => client_error(other),
-                    };
-                    return Err(fail(error, false, false, Some(&backend)));
-                }
-            }
+            Err(failure) => failure,
+        };
+        // The connection failed before any response byte: the backend is likely going away, so its other idle
+        // connections on this worker are dropped, and a request that can be sent again goes elsewhere.
+        backend.purge_idle();
+        if !reused {
+            backend.mark_failed(Instant::now() + generation.config.upstream.fail_timeout);
         }
-
-        match read_response_head(&mut upstream, head.method, generation, &backend).await {
-            Ok(response) => break response,
-            Err((error, any_byte)) => {
-                let stale = matches!(error, ProxyError::UpstreamClosed { .. } | ProxyError::UpstreamIo { .. });
-                // The backend may have acted on the request before closing: only an idempotent one is sent again.
-                let replayable = bodiless && head.method.is_idempotent() && !scratch.is_empty();
-                if stale && reused && !retried && !any_byte && replayable {
-                    tracing::debug!(backend = %backend.id, "reused connection was closed by the backend; retrying");
-                    retried = true;
-                    upstream = replace_stale(context, generation, &backend)
-                        .await
-                        .map_err(|error| fail(error, false, true, Some(&backend)))?;
-                    reused = false;
-                    continue;
-                }
-                return Err(fail(error, false, true, Some(&backend)));
-            }
+        let retry = retry_decision(&failed.error, failed.stage, bodiless, idempotent);
+        if retry == Retry::Elsewhere && failed.request_consumed && route.replay(index) {
+            context.warn_backend(
+                &backend,
+                &failed.error,
+                "upstream connection failed before responding; retrying",
+            );
+            context
+                .with_metrics(|metrics| metrics.retried(if reused { "stale_connection" } else { "upstream_failed" }));
+            continue;
         }
+        return Err(fail(
+            failed.error,
+            failed.response_started,
+            failed.request_consumed,
+            Some(&backend),
+        ));
     };
 
-    // Stream the response back.
+    // Stream the response back. After an early answer the client is still sending a body nobody will read: the
+    // response says `Connection: close` and the connection lingers (RFC 9112 §9.6) rather than drain a body of
+    // any size.
     let client_framing = ClientFraming::for_response(response.framing, head.version);
-    let close = head.close || context.draining() || client_framing.forces_close();
+    let close = head.close || context.draining() || client_framing.forces_close() || !request_complete;
     let shape = ResponseShape {
         framing: client_framing,
         client_version: head.version,
@@ -389,6 +587,7 @@ pub async fn forward(
         scratch,
         client_timeouts,
         pipes,
+        ReplyWatch::Ignore,
     )
     .await
     {
@@ -398,21 +597,119 @@ pub async fn forward(
                 BodyError::Write(_) => client_error(error),
                 other => upstream_error(&backend, other),
             };
-            return Err(fail(error, true, true, Some(&backend)));
+            return Err(fail(error, true, request_complete, Some(&backend)));
         }
     }
 
-    let reusable = !response.close
-        && response.framing != BodyFraming::UntilClose
-        && upstream.buffered().is_empty()
-        && !upstream.expired();
-    if reusable {
-        let capacity = generation.config.upstream.max_idle_per_backend;
-        backend.put_idle(upstream, Instant::now(), capacity);
+    match upstream_after_exchange(&upstream, &response, request_complete) {
+        AfterExchange::Reuse => {
+            let capacity = generation.config.upstream.max_idle_per_backend;
+            backend.put_idle(upstream, Instant::now(), capacity);
+        }
+        AfterExchange::Close => {}
+        AfterExchange::Discard(reason) => context.with_metrics(|metrics| metrics.upstream_discarded(reason)),
     }
-    Ok(if close {
+    Ok(if !request_complete {
+        Disposition::Linger
+    } else if close {
         Disposition::Close
     } else {
         Disposition::KeepAlive
     })
+}
+
+/// What becomes of an upstream connection whose exchange ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterExchange {
+    /// Back to the idle pool.
+    Reuse,
+    /// Closed as the backend asked (or as the framing requires).
+    Close,
+    /// Closed because the exchange was not clean; the reason is counted.
+    Discard(&'static str),
+}
+
+/// A connection goes back to the pool only when the exchange on it ended exactly where both sides agree it did:
+/// the whole request was written, the response ended at its framed end, and nothing more arrived.
+fn upstream_after_exchange(
+    upstream: &BufferedStream,
+    response: &ResponseHead,
+    request_complete: bool,
+) -> AfterExchange {
+    if upstream.expired() || response.close || response.framing == BodyFraming::UntilClose {
+        AfterExchange::Close
+    } else if !request_complete {
+        AfterExchange::Discard("early_response")
+    } else if !upstream.buffered().is_empty() {
+        AfterExchange::Discard("bytes_after_response")
+    } else {
+        AfterExchange::Reuse
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reset() -> ProxyError {
+        ProxyError::UpstreamIo {
+            backend: "b".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        }
+    }
+
+    #[test]
+    fn an_idempotent_bodiless_request_is_sent_elsewhere_after_a_silent_failure() {
+        for stage in [Stage::Writing, Stage::Awaiting] {
+            assert_eq!(retry_decision(&reset(), stage, true, true), Retry::Elsewhere);
+            let closed = ProxyError::UpstreamClosed { backend: "b".into() };
+            assert_eq!(retry_decision(&closed, stage, true, true), Retry::Elsewhere);
+        }
+    }
+
+    #[test]
+    fn a_post_is_sent_again_only_when_the_backend_cannot_have_seen_it() {
+        assert_eq!(retry_decision(&reset(), Stage::Writing, true, false), Retry::Elsewhere);
+        assert_eq!(retry_decision(&reset(), Stage::Awaiting, true, false), Retry::No);
+    }
+
+    #[test]
+    fn a_streamed_body_is_never_sent_again() {
+        assert_eq!(retry_decision(&reset(), Stage::Writing, false, true), Retry::No);
+        assert_eq!(retry_decision(&reset(), Stage::Awaiting, false, true), Retry::No);
+    }
+
+    #[test]
+    fn a_slow_or_garbled_answer_is_not_retried() {
+        let slow = ProxyError::UpstreamTimeout { backend: "b".into() };
+        let garbled = ProxyError::BadResponse {
+            backend: "b".into(),
+            reason: "x".into(),
+        };
+        for error in [slow, garbled] {
+            assert_eq!(retry_decision(&error, Stage::Awaiting, true, true), Retry::No);
+        }
+    }
+
+    #[test]
+    fn a_route_tries_each_backend_once_within_its_limit() {
+        let mut route = Route::new(3);
+        assert!(route.failed(0, 5));
+        assert!(route.failed(0, 5), "the same backend is counted once");
+        assert!(route.failed(1, 5));
+        assert!(!route.failed(2, 5), "three tried of a limit of three");
+        let mut small = Route::new(3);
+        assert!(!small.failed(0, 1), "one backend, nothing else to try");
+    }
+
+    #[test]
+    fn replays_are_bounded() {
+        let mut route = Route::new(10);
+        assert!(route.replay(0));
+        assert!(route.replay(0));
+        assert!(!route.replay(0));
+        let mut single = Route::new(1);
+        assert!(single.replay(0), "one replay even with an attempt limit of one");
+        assert!(!single.replay(0));
+    }
 }

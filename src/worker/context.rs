@@ -32,6 +32,35 @@ pub struct BackendState {
     /// Until when this worker skips the backend after a failed connect.
     down_until: Cell<Option<Instant>>,
     in_flight: Cell<u32>,
+    /// Warnings about this backend from this worker.
+    warnings: WarningGate,
+}
+
+/// Warnings of one kind are logged at most this often per worker.
+const WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Lets one warning of a kind through a second, so a backend that is down does not flood the log (and the worker)
+/// with a line per request; counts what it held back.
+#[derive(Debug, Default)]
+pub struct WarningGate {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl WarningGate {
+    /// `Some(held back since the last one)` when a warning may be logged now.
+    pub fn open(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(last) if now.saturating_duration_since(last) < WARNING_INTERVAL => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
 }
 
 impl BackendState {
@@ -44,6 +73,7 @@ impl BackendState {
             idle: RefCell::new(IdlePool::default()),
             down_until: Cell::new(None),
             in_flight: Cell::new(0),
+            warnings: WarningGate::default(),
         }
     }
 
@@ -78,6 +108,11 @@ impl BackendState {
         if self.down_until.get().is_some() {
             self.down_until.set(None);
         }
+    }
+
+    /// Drops every idle connection to this backend on this worker (one of them just failed).
+    pub fn purge_idle(&self) {
+        self.idle.borrow_mut().clear();
     }
 
     pub fn take_idle(&self, now: Instant, max_idle: Duration) -> Option<BufferedStream> {
@@ -185,6 +220,8 @@ pub struct WorkerContext {
     pub watchdog: Rc<Watchdog>,
     /// Empty pipes for splicing large bodies.
     pub pipes: PipePool,
+    /// Warnings that concern no backend (no backend available).
+    pub warnings: WarningGate,
 }
 
 impl WorkerContext {
@@ -209,6 +246,7 @@ impl WorkerContext {
             active_connections: Cell::new(0),
             watchdog: Watchdog::new(),
             pipes: PipePool::default(),
+            warnings: WarningGate::default(),
         }
     }
 
@@ -226,6 +264,13 @@ impl WorkerContext {
             *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
         }
         *self.generation.borrow_mut() = Rc::new(next);
+    }
+
+    /// Logs a warning about `backend`, at most one a second per backend (see [`WarningGate`]).
+    pub fn warn_backend(&self, backend: &BackendState, error: &dyn std::fmt::Display, message: &str) {
+        if let Some(suppressed) = backend.warnings.open(Instant::now()) {
+            tracing::warn!(backend = %backend.id, error = %error, suppressed, worker = self.index, "{message}");
+        }
     }
 
     /// Updates this worker's metrics; the borrow ends before the closure returns.

@@ -194,6 +194,11 @@ impl Backend {
         }
     }
 
+    /// A backend listening on `reserved`'s port (its listener shares the port, SO_REUSEPORT).
+    pub fn start_on(id: &str, reserved: &DeadBackend) -> Backend {
+        Backend::start_with(id, &["--port", &reserved.addr.port().to_string()])
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -218,7 +223,9 @@ impl Backend {
 
 /// A backend address that refuses every connection, reliably: the port is bound but never listens, so the kernel
 /// answers connects with a reset and no other process can take the port while the test runs. (Killing a backend
-/// instead frees its port, which a parallel test may then be given.)
+/// instead frees its port, which a parallel test may then be given.) The socket is bound with SO_REUSEPORT, so a
+/// real backend can listen on the same port ([`Backend::start_on`]) and be killed and revived there while the
+/// port stays reserved: connections go to the listener when there is one, and are refused when there is none.
 pub struct DeadBackend {
     _socket: socket2::Socket,
     pub addr: SocketAddr,
@@ -227,6 +234,7 @@ pub struct DeadBackend {
 impl DeadBackend {
     pub fn new() -> DeadBackend {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
         socket
             .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
             .unwrap();
@@ -468,6 +476,12 @@ impl Client {
 
     pub fn get(&mut self, path: &str) -> Response {
         self.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes());
+        self.read_response()
+    }
+
+    /// `GET path` carrying `X-Id: id`, for backends that echo it.
+    pub fn get_with_id(&mut self, path: &str, id: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nX-Id: {id}\r\n\r\n").as_bytes());
         self.read_response()
     }
 
