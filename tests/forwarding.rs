@@ -170,6 +170,9 @@ fn malformed_requests_get_the_right_status_and_never_reach_a_backend() {
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n  folded\r\n\r\n".to_vec(), 400),
         (b"GET\x01 / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n".to_vec(), 505),
+        // A space inside the target, or garbage where the version goes, is a malformed line, not a version.
+        (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
+        (b"GET / garbage\r\nHost: a\r\n\r\n".to_vec(), 400),
         (
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
             501,

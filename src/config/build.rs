@@ -275,6 +275,7 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
         upstream_response: section.positive_duration("upstream_response", Duration::from_secs(30), errors),
         client_header: section.positive_duration("client_header", Duration::from_secs(10), errors),
         client_idle: section.positive_duration("client_idle", Duration::from_secs(60), errors),
+        client_body: section.positive_duration("client_body", Duration::from_secs(10), errors),
     };
     section.finish(errors);
     timeouts
@@ -298,6 +299,8 @@ fn limits(top: &mut Section, errors: &mut ConfigErrors) -> Limits {
         max_header_bytes: section.integer_in("max_header_bytes", 16 * 1024, 1024, 1024 * 1024, errors) as usize,
         max_request_line: section.integer_in("max_request_line", 8 * 1024, 256, 1024 * 1024, errors) as usize,
         max_headers: section.integer_in("max_headers", 100, 8, 1000, errors) as usize,
+        max_body_bytes: section.integer_in("max_body_bytes", 1 << 30, 0, i64::MAX, errors) as u64,
+        min_body_rate: section.integer_in("min_body_rate", 1024, 1, 1 << 40, errors) as u64,
     };
     if limits.max_request_line > limits.max_header_bytes {
         errors.push(

@@ -122,6 +122,9 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// A kept-alive client connection with no request in progress, and a stalled client read or write.
     pub client_idle: Duration,
+    /// Time a request body gets before it must keep up `limits.min_body_rate`: its whole-body deadline is this
+    /// plus one second per `min_body_rate` bytes received, so a trickle is cut while a large upload is not.
+    pub client_body: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +147,12 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Most header fields in one head.
     pub max_headers: usize,
+    /// Largest request body; a larger Content-Length gets 413 before a backend is chosen, a chunked body that
+    /// grows past it is cut off.
+    pub max_body_bytes: u64,
+    /// Slowest average rate, in bytes a second, a request body may arrive at once `timeouts.client_body` has
+    /// passed (see there).
+    pub min_body_rate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

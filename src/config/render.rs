@@ -69,11 +69,12 @@ pub fn to_toml(config: &Config) -> String {
     let timeouts = &config.timeouts;
     let _ = writeln!(
         out,
-        "[timeouts]\nconnect = \"{}\"\nupstream_response = \"{}\"\nclient_header = \"{}\"\nclient_idle = \"{}\"\n",
+        "[timeouts]\nconnect = \"{}\"\nupstream_response = \"{}\"\nclient_header = \"{}\"\nclient_idle = \"{}\"\nclient_body = \"{}\"\n",
         format_duration(timeouts.connect),
         format_duration(timeouts.upstream_response),
         format_duration(timeouts.client_header),
-        format_duration(timeouts.client_idle)
+        format_duration(timeouts.client_idle),
+        format_duration(timeouts.client_body)
     );
     let upstream = &config.upstream;
     let _ = writeln!(
@@ -87,8 +88,12 @@ pub fn to_toml(config: &Config) -> String {
     let limits = &config.limits;
     let _ = writeln!(
         out,
-        "[limits]\nmax_header_bytes = {}\nmax_request_line = {}\nmax_headers = {}\n",
-        limits.max_header_bytes, limits.max_request_line, limits.max_headers
+        "[limits]\nmax_header_bytes = {}\nmax_request_line = {}\nmax_headers = {}\nmax_body_bytes = {}\nmin_body_rate = {}\n",
+        limits.max_header_bytes,
+        limits.max_request_line,
+        limits.max_headers,
+        limits.max_body_bytes,
+        limits.min_body_rate
     );
     let health = &config.healthcheck;
     let _ = writeln!(

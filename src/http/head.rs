@@ -167,6 +167,25 @@ fn check_incomplete(buf: &[u8], limits: &HeadLimits, is_request: bool) -> Result
     Ok(())
 }
 
+/// What a request line the parser refused at its version means: 505 only for a well-formed `HTTP/x.y` that corelb
+/// does not speak (RFC 9110 §15.6.6); a space inside the target, or garbage where the version goes, is a malformed
+/// request line and gets 400.
+fn request_line_version_error(buf: &[u8]) -> HeadError {
+    let line_end = buf.iter().position(|&byte| byte == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end].strip_suffix(b"\r").unwrap_or(&buf[..line_end]);
+    let mut parts = line.split(|&byte| byte == b' ');
+    let (Some(_method), Some(_target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return HeadError::Malformed("malformed request line");
+    };
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+            HeadError::UnsupportedVersion
+        }
+        _ => HeadError::Malformed("malformed request line"),
+    }
+}
+
 fn map_httparse_error(error: httparse::Error, limits: &HeadLimits) -> HeadError {
     match error {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders(limits.max_headers),
@@ -272,6 +291,7 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
             check_incomplete(buf, limits, true)?;
             return Ok(None);
         }
+        Err(httparse::Error::Version) => return Err(request_line_version_error(buf)),
         Err(error) => return Err(map_httparse_error(error, limits)),
     };
     if len > limits.max_head_bytes {
@@ -598,6 +618,25 @@ mod tests {
         assert!(head.close);
         assert_eq!(head.connection_options.len(), 1);
         assert_eq!(&text[head.connection_options[0].clone()], "X-Secret");
+    }
+
+    #[test]
+    fn only_a_well_formed_unknown_version_is_505() {
+        for line in ["GET / HTTP/2.0\r\n\r\n", "GET / HTTP/3.1\r\n\r\n"] {
+            assert_eq!(request(line).unwrap_err(), HeadError::UnsupportedVersion, "{line:?}");
+        }
+        for line in [
+            "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / garbage\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+            "GET / HTTP/x.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(
+                matches!(request(line).unwrap_err(), HeadError::Malformed(_)),
+                "{line:?}: {:?}",
+                request(line)
+            );
+        }
     }
 
     #[test]

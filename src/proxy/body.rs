@@ -5,7 +5,7 @@
 //! spliced (socket → pipe → socket in the kernel) instead of copied through user memory.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::chunked::{write_chunk, LAST_CHUNK};
 use crate::http::{BodyFraming, ChunkedDecoder, ChunkedError};
@@ -26,16 +26,47 @@ pub enum Encoding {
     Chunked,
 }
 
-/// Whether the destination may answer while the body is still on its way: a backend may send its final response
-/// before it has read the whole request body (an early 401 or 413, RFC 9112 §9.3). Watched, the copy stops as soon
-/// as the destination has anything to read, instead of pushing the rest of the body into a connection whose
-/// exchange is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyWatch {
-    /// A request body: stop when the backend answers.
-    Watch,
-    /// A response body: the client sends nothing that matters until it ends.
-    Ignore,
+/// Which body a copy moves, which decides what it watches and what bounds it.
+///
+/// A request body is bounded in size and time ([`BodyBudget`]), and its copy watches the destination: a backend may
+/// send its final response before it has read the whole body (an early 401 or 413, RFC 9112 §9.3), and then the
+/// copy stops at once instead of pushing the rest into a connection whose exchange is over. A response body is
+/// bounded only by the per-read timeouts.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyRole {
+    Request(BodyBudget),
+    Response,
+}
+
+/// What a request body may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyBudget {
+    /// Most decoded bytes (a chunked body; a Content-Length is checked before any backend is chosen).
+    pub max_bytes: u64,
+    /// When the body started to arrive.
+    pub started: Instant,
+    /// Time the body gets before it must keep up `min_rate`.
+    pub grace: Duration,
+    /// Bytes a second, on average over the whole body, once `grace` has passed.
+    pub min_rate: u64,
+}
+
+impl BodyBudget {
+    /// The wait allowed for more bytes after `received`: at most `idle`, and never past the body's deadline
+    /// (`started + grace + received / min_rate`). `Err(TooSlow)` once the deadline has passed; the flag says the
+    /// deadline, not `idle`, bounds the wait.
+    fn next_wait(&self, received: u64, idle: Duration, now: Instant) -> Result<(Duration, bool), BodyError> {
+        let earned = Duration::from_secs_f64(received as f64 / self.min_rate.max(1) as f64);
+        let deadline = self.started + self.grace + earned;
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            Err(BodyError::TooSlow)
+        } else if left < idle {
+            Ok((left, true))
+        } else {
+            Ok((idle, false))
+        }
+    }
 }
 
 /// Why a body could not be copied; the caller knows which side each direction is.
@@ -49,6 +80,12 @@ pub enum BodyError {
     Write(io::Error),
     #[error("malformed chunked body: {0}")]
     Malformed(ChunkedError),
+    /// The body grew past its budget's `max_bytes`.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body arrived slower than its budget allows.
+    #[error("body arrived too slowly")]
+    TooSlow,
     /// The destination answered (or closed) before the body was complete, after this many body bytes were read
     /// from the source.
     #[error("the peer answered after {0} body bytes, before the body was complete")]
@@ -84,8 +121,9 @@ fn encode(pending: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
 }
 
 /// Copies one body framed as `input` from `src` to `dst`, preceded by `pending` (left empty and reusable). With
-/// `pipes`, a large unencoded body is spliced. With [`ReplyWatch::Watch`], stops with [`BodyError::Answered`] once
-/// `dst` has something to read. Returns the number of body bytes delivered.
+/// `pipes`, a large unencoded body is spliced. A request body ([`BodyRole::Request`]) stops with
+/// [`BodyError::Answered`] once `dst` has something to read, and keeps to its budget. Returns the number of body
+/// bytes delivered.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_body(
     src: &mut BufferedStream,
@@ -95,44 +133,51 @@ pub async fn copy_body(
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
     pipes: Option<&PipePool>,
-    watch: ReplyWatch,
+    role: BodyRole,
 ) -> Result<u64, BodyError> {
     match input {
         BodyFraming::None | BodyFraming::Length(0) => {
             flush(dst, pending, timeouts.write).await?;
             Ok(0)
         }
-        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts, pipes, watch).await,
-        BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts, watch).await,
+        BodyFraming::Length(length) => copy_length(src, dst, length, pending, timeouts, pipes, role).await,
+        BodyFraming::Chunked => copy_chunked(src, dst, output, pending, timeouts, role).await,
         BodyFraming::UntilClose => copy_until_close(src, dst, output, pending, timeouts, pipes).await,
     }
 }
 
-/// With [`ReplyWatch::Watch`]: fails with [`BodyError::Answered`] when `dst` has already answered, without waiting.
-fn check_answered(dst: &BufferedStream, watch: ReplyWatch, delivered: u64) -> Result<(), BodyError> {
-    match watch {
-        ReplyWatch::Watch if dst.pending_input() != PendingInput::Nothing => Err(BodyError::Answered(delivered)),
-        ReplyWatch::Watch | ReplyWatch::Ignore => Ok(()),
+/// For a request body: fails with [`BodyError::Answered`] when `dst` has already answered, without waiting.
+fn check_answered(dst: &BufferedStream, role: BodyRole, delivered: u64) -> Result<(), BodyError> {
+    match role {
+        BodyRole::Request(_) if dst.pending_input() != PendingInput::Nothing => Err(BodyError::Answered(delivered)),
+        BodyRole::Request(_) | BodyRole::Response => Ok(()),
     }
 }
 
-/// Reads more body bytes into `src`. With [`ReplyWatch::Watch`], the wait for them ends early, with
-/// [`BodyError::Answered`], when `dst` answers first. Returns how many bytes arrived (0: `src` closed).
+/// Reads more body bytes into `src`, after `delivered`. For a request body, the wait ends early with
+/// [`BodyError::Answered`] when `dst` answers first, and with [`BodyError::TooSlow`] at the body's deadline.
+/// Returns how many bytes arrived (0: `src` closed).
 async fn fill_body(
     src: &mut BufferedStream,
     dst: &BufferedStream,
-    watch: ReplyWatch,
+    role: BodyRole,
     delivered: u64,
     timeout: Duration,
 ) -> Result<usize, BodyError> {
-    if watch == ReplyWatch::Watch {
-        check_answered(dst, watch, delivered)?;
-        match src.wait_readable_unless(dst, timeout).await.map_err(BodyError::Read)? {
-            Readable::This => {}
-            Readable::Other => return Err(BodyError::Answered(delivered)),
-        }
+    let BodyRole::Request(budget) = role else {
+        return fill(src, timeout).await;
+    };
+    check_answered(dst, role, delivered)?;
+    let (wait, at_deadline) = budget.next_wait(delivered, timeout, Instant::now())?;
+    let slow = |error: io::Error| match error.kind() {
+        io::ErrorKind::TimedOut if at_deadline => BodyError::TooSlow,
+        _ => BodyError::Read(error),
+    };
+    match src.wait_readable_unless(dst, wait).await.map_err(slow)? {
+        Readable::This => {}
+        Readable::Other => return Err(BodyError::Answered(delivered)),
     }
-    fill(src, timeout).await
+    src.fill(wait).await.map_err(slow)
 }
 
 async fn copy_length(
@@ -142,7 +187,7 @@ async fn copy_length(
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
     pipes: Option<&PipePool>,
-    watch: ReplyWatch,
+    role: BodyRole,
 ) -> Result<u64, BodyError> {
     let mut remaining = length;
     // The first body bytes ride along with the pending head.
@@ -154,7 +199,7 @@ async fn copy_length(
     // Nothing is buffered now unless the body is already complete.
     if remaining >= SPLICE_MIN_BODY {
         let sent = length - remaining;
-        if let Some(spliced) = try_splice(src, dst, pipes, Some(remaining), timeouts, watch).await {
+        if let Some(spliced) = try_splice(src, dst, pipes, Some(remaining), timeouts, role).await {
             return spliced.map(|_| length).map_err(|error| match error {
                 BodyError::Answered(moved) => BodyError::Answered(sent + moved),
                 other => other,
@@ -165,10 +210,10 @@ async fn copy_length(
         src.reserve_for_body();
     }
     while remaining > 0 {
-        if src.buffered().is_empty() && fill_body(src, dst, watch, length - remaining, timeouts.read).await? == 0 {
+        if src.buffered().is_empty() && fill_body(src, dst, role, length - remaining, timeouts.read).await? == 0 {
             return Err(BodyError::ReadEof);
         }
-        check_answered(dst, watch, length - remaining)?;
+        check_answered(dst, role, length - remaining)?;
         let take = (src.buffered().len() as u64).min(remaining) as usize;
         src.forward_buffered(dst, take, timeouts.write)
             .await
@@ -184,8 +229,12 @@ async fn copy_chunked(
     output: Encoding,
     pending: &mut Vec<u8>,
     timeouts: CopyTimeouts,
-    watch: ReplyWatch,
+    role: BodyRole,
 ) -> Result<u64, BodyError> {
+    let max_bytes = match role {
+        BodyRole::Request(budget) => budget.max_bytes,
+        BodyRole::Response => u64::MAX,
+    };
     let mut decoder = ChunkedDecoder::new();
     let mut delivered = 0u64;
     loop {
@@ -197,6 +246,9 @@ async fn copy_chunked(
                 })
                 .map_err(BodyError::Malformed)?;
             src.consume(used);
+            if delivered > max_bytes {
+                return Err(BodyError::TooLarge(max_bytes));
+            }
             if decoder.is_done() {
                 if output == Encoding::Chunked {
                     pending.extend_from_slice(LAST_CHUNK);
@@ -207,7 +259,7 @@ async fn copy_chunked(
         }
         flush(dst, pending, timeouts.write).await?;
         src.reserve_for_body();
-        if fill_body(src, dst, watch, delivered, timeouts.read).await? == 0 {
+        if fill_body(src, dst, role, delivered, timeouts.read).await? == 0 {
             return Err(BodyError::ReadEof);
         }
     }
@@ -233,7 +285,7 @@ async fn copy_until_close(
         flush(dst, pending, timeouts.write).await?;
         if output == Encoding::Identity {
             // Nothing is buffered: the rest can go through a pipe.
-            if let Some(spliced) = try_splice(src, dst, pipes, None, timeouts, ReplyWatch::Ignore).await {
+            if let Some(spliced) = try_splice(src, dst, pipes, None, timeouts, BodyRole::Response).await {
                 return spliced.map(|count| delivered + count);
             }
         }
@@ -256,18 +308,18 @@ async fn try_splice(
     pipes: Option<&PipePool>,
     limit: Option<u64>,
     timeouts: CopyTimeouts,
-    watch: ReplyWatch,
+    role: BodyRole,
 ) -> Option<Result<u64, BodyError>> {
     let pool = pipes?;
     let mut pipe = pool.take()?;
-    let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts, watch).await;
+    let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts, role).await;
     pool.give_back(pipe);
     Some(spliced)
 }
 
 /// Moves the rest of a body, `limit` bytes or (`None`) everything until `src` closes, from `src` to `dst` through
 /// `pipe`, counting them in `pool`. Nothing may be buffered in `src`. Returns the bytes moved; with
-/// [`ReplyWatch::Watch`], stops with [`BodyError::Answered`] once `dst` answers.
+/// a request body, stops with [`BodyError::Answered`] once `dst` answers, and keeps to the body's deadline.
 async fn splice_body(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
@@ -275,7 +327,7 @@ async fn splice_body(
     pool: &PipePool,
     limit: Option<u64>,
     timeouts: CopyTimeouts,
-    watch: ReplyWatch,
+    role: BodyRole,
 ) -> Result<u64, BodyError> {
     let source = src.prepare_splice().map_err(BodyError::Read)?;
     let target = dst.prepare_splice().map_err(BodyError::Write)?;
@@ -283,7 +335,7 @@ async fn splice_body(
     let mut next_turn = SPLICE_FAIR_SHARE;
     let mut source_done = limit == Some(0);
     loop {
-        check_answered(dst, watch, moved)?;
+        check_answered(dst, role, moved)?;
         let mut progress = false;
         if !source_done && pipe.room() > 0 {
             let want = limit.map_or(usize::MAX, |limit| usize::try_from(limit - moved).unwrap_or(usize::MAX));
@@ -323,16 +375,64 @@ async fn splice_body(
         }
         // Neither side moved: wait for the one holding things up.
         if pipe.held() == 0 {
-            match watch {
-                ReplyWatch::Watch => match src.wait_readable_unless(dst, timeouts.read).await {
-                    Ok(Readable::This) => {}
-                    Ok(Readable::Other) => return Err(BodyError::Answered(moved)),
-                    Err(error) => return Err(BodyError::Read(error)),
-                },
-                ReplyWatch::Ignore => src.wait_readable(timeouts.read).await.map_err(BodyError::Read)?,
+            match role {
+                BodyRole::Request(budget) => {
+                    let (wait, at_deadline) = budget.next_wait(moved, timeouts.read, Instant::now())?;
+                    match src.wait_readable_unless(dst, wait).await {
+                        Ok(Readable::This) => {}
+                        Ok(Readable::Other) => return Err(BodyError::Answered(moved)),
+                        Err(error) if at_deadline && error.kind() == io::ErrorKind::TimedOut => {
+                            return Err(BodyError::TooSlow)
+                        }
+                        Err(error) => return Err(BodyError::Read(error)),
+                    }
+                }
+                BodyRole::Response => src.wait_readable(timeouts.read).await.map_err(BodyError::Read)?,
             }
         } else {
             dst.wait_writable(timeouts.write).await.map_err(BodyError::Write)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(started: Instant) -> BodyBudget {
+        BodyBudget {
+            max_bytes: 1 << 20,
+            started,
+            grace: Duration::from_secs(10),
+            min_rate: 1000,
+        }
+    }
+
+    #[test]
+    fn a_body_gets_its_grace_then_must_keep_up_the_rate() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(60);
+        let budget = budget(start);
+        let (wait, at_deadline) = budget.next_wait(0, idle, start).unwrap();
+        assert_eq!((wait, at_deadline), (Duration::from_secs(10), true));
+        // 15 bytes earn 15 ms: a trickle is cut soon after the grace.
+        let late = start + Duration::from_secs(9);
+        let (wait, _) = budget.next_wait(15, idle, late).unwrap();
+        assert_eq!(wait, Duration::from_millis(1015));
+        assert!(matches!(
+            budget.next_wait(15, idle, start + Duration::from_secs(11)),
+            Err(BodyError::TooSlow)
+        ));
+    }
+
+    #[test]
+    fn a_body_that_keeps_up_is_bound_only_by_the_idle_timeout() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(5);
+        // A megabyte in 20 s is 50 KB/s: far ahead of 1 KB/s.
+        let (wait, at_deadline) = budget(start)
+            .next_wait(1_000_000, idle, start + Duration::from_secs(20))
+            .unwrap();
+        assert_eq!((wait, at_deadline), (idle, false));
     }
 }

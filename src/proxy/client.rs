@@ -203,6 +203,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         peer,
         peer_ip,
         request_id,
+        started,
     };
     let mut stats = ExchangeStats::default();
     let result = forward(context, &generation, client, request, scratch, &mut stats).await;

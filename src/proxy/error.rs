@@ -14,6 +14,10 @@ pub enum ProxyError {
     BadRequestBody(ChunkedError),
     #[error("client sent no complete request head in time")]
     ClientHeaderTimeout,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("client sent its request body too slowly")]
+    ClientBodyTimeout,
     #[error("client stalled while sending or receiving a body")]
     ClientTimeout,
     #[error("client closed the connection mid-request")]
@@ -60,7 +64,8 @@ impl ProxyError {
                 HeadError::MethodNotAllowed => 405,
             }),
             ProxyError::BadRequestBody(_) => Some(400),
-            ProxyError::ClientHeaderTimeout => Some(408),
+            ProxyError::ClientHeaderTimeout | ProxyError::ClientBodyTimeout => Some(408),
+            ProxyError::BodyTooLarge { .. } => Some(413),
             ProxyError::ClientTimeout | ProxyError::ClientClosed | ProxyError::ClientIo(_) => None,
             ProxyError::RateLimited => Some(429),
             ProxyError::NoBackend => Some(503),
@@ -86,6 +91,8 @@ impl ProxyError {
             },
             ProxyError::BadRequestBody(_) => "bad_request_body",
             ProxyError::ClientHeaderTimeout => "client_header_timeout",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::ClientClosed => "client_closed",
             ProxyError::ClientIo(_) => "client_io",
@@ -105,6 +112,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::ClientHeaderTimeout
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBodyTimeout
             | ProxyError::ClientTimeout
             | ProxyError::ClientClosed
             | ProxyError::ClientIo(_)
@@ -126,6 +135,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::ClientHeaderTimeout
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBodyTimeout
             | ProxyError::ClientTimeout
             | ProxyError::ClientClosed
             | ProxyError::ClientIo(_)
@@ -145,6 +156,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         400 => "Bad Request",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
         429 => "Too Many Requests",

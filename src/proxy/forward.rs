@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use super::body::{copy_body, BodyError, CopyTimeouts, Encoding, ReplyWatch};
-use super::error::ProxyError;
+use super::body::{copy_body, BodyBudget, BodyError, BodyRole, CopyTimeouts, Encoding};
+use super::error::{ProxyError, Side};
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
@@ -50,6 +50,8 @@ pub struct Request<'a> {
     /// `peer`'s address as text, formatted once per connection.
     pub peer_ip: &'a str,
     pub request_id: &'a str,
+    /// When the request's head was read: the start of its body's time budget.
+    pub started: Instant,
 }
 
 /// What an exchange did, for metrics and the access log; filled in as far as the exchange got.
@@ -120,6 +122,8 @@ pub fn retry_decision(error: &ProxyError, stage: Stage, bodiless: bool, idempote
         ProxyError::BadRequest(_)
         | ProxyError::BadRequestBody(_)
         | ProxyError::ClientHeaderTimeout
+        | ProxyError::BodyTooLarge { .. }
+        | ProxyError::ClientBodyTimeout
         | ProxyError::ClientTimeout
         | ProxyError::ClientClosed
         | ProxyError::ClientIo(_)
@@ -355,6 +359,8 @@ fn upstream_error(backend: &BackendState, error: BodyError) -> ProxyError {
         BodyError::Malformed(error) => bad_response(backend, &error.to_string()),
         // Only a watched copy stops this way, and `send_request` handles it before mapping errors.
         BodyError::Answered(_) => bad_response(backend, "answered before the request body was sent"),
+        // Budgets bound request bodies only.
+        BodyError::TooLarge(_) | BodyError::TooSlow => bad_response(backend, "response body out of budget"),
     }
 }
 
@@ -368,6 +374,8 @@ fn client_error(error: BodyError) -> ProxyError {
         BodyError::Malformed(error) => ProxyError::BadRequestBody(error),
         // The client is never the watched side of a copy.
         BodyError::Answered(_) => ProxyError::ClientClosed,
+        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+        BodyError::TooSlow => ProxyError::ClientBodyTimeout,
     }
 }
 
@@ -389,6 +397,7 @@ struct SendFailure {
 }
 
 /// Sends the request head in `scratch` and streams the body, watching for an early answer from the backend.
+#[allow(clippy::too_many_arguments)]
 async fn send_request(
     client: &mut BufferedStream,
     upstream: &mut BufferedStream,
@@ -397,6 +406,7 @@ async fn send_request(
     generation: &Generation,
     pipes: Option<&PipePool>,
     backend: &BackendState,
+    started: Instant,
 ) -> Result<Sent, SendFailure> {
     let timeouts = &generation.config.timeouts;
     if head.framing.is_empty() {
@@ -442,7 +452,12 @@ async fn send_request(
         scratch,
         copy_timeouts,
         pipes,
-        ReplyWatch::Watch,
+        BodyRole::Request(BodyBudget {
+            max_bytes: generation.config.limits.max_body_bytes,
+            started,
+            grace: timeouts.client_body,
+            min_rate: generation.config.limits.min_body_rate,
+        }),
     )
     .await;
     match copied {
@@ -485,6 +500,14 @@ pub async fn forward(
     let idempotent = head.method.is_idempotent();
     let pipes = generation.config.server.splice_bodies.then_some(&context.pipes);
     let mut route = Route::new(generation.config.upstream.max_connect_attempts);
+    let max_body_bytes = generation.config.limits.max_body_bytes;
+    if let BodyFraming::Length(length) = head.framing {
+        if length > max_body_bytes {
+            // Refused before any backend is chosen: the body is never read, the connection lingers and closes.
+            let error = ProxyError::BodyTooLarge { limit: max_body_bytes };
+            return Err(fail(error, false, false, None));
+        }
+    }
 
     let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let Upstream {
@@ -508,7 +531,18 @@ pub async fn forward(
         write_upstream_request(scratch, request.head_bytes, head, &client_side);
 
         let sent_at = Instant::now();
-        let failed = match send_request(client, &mut upstream, head, scratch, generation, pipes, &backend).await {
+        let failed = match send_request(
+            client,
+            &mut upstream,
+            head,
+            scratch,
+            generation,
+            pipes,
+            &backend,
+            request.started,
+        )
+        .await
+        {
             Ok(sent) => {
                 let (received, complete) = match sent {
                     Sent::Complete(received) => (received, true),
@@ -528,6 +562,15 @@ pub async fn forward(
             }
             Err(failure) => failure,
         };
+        if failed.error.side() != Side::Upstream {
+            // The client failed (or its body was out of budget): the backend is not to blame.
+            return Err(fail(
+                failed.error,
+                failed.response_started,
+                failed.request_consumed,
+                Some(&backend),
+            ));
+        }
         // The connection failed before any response byte: the backend is likely going away, so its other idle
         // connections on this worker are dropped, and a request that can be sent again goes elsewhere.
         backend.purge_idle();
@@ -587,7 +630,7 @@ pub async fn forward(
         scratch,
         client_timeouts,
         pipes,
-        ReplyWatch::Ignore,
+        BodyRole::Response,
     )
     .await
     {
