@@ -188,3 +188,38 @@ fn epoll_can_be_forced() {
     let ready = process.wait_for_line("corelb ready", Duration::from_secs(10));
     assert!(ready.contains("driver=\"epoll\""), "{ready}");
 }
+
+#[test]
+fn run_refuses_a_control_socket_path_that_names_another_file_and_leaves_it_alone() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "self.toml",
+        "[server]\nworkers = 1\n[metrics]\nport = 0\n[control]\nsocket = \"self.toml\"\n\
+         [[frontends]]\naddress = \"127.0.0.1\"\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+    );
+    let before = std::fs::read(&path).unwrap();
+    let output = Command::new(CORELB).arg("run").arg("-c").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file named by control.socket is untouched");
+}
+
+#[test]
+fn ctl_into_a_closed_pipe_exits_quietly() {
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "", ""));
+    // `ctl status | head -0`: the reader is gone before ctl prints.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' ctl --socket '{}' status | head -c 0; exit 0",
+            CORELB,
+            corelb.socket().display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}

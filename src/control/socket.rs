@@ -3,7 +3,7 @@
 //! an error reply and the connection stays usable; a line over 1 MiB is refused and skipped.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -16,7 +16,15 @@ use super::ControlRequest;
 
 /// Binds the socket (mode 0600) and serves it on a background thread.
 pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
-    if path.exists() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        // Only a socket is ever removed: a path that names anything else (a typo naming the config file, say) is
+        // refused and left alone.
+        if !metadata.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to replace it (choose another control.socket)",
+            ));
+        }
         // A socket file left by a process that is gone is removed; a live one means another corelb owns it.
         if UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
@@ -31,8 +39,21 @@ pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("corelb-control-socket".into())
         .spawn(move || {
+            let mut last_warning: Option<std::time::Instant> = None;
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        // Out of descriptors (EMFILE/ENFILE) or the like: back off instead of spinning, and say so
+                        // at most once a second.
+                        if last_warning.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                            tracing::warn!(%error, "control socket accept failed; backing off");
+                            last_warning = Some(std::time::Instant::now());
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                };
                 let requests = requests.clone();
                 let _ = std::thread::Builder::new()
                     .name("corelb-control-client".into())
