@@ -233,7 +233,11 @@ pub fn run(args: &CtlArgs) -> ExitCode {
     if args.json {
         println!("{reply}");
     } else if ok {
-        print_result(&args.verb, reply.get("result").unwrap_or(&Value::Null));
+        let result = reply.get("result").unwrap_or(&Value::Null);
+        print_result(&args.verb, result);
+        if let Some(note) = result.get("note").and_then(Value::as_str) {
+            println!("note: {note}");
+        }
     } else {
         let error = reply.get("error").cloned().unwrap_or(Value::Null);
         eprintln!(

@@ -202,7 +202,11 @@ fn run_refuses_a_control_socket_path_that_names_another_file_and_leaves_it_alone
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("not a socket"), "{stderr}");
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the file named by control.socket is untouched");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file named by control.socket is untouched"
+    );
 }
 
 #[test]

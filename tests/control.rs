@@ -167,6 +167,19 @@ fn refusals_have_a_kind_and_change_nothing() {
             ],
             "refused (restart_required)",
         ),
+        (
+            vec![
+                "config".into(),
+                "apply".into(),
+                dir.write(
+                    "format.toml",
+                    &config_for(&[(&backends[0], 1)], 1, "", "[logging]\nformat = \"json\"\n"),
+                )
+                .display()
+                .to_string(),
+            ],
+            "logging.format",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -176,6 +189,11 @@ fn refusals_have_a_kind_and_change_nothing() {
     }
     let (_, out, _) = corelb.ctl(&["versions"]);
     assert!(out.contains("1*") && !out.contains("\n2"), "nothing was applied: {out}");
+
+    // Applied, but the reply says a weight does nothing under round_robin.
+    let (code, out, err) = corelb.ctl(&["backend", "set", &backends[0].addr.to_string(), "--weight", "5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("note:") && out.contains("ignores weights"), "{out}");
 
     let output = std::process::Command::new(common::CORELB)
         .args(["ctl", "--socket", "/nonexistent/corelb.sock", "status"])

@@ -396,7 +396,18 @@ impl Control {
                 let mut candidate = (*self.config).clone();
                 let index = self.backend_index(&id)?;
                 candidate.backends[index].weight = weight;
-                self.commit(candidate, &source, None)
+                let algorithm = candidate.balancer.algorithm;
+                let mut reply = self.commit(candidate, &source, None)?;
+                if algorithm == crate::config::Algorithm::RoundRobin {
+                    // Applied, so a later switch to a weighted algorithm uses it; but it changes nothing today.
+                    if let Some(object) = reply.as_object_mut() {
+                        object.insert(
+                            "note".into(),
+                            json!("balancer.algorithm is round_robin, which ignores weights: this weight has no effect until a weighted algorithm is chosen"),
+                        );
+                    }
+                }
+                Ok(reply)
             }
             Command::BackendDrain { id } => {
                 let mut candidate = (*self.config).clone();
@@ -644,6 +655,10 @@ impl Control {
         }
         if candidate.access_log.path != current.access_log.path {
             reasons.push("access_log.path");
+        }
+        // The diagnostic log's subscriber is installed once at start; its level can change live, its format not.
+        if candidate.logging.format != current.logging.format {
+            reasons.push("logging.format");
         }
         reasons
     }
