@@ -467,6 +467,13 @@ fn admin_api_runs_the_same_commands() {
     let (status, body) = call("GET", "/api/v1/config", "", token);
     assert_eq!(status, 200);
     assert!(body["result"]["toml"].as_str().unwrap().contains("weight = 4"));
+    let shown = body["result"]["toml"].as_str().unwrap();
+    assert!(
+        !shown.contains("s3cret") && shown.contains("<redacted>"),
+        "the token is never shown: {shown}"
+    );
+    let (_, out, _) = corelb.ctl(&["config", "show"]);
+    assert!(!out.contains("s3cret"), "{out}");
     let (status, _) = call("DELETE", &format!("/api/v1/backends/{b}"), "", token);
     assert_eq!(status, 200);
     let (status, body) = call("GET", "/api/v1/versions", "", token);
@@ -485,19 +492,26 @@ fn admin_api_runs_the_same_commands() {
 }
 
 #[test]
-fn admin_api_off_loopback_requires_a_token() {
-    let dir = TempDir::new();
-    let path = dir.write(
-        "open.toml",
-        "[[frontends]]\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n[admin]\nenabled = true\naddress = \"0.0.0.0\"\n",
-    );
-    let output = std::process::Command::new(common::CORELB)
-        .arg("run")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr)
-        .contains("admin.token: is required when admin.address (0.0.0.0) is not a loopback address"));
+fn admin_api_requires_a_token_on_every_address() {
+    for address in ["127.0.0.1", "0.0.0.0"] {
+        let dir = TempDir::new();
+        let path = dir.write(
+            "open.toml",
+            &format!(
+                "[[frontends]]\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n[admin]\nenabled = true\naddress = \"{address}\"\n"
+            ),
+        );
+        let output = std::process::Command::new(common::CORELB)
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{address}: {stderr}");
+        assert!(
+            stderr.contains("admin.token: is required when the admin API is enabled"),
+            "{address}: {stderr}"
+        );
+    }
 }

@@ -529,10 +529,11 @@ fn admin(top: &mut Section, errors: &mut ConfigErrors) -> AdminConfig {
             "must not be empty (remove the key for no token)",
         );
     }
-    if enabled && !address.is_loopback() && token.is_none() {
+    if enabled && token.is_none() {
+        // Loopback too: any local user could otherwise add backends or read the config.
         errors.push(
             section.key_path("token"),
-            format!("is required when admin.address ({address}) is not a loopback address"),
+            format!("is required when the admin API is enabled (on every address, {address} included)"),
         );
     }
     section.finish(errors);

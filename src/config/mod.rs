@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use build::parse_config;
 pub use error::{ConfigError, ConfigErrors};
-pub use render::{diff, to_toml};
+pub use render::{diff, to_toml, to_toml_redacted};
 
 /// The whole, validated configuration. Immutable once built: a change is a new `Config`.
 #[derive(Debug, Clone, PartialEq)]

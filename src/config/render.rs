@@ -22,6 +22,19 @@ fn algorithm_name(algorithm: Algorithm) -> &'static str {
 }
 
 /// Writes `config` as TOML.
+/// What [`to_toml_redacted`] shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// [`to_toml`] for showing: secrets (the admin token) are replaced by [`REDACTED`]. Applying such a text back
+/// would change the token, which needs a restart, so it is refused rather than taken as the new token.
+pub fn to_toml_redacted(config: &Config) -> String {
+    let mut shown = config.clone();
+    if let Some(token) = &mut shown.admin.token {
+        *token = REDACTED.to_string();
+    }
+    to_toml(&shown)
+}
+
 pub fn to_toml(config: &Config) -> String {
     let mut out = String::new();
     let server = &config.server;

@@ -350,7 +350,10 @@ impl Control {
         }
         match command {
             Command::Status => Ok(self.status()),
-            Command::ConfigShow => Ok(json!({ "version": self.snapshot.version, "toml": to_toml(&self.config) })),
+            Command::ConfigShow => Ok(json!({
+                "version": self.snapshot.version,
+                "toml": crate::config::to_toml_redacted(&self.config),
+            })),
             Command::ConfigApply { toml } => {
                 let result = self
                     .parse_candidate(&toml)
