@@ -160,7 +160,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         let mut client = common::Client::connect(addr);
         client.get("/?delay=700ms")
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until_upstream_connection_open(&corelb);
     corelb.process.signal(libc::SIGTERM);
     let response = in_flight.join().unwrap();
     assert_eq!(response.status, 200, "the in-flight request completed");
@@ -226,4 +226,47 @@ fn ctl_into_a_closed_pipe_exits_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
+
+#[test]
+fn sigterm_closes_the_listeners_at_once_while_in_flight_requests_finish() {
+    let backend = Backend::start("slow");
+    let mut corelb = Corelb::start(&config_for(&[(&backend, 1)], 2, "", ""));
+    let addr = corelb.addr;
+    let in_flight = std::thread::spawn(move || common::Client::connect(addr).get("/?delay=3s"));
+    wait_until_upstream_connection_open(&corelb);
+    corelb.process.signal(libc::SIGTERM);
+    // New connections are refused while the slow request is still being served, not queued until exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "{error}");
+                break;
+            }
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "still accepting connections 2 s after SIGTERM"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "refused while the in-flight request was still running"
+    );
+    assert_eq!(in_flight.join().unwrap().status, 200, "the in-flight request completed");
+    assert_eq!(corelb.process.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// Waits until a request is in flight: its upstream connection is open (a condition, not a pause).
+fn wait_until_upstream_connection_open(corelb: &Corelb) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::metric_sum(&corelb.scrape(), "corelb_upstream_connections_open", "") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never went upstream"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -191,6 +191,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         spec.workers,
     ));
     let accept_canceller = Canceller::new();
+    let listener_fds: Vec<std::os::fd::RawFd> = listeners.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     for (frontend, listener) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(
             Rc::clone(&context),
@@ -206,9 +207,19 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
 
     serve_inbox(&context, &inbox, wake, &spec.events).await;
 
-    // Graceful shutdown: stop accepting, close idle connections, let in-flight exchanges finish.
-    let _ = accept_canceller.cancel();
+    // Graceful shutdown: stop listening, close idle connections, let in-flight exchanges finish. Cancelling the
+    // accepts alone is not enough: on io_uring a cancelled accept may stay pending, and the listener with it, so
+    // new connections would queue until exit and then be reset. shutdown(2) on a listening socket stops it
+    // listening at once (new connections are refused) and ends the pending accept, on both drivers.
     context.start_draining();
+    for fd in listener_fds {
+        // SAFETY: each descriptor is owned by its accept task's listener, which lives until that task returns;
+        // the tasks return only after this loop (they see `draining` on their next turn), so none is closed yet.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+    let _ = accept_canceller.cancel();
     let grace = context.generation().config.server.shutdown_grace;
     let deadline = Instant::now() + grace;
     while context.active_connections() > 0 && Instant::now() < deadline {
