@@ -310,3 +310,48 @@ fn ctl_metrics_summarises_the_merged_figures() {
     assert_eq!(reply["result"]["requests"], 40);
     assert!(reply["result"]["p99_seconds"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn health_reports_tell_the_truth_after_the_skip_window_and_removed_backends_leave_no_gauges() {
+    let live = Backend::start("live");
+    let dead = DeadBackend::new();
+    let corelb = Corelb::start(&config_from_urls(
+        &[(live.url(), 1), (dead.url(), 1)],
+        1,
+        "",
+        "[upstream]\nfail_timeout = \"100ms\"\n",
+    ));
+    for _ in 0..4 {
+        assert_eq!(corelb.get("/").status, 200);
+    }
+    // Past the skip window the worker would try the dead backend again, but it has not answered since: down.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let dead_id = dead.addr.to_string();
+    let (_, backends, _) = corelb.ctl(&["backends"]);
+    let row = backends
+        .lines()
+        .find(|line| line.contains(&dead_id))
+        .expect("dead backend row");
+    assert!(row.contains("down"), "{backends}");
+    let health = common::Client::connect(corelb.metrics_addr()).get("/health");
+    assert!(health.text().contains("\"healthy_backends\":1"), "{}", health.text());
+    let text = corelb.scrape();
+    assert_eq!(sum(&text, "corelb_backend_up", &dead_id), 0.0, "{text}");
+    assert_eq!(sum(&text, "corelb_backend_up", &live.addr.to_string()), 1.0, "{text}");
+
+    let (code, _, err) = corelb.ctl(&["backend", "remove", &dead_id]);
+    assert_eq!(code, 0, "{err}");
+    let text = corelb.scrape();
+    for gauge in [
+        "corelb_backend_up{",
+        "corelb_upstream_connections_open{",
+        "corelb_backend_weight{",
+    ] {
+        assert!(
+            !text
+                .lines()
+                .any(|line| line.starts_with(gauge) && line.contains(&dead_id)),
+            "{gauge} of a removed backend: {text}"
+        );
+    }
+}

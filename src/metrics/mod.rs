@@ -62,6 +62,9 @@ pub struct BackendSeries {
     pub weight: u32,
     /// Not marked down by this worker (filled when a snapshot is taken).
     pub up: bool,
+    /// In the current config (filled when a snapshot is taken): a removed backend keeps its counters but its
+    /// gauges are no longer exposed.
+    pub configured: bool,
 }
 
 /// What one finished request contributes.
@@ -260,9 +263,12 @@ impl Merged {
                 total.connections_open += series.connections_open;
                 total.connections_idle += series.connections_idle;
                 total.weight = total.weight.max(series.weight);
-                let votes = merged.backend_up_votes.entry(series.id.clone()).or_insert((0, 0));
-                votes.0 += usize::from(series.up);
-                votes.1 += 1;
+                total.configured |= series.configured;
+                if series.configured {
+                    let votes = merged.backend_up_votes.entry(series.id.clone()).or_insert((0, 0));
+                    votes.0 += usize::from(series.up);
+                    votes.1 += 1;
+                }
             }
             for (category, count) in &worker.errors {
                 *merged.errors.entry(category).or_insert(0) += count;

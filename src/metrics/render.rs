@@ -188,6 +188,10 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         upstream.histogram(&pairs, &series.upstream);
         connections.counter(&[("backend", id), ("kind", "new")], series.connections_new as f64);
         connections.counter(&[("backend", id), ("kind", "reused")], series.connections_reused as f64);
+        if !series.configured {
+            // Removed from the config: its counters stay, its gauges would only state stale values.
+            continue;
+        }
         idle.gauge(&pairs, series.connections_idle as f64);
         open.gauge(&pairs, series.connections_open as f64);
         if let Some((votes, workers)) = merged.backend_up_votes.get(id) {

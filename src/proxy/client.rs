@@ -431,12 +431,11 @@ fn is_health_request(generation: &Generation, head: &RequestHead, head_bytes: &[
 
 /// Backends this worker would send a request to right now.
 pub fn healthy_backends(generation: &Generation) -> usize {
-    let now = Instant::now();
     generation
         .backends
         .iter()
         .zip(&generation.accepting)
-        .filter(|(backend, accepting)| **accepting && backend.available(now))
+        .filter(|(backend, accepting)| **accepting && !backend.failed())
         .count()
 }
 

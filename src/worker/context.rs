@@ -32,6 +32,8 @@ pub struct BackendState {
     /// Until when this worker skips the backend after a failed connect.
     down_until: Cell<Option<Instant>>,
     in_flight: Cell<u32>,
+    /// The last attempt to reach it failed (see [`BackendState::failed`]).
+    failed: Cell<bool>,
     /// Warnings about this backend from this worker.
     warnings: WarningGate,
 }
@@ -73,6 +75,7 @@ impl BackendState {
             idle: RefCell::new(IdlePool::default()),
             down_until: Cell::new(None),
             in_flight: Cell::new(0),
+            failed: Cell::new(false),
             warnings: WarningGate::default(),
         }
     }
@@ -85,13 +88,20 @@ impl BackendState {
         }
     }
 
-    pub fn report(&self, now: Instant) -> BackendReport {
+    pub fn report(&self) -> BackendReport {
         BackendReport {
             id: self.id.clone(),
             in_flight: self.in_flight.get(),
             idle_connections: self.idle.borrow().len(),
-            down: !self.available(now),
+            down: self.failed(),
         }
+    }
+
+    /// Whether this worker's last attempt to reach the backend failed (and none has succeeded since). The skip
+    /// window of [`available`](Self::available) ends after `fail_timeout`; this stays until the backend answers,
+    /// so health reports tell the truth in between.
+    pub fn failed(&self) -> bool {
+        self.failed.get()
     }
 
     /// Not marked down by a recent connect failure.
@@ -101,6 +111,7 @@ impl BackendState {
 
     pub fn mark_failed(&self, until: Instant) {
         self.down_until.set(Some(until));
+        self.failed.set(true);
         self.idle.borrow_mut().clear();
     }
 
@@ -108,6 +119,7 @@ impl BackendState {
         if self.down_until.get().is_some() {
             self.down_until.set(None);
         }
+        self.failed.set(false);
     }
 
     /// Drops every idle connection to this backend on this worker (one of them just failed).
@@ -283,14 +295,17 @@ impl WorkerContext {
         let mut snapshot = self.metrics.borrow().clone();
         snapshot.spliced_bytes = self.pipes.spliced_bytes();
         let generation = self.generation();
-        let now = Instant::now();
+        for series in &mut snapshot.backends {
+            series.configured = false;
+        }
         for (state, config) in generation.backends.iter().zip(&generation.config.backends) {
             if let Some(series) = snapshot.backends.get_mut(state.metrics_slot) {
                 let idle = state.idle.borrow().len() as u64;
                 series.connections_idle = idle;
                 series.connections_open = idle + u64::from(state.in_flight.get());
-                series.up = state.available(now);
+                series.up = !state.failed();
                 series.weight = config.weight;
+                series.configured = true;
             }
         }
         snapshot

@@ -255,12 +255,11 @@ async fn serve_inbox(
                 }
                 ToWorker::Report(reply) => {
                     let generation = context.generation();
-                    let now = Instant::now();
                     let _ = reply.send(WorkerReport {
                         worker: context.index,
                         version: generation.version,
                         active_connections: context.active_connections(),
-                        backends: generation.backends.iter().map(|backend| backend.report(now)).collect(),
+                        backends: generation.backends.iter().map(|backend| backend.report()).collect(),
                     });
                 }
                 ToWorker::CollectMetrics(reply) => {
