@@ -128,10 +128,11 @@ impl ProxyError {
         }
     }
 
-    /// Nothing reached the backend, so any method may be sent to another backend.
-    pub fn nothing_sent(&self) -> bool {
+    /// The upstream connection ended (reset, EOF) rather than answered badly or slowly: the one failure after
+    /// which a request may be sent again (see `forward::retry_decision`).
+    pub fn connection_lost(&self) -> bool {
         match self {
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => true,
+            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => true,
             ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::ClientHeaderTimeout
@@ -142,9 +143,9 @@ impl ProxyError {
             | ProxyError::ClientIo(_)
             | ProxyError::RateLimited
             | ProxyError::NoBackend
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::UpstreamIo { .. }
-            | ProxyError::UpstreamClosed { .. }
             | ProxyError::BadResponse { .. } => false,
         }
     }
@@ -221,8 +222,13 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_failures_are_free_to_retry_anywhere() {
-        assert!(ProxyError::ConnectTimeout { backend: "b".into() }.nothing_sent());
-        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.nothing_sent());
+    fn only_a_lost_connection_counts_as_lost() {
+        assert!(ProxyError::UpstreamClosed { backend: "b".into() }.connection_lost());
+        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.connection_lost());
+        assert!(!ProxyError::ConnectFailed {
+            backend: "b".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused)
+        }
+        .connection_lost());
     }
 }

@@ -117,23 +117,7 @@ pub enum Stage {
 /// idempotent request (RFC 9110 §9.2.2) may be replayed even if the backend received it; any other only when the
 /// write itself failed.
 pub fn retry_decision(error: &ProxyError, stage: Stage, bodiless: bool, idempotent: bool) -> Retry {
-    let connection_failed = match error {
-        ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => true,
-        ProxyError::BadRequest(_)
-        | ProxyError::BadRequestBody(_)
-        | ProxyError::ClientHeaderTimeout
-        | ProxyError::BodyTooLarge { .. }
-        | ProxyError::ClientBodyTimeout
-        | ProxyError::ClientTimeout
-        | ProxyError::ClientClosed
-        | ProxyError::ClientIo(_)
-        | ProxyError::RateLimited
-        | ProxyError::NoBackend
-        | ProxyError::ConnectFailed { .. }
-        | ProxyError::ConnectTimeout { .. }
-        | ProxyError::UpstreamTimeout { .. }
-        | ProxyError::BadResponse { .. } => false,
-    };
+    let connection_failed = error.connection_lost();
     let replayable = match stage {
         Stage::Writing => bodiless,
         Stage::Awaiting => bodiless && idempotent,
