@@ -174,9 +174,20 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
     if let Some(socket) = &args.socket {
         return Ok(socket.clone());
     }
-    load_config(&args.config)
-        .map(|config| config.control.socket)
-        .map_err(|error| format!("{error}\n(use --socket PATH to name the control socket directly)"))
+    if let Ok(config) = load_config(&args.config) {
+        return Ok(config.control.socket);
+    }
+    // A file with errors elsewhere (the one `ctl reload` is about to be refused for) still names the socket: read
+    // just `control.socket`, so corelb itself can report what is wrong with the rest.
+    let text = read_file(&args.config)
+        .map_err(|error| format!("{error}\n(use --socket PATH to name the control socket directly)"))?;
+    let named = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|table| table.get("control")?.get("socket")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
+    let folder = args.config.parent().unwrap_or(Path::new(""));
+    Ok(if named.is_absolute() { named } else { folder.join(named) })
 }
 
 /// Runs `corelb ctl`.

@@ -42,7 +42,8 @@ fn check_reports_every_error_kind_at_once_with_exit_2() {
         [[backends]]\nurl = 7\n\
         [[backends]]\nurl = \"http://127.0.0.1:9003\"\ncolour = \"red\"\n\
         [timeouts]\nconnect = \"soon\"\n\
-        [balancer]\nalgorithm = \"fastest\"\n";
+        [balancer]\nalgorithm = \"fastest\"\n\
+        [ratelimit]\nallow = [\"10.0.0.0/8\", \"nonsense\", \"10.0.0.0/99\"]\n";
     let (code, _, stderr) = check(bad);
     assert_eq!(code, 2);
     for expected in [
@@ -54,6 +55,9 @@ fn check_reports_every_error_kind_at_once_with_exit_2() {
         "backends[2].colour: unknown key",
         "timeouts.connect: expected a number before the unit in \"soon\"",
         "balancer.algorithm: must be one of",
+        // Every bad entry of a list, not only the first.
+        "ratelimit.allow[1]: \"nonsense\" is not an IP network",
+        "ratelimit.allow[2]: \"10.0.0.0/99\": prefix length must be 0..=32",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
@@ -269,4 +273,25 @@ fn wait_until_upstream_connection_open(corelb: &Corelb) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn ctl_reload_of_a_broken_file_reports_its_errors_and_exit_1() {
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "", ""));
+    let path = corelb.dir.0.join("corelb.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    // Broken elsewhere; the socket is still found from the same file (`-c`, no `--socket`).
+    std::fs::write(&path, good.replace("weight = 1", "weight = 0")).unwrap();
+    let output = Command::new(CORELB)
+        .args(["ctl", "-c"])
+        .arg(&path)
+        .arg("reload")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("weight"), "the config error is reported: {stderr}");
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+    assert_eq!(corelb.get("/").status, 200, "the running config stays");
 }

@@ -149,6 +149,23 @@ fn refusals_have_a_kind_and_change_nothing() {
         ),
         (vec!["rollback".into(), "99".into()], "refused (not_found)"),
         (vec!["log-level".into(), "loud".into()], "refused (invalid_request)"),
+        // A rollout's whole target set is checked before its first step.
+        (
+            vec![
+                "rollout".into(),
+                "--to".into(),
+                format!("{},ftp://nowhere", backends[1].url()),
+            ],
+            "refused (invalid_config)",
+        ),
+        (
+            vec![
+                "rollout".into(),
+                "--to".into(),
+                format!("{},{}", backends[1].url(), backends[1].url()),
+            ],
+            "listed twice",
+        ),
         (
             vec![
                 "config".into(),

@@ -363,8 +363,11 @@ fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
     let mut section = top.section("ratelimit", errors);
     let rate = positive_rate(&mut section, 1000.0, errors);
     let allow = section.or("allow", Vec::<String>::new(), errors);
-    if let Err(reason) = crate::ratelimit::AllowList::parse(&allow) {
-        errors.push(section.key_path("allow"), reason);
+    // Each entry on its own, so that every bad one is named, not only the first.
+    for (index, block) in allow.iter().enumerate() {
+        if let Err(reason) = crate::ratelimit::AllowList::parse(std::slice::from_ref(block)) {
+            errors.push(format!("{}[{index}]", section.key_path("allow")), reason);
+        }
     }
     let mut overrides = Vec::new();
     for mut item in section.array_of_tables("overrides", errors) {
@@ -473,7 +476,7 @@ fn metrics(top: &mut Section, errors: &mut ConfigErrors) -> MetricsConfig {
 
 fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
     let mut section = top.section("control", errors);
-    let socket = section.or("socket", "corelb.sock".to_string(), errors);
+    let socket = section.or("socket", super::DEFAULT_CONTROL_SOCKET.to_string(), errors);
     if socket.is_empty() {
         errors.push(section.key_path("socket"), "must not be empty");
     }

@@ -15,6 +15,9 @@ pub use build::parse_config;
 pub use error::{ConfigError, ConfigErrors};
 pub use render::{diff, to_toml, to_toml_redacted};
 
+/// `control.socket` when the config does not name one, relative to the config file's folder.
+pub const DEFAULT_CONTROL_SOCKET: &str = "corelb.sock";
+
 /// The whole, validated configuration. Immutable once built: a change is a new `Config`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -126,13 +126,31 @@ impl Control {
                 "a rollout needs at least one target backend URL",
             ));
         }
+        let target: Vec<&str> = to.iter().map(|url| normalise(url)).collect();
+        // The whole target set is checked before the first step, by the config file's own rules, so that a bad
+        // URL is refused now rather than after old backends were already drained.
+        if let Some((index, url)) = target
+            .iter()
+            .enumerate()
+            .find(|(index, url)| target[..*index].contains(url))
+        {
+            return Err(CommandError::invalid_request(format!(
+                "target {index} ({url}) is listed twice"
+            )));
+        }
+        let mut probe = (*self.config).clone();
+        probe.backends.clear();
+        let mut text = crate::config::to_toml(&probe);
+        for url in &to {
+            text.push_str(&format!("\n[[backends]]\nurl = {}\n", toml::Value::String(url.clone())));
+        }
+        crate::config::parse_config(&text).map_err(super::invalid_config)?;
         let current_urls: Vec<&str> = self
             .config
             .backends
             .iter()
             .map(|backend| normalise(&backend.url))
             .collect();
-        let target: Vec<&str> = to.iter().map(|url| normalise(url)).collect();
         let to_add: VecDeque<String> = to
             .iter()
             .filter(|url| !current_urls.contains(&normalise(url)))
