@@ -210,10 +210,14 @@ async fn copy_length(
         src.reserve_for_body();
     }
     while remaining > 0 {
-        if src.buffered().is_empty() && fill_body(src, dst, role, length - remaining, timeouts.read).await? == 0 {
-            return Err(BodyError::ReadEof);
+        if src.buffered().is_empty() {
+            // The wait for more bytes watches for an answer itself.
+            if fill_body(src, dst, role, length - remaining, timeouts.read).await? == 0 {
+                return Err(BodyError::ReadEof);
+            }
+        } else {
+            check_answered(dst, role, length - remaining)?;
         }
-        check_answered(dst, role, length - remaining)?;
         let take = (src.buffered().len() as u64).min(remaining) as usize;
         src.forward_buffered(dst, take, timeouts.write)
             .await

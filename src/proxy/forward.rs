@@ -138,8 +138,8 @@ struct Route {
     replays: u32,
 }
 
-/// A request is replayed after a failed exchange at most this often, whatever the attempt limit: with one backend,
-/// once on a fresh connection (the keep-alive race).
+/// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at
+/// least once, so that even with an attempt limit of one the keep-alive race gets a fresh connection.
 const MAX_REPLAYS: u32 = 2;
 
 impl Route {
