@@ -97,3 +97,107 @@ fn a_body_that_keeps_up_the_rate_is_not_cut() {
     let response = client.read_response();
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+/// Holds `count` connections that each send the start of a request and then nothing more.
+fn slow_clients<S: std::io::Write>(count: usize, connect: impl Fn() -> S, first_bytes: &[u8]) -> Vec<S> {
+    (0..count)
+        .map(|_| {
+            let mut stream = connect();
+            stream.write_all(first_bytes).expect("send the first bytes");
+            stream
+        })
+        .collect()
+}
+
+/// How many of `streams` the server has closed (EOF or reset), without blocking.
+fn closed_by_server<S: std::io::Read>(streams: &mut [S]) -> usize {
+    let mut byte = [0u8; 1];
+    streams
+        .iter_mut()
+        .filter_map(|stream| match stream.read(&mut byte) {
+            Ok(0) => Some(()),
+            Err(error) if error.kind() != std::io::ErrorKind::WouldBlock => Some(()),
+            _ => None,
+        })
+        .count()
+}
+
+#[test]
+fn slow_clients_on_the_control_ports_hold_no_threads_and_never_keep_ctl_from_answering() {
+    use std::os::unix::net::UnixStream;
+    const SLOW: usize = 500;
+    let backend = Backend::start("a");
+    let corelb = corelb_with(
+        &backend,
+        "[admin]\nenabled = true\naddress = \"127.0.0.1\"\nport = 0\ntoken = \"s3cret\"\n",
+    );
+    let threads_before = corelb.process.threads();
+    let socket = corelb.socket();
+    let mut control = slow_clients(SLOW, || UnixStream::connect(&socket).unwrap(), b"{\"cmd\":");
+    let metrics_addr = corelb.metrics_addr();
+    let mut metrics = slow_clients(
+        SLOW,
+        || std::net::TcpStream::connect(metrics_addr).unwrap(),
+        b"GET /metr",
+    );
+    let admin_addr = corelb.admin_addr();
+    let mut admin = slow_clients(
+        SLOW,
+        || std::net::TcpStream::connect(admin_addr).unwrap(),
+        b"GET /api/v1/sta",
+    );
+
+    // With 1,500 slow clients connected, every port still answers a client that sends its request.
+    let started = Instant::now();
+    let (code, stdout, stderr) = corelb.ctl(&["status"]);
+    let ctl_took = started.elapsed();
+    assert_eq!(code, 0, "ctl status: {stdout}{stderr}");
+    assert!(stdout.contains("version"), "{stdout}");
+    assert!(corelb.scrape().contains("# TYPE corelb_"));
+    let mut client = common::Client::connect(admin_addr);
+    client.send(b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n\r\n");
+    assert_eq!(client.read_response().status, 200);
+    eprintln!("ctl status took {ctl_took:?} beside {} slow clients", 3 * SLOW);
+
+    // They cost no threads: one loop serves all three listeners.
+    let threads_now = corelb.process.threads();
+    assert!(
+        threads_now <= threads_before + 1,
+        "{threads_now} threads with slow clients held, {threads_before} before"
+    );
+
+    // Each listener holds at most its cap; the oldest slow clients were closed to make room.
+    control.iter().for_each(|stream| stream.set_nonblocking(true).unwrap());
+    metrics
+        .iter()
+        .chain(&admin)
+        .for_each(|stream| stream.set_nonblocking(true).unwrap());
+    let at_least = SLOW - 64;
+    let evicted =
+        |control: &mut [UnixStream], metrics: &mut [std::net::TcpStream], admin: &mut [std::net::TcpStream]| {
+            [
+                closed_by_server(control),
+                closed_by_server(metrics),
+                closed_by_server(admin),
+            ]
+        };
+    let closed = evicted(&mut control, &mut metrics, &mut admin);
+    assert!(
+        closed.iter().all(|&count| count >= at_least),
+        "closed per listener (control, metrics, admin): {closed:?}; expected at least {at_least} each"
+    );
+
+    // And the ones still held are closed once their request deadline passes.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let closed = evicted(&mut control, &mut metrics, &mut admin);
+        if closed == [SLOW; 3] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow clients still open past their deadline: closed {closed:?} of {SLOW} each"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

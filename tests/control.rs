@@ -439,14 +439,7 @@ fn admin_api_runs_the_same_commands() {
     let server = "";
     let admin = "[admin]\nenabled = true\naddress = \"127.0.0.1\"\nport = 0\ntoken = \"s3cret\"\n";
     let corelb = Corelb::start(&config_for(&[(&backends[0], 1)], 1, server, admin));
-    let line = corelb
-        .process
-        .output()
-        .into_iter()
-        .find(|line| line.contains("admin API listening"))
-        .expect("admin line");
-    let start = line.find("address=").unwrap() + "address=".len();
-    let addr: std::net::SocketAddr = line[start..].split_whitespace().next().unwrap().parse().unwrap();
+    let addr = corelb.admin_addr();
     let call = |method: &str, path: &str, body: &str, token: Option<&str>| {
         let mut client = Client::connect(addr);
         let auth = token

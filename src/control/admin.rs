@@ -1,18 +1,11 @@
-//! The admin REST API (`/api/v1/...`): the same commands as the control socket, as JSON over HTTP, for tools that
-//! prefer HTTP. It runs on its own thread with blocking I/O (a handful of calls, never on the request path), one
-//! request per connection. When a token is configured every call needs `Authorization: Bearer <token>`.
+//! The admin REST API (`/api/v1/...`) and the metrics listener (`/metrics`, `/health`): the same commands as the
+//! control socket, as JSON over HTTP, one request per connection. Every API call needs `Authorization: Bearer
+//! <token>`. This module turns received bytes into a command and a result into response bytes; the connections
+//! themselves are served by the shared loop in [`super::listeners`].
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
-
-use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
 use super::command::{command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
-use super::socket::dispatch;
-use super::ControlRequest;
-use crate::config::AdminConfig;
 use crate::http::head::{parse_request, HeadLimits};
 use crate::http::BodyFraming;
 
@@ -21,87 +14,120 @@ const LIMITS: HeadLimits = HeadLimits {
     max_request_line: 8 * 1024,
     max_headers: 64,
 };
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn serve(config: &AdminConfig, requests: Sender<ControlRequest>) -> io::Result<()> {
-    let token = config.token.clone();
-    spawn_listener(config.listen, "admin API", move |stream| {
-        let _ = serve_client(stream, &requests, token.as_deref());
-    })
+/// What the bytes of one HTTP connection call for.
+pub enum Exchange {
+    /// The request has not arrived whole yet.
+    Incomplete,
+    /// Answer at once, without the control thread.
+    Respond(Vec<u8>),
+    /// Run `command` on the control thread, then render its result as `answer` says.
+    Dispatch {
+        command: Command,
+        source: Source,
+        answer: Answer,
+    },
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /health` on the metrics listener.
-pub fn serve_metrics(address: SocketAddr, requests: Sender<ControlRequest>) -> io::Result<()> {
-    spawn_listener(address, "metrics", move |stream| {
-        let _ = serve_metrics_client(stream, &requests);
-    })
+/// How a command's result becomes an HTTP response.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer {
+    /// Prometheus text.
+    Metrics,
+    /// corelb's health as JSON; 200 when it can serve, 503 otherwise.
+    Health,
+    /// The API's JSON reply, with the status the error kind maps to.
+    Api,
 }
 
-/// Accepts on `address` in a thread, handling each connection on a thread of its own.
-fn spawn_listener(
-    address: SocketAddr,
-    name: &str,
-    handle: impl Fn(TcpStream) + Send + Sync + 'static,
-) -> io::Result<()> {
-    let listener = TcpListener::bind(address)?;
-    tracing::info!(address = %listener.local_addr()?, "{name} listening");
-    let handle = std::sync::Arc::new(handle);
-    std::thread::Builder::new()
-        .name(format!("corelb-{}", name.replace(' ', "-")))
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let handle = std::sync::Arc::clone(&handle);
-                let _ = std::thread::Builder::new()
-                    .name("corelb-http-client".into())
-                    .spawn(move || handle(stream));
-            }
-        })?;
-    Ok(())
-}
-
-fn write_response(stream: &mut TcpStream, status: u16, content_type: &str, extra: &str, body: &str) -> io::Result<()> {
+fn http_response(status: u16, content_type: &str, extra: &str, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let response = format!(
+    format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
         body.len()
-    );
-    stream.write_all(response.as_bytes())
+    )
+    .into_bytes()
 }
 
-fn serve_metrics_client(mut stream: TcpStream, requests: &Sender<ControlRequest>) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let peer = stream
-        .peer_addr()
-        .map(|address| address.to_string())
-        .unwrap_or_default();
-    let request = match read_request(&mut stream) {
-        Ok(request) => request,
-        Err(error) => return write_response(&mut stream, 400, "text/plain", "", &format!("{}\n", error.message)),
+/// A request on the metrics listener.
+pub fn metrics_exchange(input: &[u8], peer: &str) -> Exchange {
+    let request = match parse_api_request(input) {
+        Ok(Some(request)) => request,
+        Ok(None) => return Exchange::Incomplete,
+        Err(error) => return Exchange::Respond(http_response(400, "text/plain", "", &format!("{}\n", error.message))),
     };
     let path = request.path.split('?').next().unwrap_or("");
-    match (request.method.as_str(), path) {
-        ("GET", "/metrics") => match dispatch(requests, Command::Metrics, Source::Api { peer }) {
-            Ok(Value::String(text)) => {
-                write_response(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", "", &text)
-            }
-            Ok(_) | Err(_) => write_response(&mut stream, 503, "text/plain", "", "metrics unavailable\n"),
+    let (command, answer) = match (request.method.as_str(), path) {
+        ("GET", "/metrics") => (Command::Metrics, Answer::Metrics),
+        ("GET", "/health") => (Command::Health, Answer::Health),
+        _ => return Exchange::Respond(http_response(404, "text/plain", "", "try /metrics or /health\n")),
+    };
+    Exchange::Dispatch {
+        command,
+        source: Source::Api { peer: peer.to_string() },
+        answer,
+    }
+}
+
+/// A request on the admin API listener.
+pub fn admin_exchange(input: &[u8], peer: &str, token: Option<&str>) -> Exchange {
+    let command = match parse_api_request(input) {
+        Ok(None) => return Exchange::Incomplete,
+        Ok(Some(request)) if !authorised(&request, token) => Err(CommandError::new(
+            ErrorKind::Unauthorized,
+            "missing or wrong bearer token",
+        )),
+        Ok(Some(request)) => route(&request),
+        Err(error) => Err(error),
+    };
+    match command {
+        Ok(command) => Exchange::Dispatch {
+            command,
+            source: Source::Api { peer: peer.to_string() },
+            answer: Answer::Api,
         },
-        ("GET", "/health") => match dispatch(requests, Command::Health, Source::Api { peer }) {
+        Err(error) => Exchange::Respond(render(Answer::Api, &Err(error))),
+    }
+}
+
+/// The response for a command's result.
+pub fn render(answer: Answer, result: &Result<Value, CommandError>) -> Vec<u8> {
+    match answer {
+        Answer::Metrics => match result {
+            Ok(Value::String(text)) => http_response(200, "text/plain; version=0.0.4; charset=utf-8", "", text),
+            Ok(_) | Err(_) => http_response(503, "text/plain", "", "metrics unavailable\n"),
+        },
+        Answer::Health => match result {
             Ok(health) => {
                 let status = if health["status"] == "ok" { 200 } else { 503 };
-                write_response(&mut stream, status, "application/json", "", &format!("{health}\n"))
+                http_response(status, "application/json", "", &format!("{health}\n"))
             }
-            Err(error) => write_response(&mut stream, 503, "text/plain", "", &format!("{}\n", error.message)),
+            Err(error) => http_response(503, "text/plain", "", &format!("{}\n", error.message)),
         },
-        _ => write_response(&mut stream, 404, "text/plain", "", "try /metrics or /health\n"),
+        Answer::Api => {
+            let status = match result {
+                Ok(_) => 200,
+                Err(error) => error.kind.http_status(),
+            };
+            let extra = if status == 401 {
+                "WWW-Authenticate: Bearer\r\n"
+            } else {
+                ""
+            };
+            http_response(
+                status,
+                "application/json",
+                extra,
+                &format!("{}\n", reply_json(None, result)),
+            )
+        }
     }
 }
 
@@ -112,28 +138,11 @@ struct ApiRequest {
     body: Vec<u8>,
 }
 
-/// Appends what one read returns to `out`; the peer closing early is `closed`.
-fn read_more(stream: &mut TcpStream, chunk: &mut [u8], out: &mut Vec<u8>, closed: &str) -> Result<(), CommandError> {
-    let read = stream
-        .read(chunk)
-        .map_err(|error| CommandError::invalid_request(error.to_string()))?;
-    if read == 0 {
-        return Err(CommandError::invalid_request(closed));
-    }
-    out.extend_from_slice(&chunk[..read]);
-    Ok(())
-}
-
-fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head = loop {
-        if let Some(head) =
-            parse_request(&buf, &LIMITS).map_err(|error| CommandError::invalid_request(error.to_string()))?
-        {
-            break head;
-        }
-        read_more(stream, &mut chunk, &mut buf, "connection closed mid-request")?;
+/// Parses a whole request from `input`; `None` while more bytes are needed.
+fn parse_api_request(input: &[u8]) -> Result<Option<ApiRequest>, CommandError> {
+    let Some(head) = parse_request(input, &LIMITS).map_err(|error| CommandError::invalid_request(error.to_string()))?
+    else {
+        return Ok(None);
     };
     let length = match head.framing {
         BodyFraming::None => 0,
@@ -143,23 +152,21 @@ fn read_request(stream: &mut TcpStream) -> Result<ApiRequest, CommandError> {
             return Err(CommandError::invalid_request("send the body with Content-Length"))
         }
     };
-    let mut body = buf[head.len..].to_vec();
-    while body.len() < length {
-        read_more(stream, &mut chunk, &mut body, "connection closed mid-body")?;
-    }
-    body.truncate(length);
-    let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&buf[range]).into_owned();
+    let Some(body) = input.get(head.len..head.len + length) else {
+        return Ok(None);
+    };
+    let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&input[range]).into_owned();
     let authorization = head
         .fields
         .iter()
-        .find(|field| buf[field.name.clone()].eq_ignore_ascii_case(b"authorization"))
+        .find(|field| input[field.name.clone()].eq_ignore_ascii_case(b"authorization"))
         .map(|field| text(field.value.clone()));
-    Ok(ApiRequest {
+    Ok(Some(ApiRequest {
         method: text(head.method_range.clone()),
         path: text(head.target.clone()),
         authorization,
-        body,
-    })
+        body: body.to_vec(),
+    }))
 }
 
 fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError> {
@@ -225,32 +232,64 @@ fn authorised(request: &ApiRequest, token: Option<&str>) -> bool {
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn serve_client(mut stream: TcpStream, requests: &Sender<ControlRequest>, token: Option<&str>) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let peer = stream
-        .peer_addr()
-        .map(|address| address.to_string())
-        .unwrap_or_default();
-    let result = read_request(&mut stream).and_then(|request| {
-        if !authorised(&request, token) {
-            return Err(CommandError::new(
-                ErrorKind::Unauthorized,
-                "missing or wrong bearer token",
-            ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn respond_status(exchange: Exchange) -> String {
+        match exchange {
+            Exchange::Respond(bytes) => String::from_utf8_lossy(&bytes).lines().next().unwrap_or("").to_string(),
+            Exchange::Incomplete => "incomplete".into(),
+            Exchange::Dispatch { command, .. } => format!("dispatch {command:?}"),
         }
-        let command = route(&request)?;
-        dispatch(requests, command, Source::Api { peer })
-    });
-    let status = match &result {
-        Ok(_) => 200,
-        Err(error) => error.kind.http_status(),
-    };
-    let extra = if status == 401 {
-        "WWW-Authenticate: Bearer\r\n"
-    } else {
-        ""
-    };
-    let body = format!("{}\n", reply_json(None, &result));
-    write_response(&mut stream, status, "application/json", extra, &body)
+    }
+
+    #[test]
+    fn a_request_is_dispatched_only_once_its_whole_body_is_there() {
+        let request = b"POST /api/v1/backends HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nContent-Length: 27\r\n\r\n{\"url\": \"http://1.2.3.4:5\"}";
+        for cut in [10, 60, request.len() - 1] {
+            assert_eq!(
+                respond_status(admin_exchange(&request[..cut], "p", Some("t"))),
+                "incomplete"
+            );
+        }
+        assert!(respond_status(admin_exchange(request, "p", Some("t"))).starts_with("dispatch BackendAdd"));
+    }
+
+    #[test]
+    fn a_call_without_the_token_is_refused_before_it_is_routed() {
+        let request = b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            respond_status(admin_exchange(request, "p", Some("t"))),
+            "HTTP/1.1 401 Unauthorized"
+        );
+        let wrong = b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer u\r\n\r\n";
+        assert_eq!(
+            respond_status(admin_exchange(wrong, "p", Some("t"))),
+            "HTTP/1.1 401 Unauthorized"
+        );
+    }
+
+    #[test]
+    fn the_metrics_listener_knows_two_paths() {
+        assert_eq!(
+            respond_status(metrics_exchange(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", "p")),
+            "dispatch Metrics"
+        );
+        assert_eq!(
+            respond_status(metrics_exchange(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", "p")),
+            "dispatch Health"
+        );
+        assert_eq!(
+            respond_status(metrics_exchange(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n", "p")),
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(
+            respond_status(metrics_exchange(
+                b"GET /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+                "p"
+            )),
+            "HTTP/1.1 400 Bad Request"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 mod admin;
 pub mod command;
 mod history;
+mod listeners;
 mod resolve;
 mod rollout;
 mod socket;
@@ -77,7 +78,25 @@ pub enum StartError {
 pub struct ControlRequest {
     pub command: Command,
     pub source: Source,
-    pub reply: Sender<Result<Value, CommandError>>,
+    pub reply: ReplyTo,
+}
+
+/// Where a command's result goes.
+pub struct ReplyTo {
+    pub result: Sender<Result<Value, CommandError>>,
+    /// Written to once the result is sent, for a sender that waits in poll(2) rather than on `result`.
+    pub wake: Option<Arc<std::os::unix::net::UnixStream>>,
+}
+
+impl ReplyTo {
+    fn send(self, result: Result<Value, CommandError>) {
+        let _ = self.result.send(result);
+        if let Some(wake) = self.wake {
+            use std::io::Write;
+            // A full wake socket already has a wake-up pending.
+            let _ = (&*wake).write(&[1]);
+        }
+    }
 }
 
 /// The running control plane.
@@ -164,21 +183,7 @@ impl Control {
         });
 
         let (request_sender, requests) = crossbeam_channel::unbounded();
-        socket::serve(&config.control.socket, request_sender.clone()).map_err(|source| StartError::ControlSocket {
-            path: config.control.socket.clone(),
-            source,
-        })?;
-        if config.admin.enabled {
-            admin::serve(&config.admin, request_sender.clone()).map_err(|source| StartError::Admin {
-                address: config.admin.listen,
-                source,
-            })?;
-        }
-        if config.metrics.enabled {
-            let address = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
-            admin::serve_metrics(address, request_sender.clone())
-                .map_err(|source| StartError::Metrics { address, source })?;
-        }
+        listeners::serve(bind_listeners(&config)?, request_sender.clone())?;
         let access_log = crate::access_log::start_writer(config.access_log.path.clone()).map_err(|source| {
             StartError::AccessLog {
                 path: config.access_log.path.clone().unwrap_or_default(),
@@ -303,7 +308,7 @@ impl Control {
                 recv(self.requests) -> request => {
                     if let Ok(request) = request {
                         let result = self.execute(request.command, request.source);
-                        let _ = request.reply.send(result);
+                        request.reply.send(result);
                     }
                 },
                 recv(self.events) -> event => match event {
@@ -835,6 +840,39 @@ impl Control {
             worker.join();
         }
     }
+}
+
+/// Binds the control socket, the admin API and the metrics listener, as the config asks.
+fn bind_listeners(config: &Config) -> Result<listeners::Listeners, StartError> {
+    let control = socket::bind(&config.control.socket).map_err(|source| StartError::ControlSocket {
+        path: config.control.socket.clone(),
+        source,
+    })?;
+    let bind_tcp = |address: std::net::SocketAddr, name: &str| -> std::io::Result<std::net::TcpListener> {
+        let listener = std::net::TcpListener::bind(address)?;
+        tracing::info!(address = %listener.local_addr()?, "{name} listening");
+        Ok(listener)
+    };
+    let admin = if config.admin.enabled {
+        let listener = bind_tcp(config.admin.listen, "admin API").map_err(|source| StartError::Admin {
+            address: config.admin.listen,
+            source,
+        })?;
+        Some((listener, config.admin.token.clone()))
+    } else {
+        None
+    };
+    let metrics = if config.metrics.enabled {
+        let address = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
+        Some(bind_tcp(address, "metrics").map_err(|source| StartError::Metrics { address, source })?)
+    } else {
+        None
+    };
+    Ok(listeners::Listeners {
+        control,
+        metrics,
+        admin,
+    })
 }
 
 /// Delivers SIGHUP, SIGTERM and SIGINT as channel messages.

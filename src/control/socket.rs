@@ -1,21 +1,17 @@
-//! The Unix control socket: one JSON object per line each way. Each client gets its own thread; every request is
-//! handed to the control thread as a [`ControlRequest`] and its reply written back as one line. A malformed line gets
-//! an error reply and the connection stays usable; a line over 1 MiB is refused and skipped.
+//! The Unix control socket's protocol: one JSON object per line each way. A malformed line gets an error reply and
+//! the connection stays usable; a line over 1 MiB is refused and skipped to its end. Connections are served by the
+//! shared loop in [`super::listeners`]; this module binds the socket and frames lines.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use crossbeam_channel::Sender;
-use serde_json::Value;
+use super::command::MAX_REQUEST_BYTES;
 
-use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
-use super::ControlRequest;
-
-/// Binds the socket (mode 0600) and serves it on a background thread.
-pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
+/// Binds the socket (mode 0600), removing a stale socket file left by a corelb that is gone.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Ok(metadata) = std::fs::symlink_metadata(path) {
         // Only a socket is ever removed: a path that names anything else (a typo naming the config file, say) is
         // refused and left alone.
@@ -36,35 +32,11 @@ pub fn serve(path: &Path, requests: Sender<ControlRequest>) -> io::Result<()> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new()
-        .name("corelb-control-socket".into())
-        .spawn(move || {
-            let mut last_warning: Option<std::time::Instant> = None;
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        // Out of descriptors (EMFILE/ENFILE) or the like: back off instead of spinning, and say so
-                        // at most once a second.
-                        if last_warning.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
-                            tracing::warn!(%error, "control socket accept failed; backing off");
-                            last_warning = Some(std::time::Instant::now());
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        continue;
-                    }
-                };
-                let requests = requests.clone();
-                let _ = std::thread::Builder::new()
-                    .name("corelb-control-client".into())
-                    .spawn(move || serve_client(stream, requests));
-            }
-        })?;
-    Ok(())
+    Ok(listener)
 }
 
 /// The uid of the process on the other end, from SO_PEERCRED.
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
+pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `length` bytes into `credentials`, which is a valid ucred.
@@ -80,113 +52,103 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (result == 0).then_some(credentials.uid)
 }
 
-/// What reading one line produced.
-enum Line {
-    Text(String),
-    TooLong,
-    End,
+/// What the bytes received so far hold.
+#[derive(Debug, PartialEq)]
+pub enum Line {
+    /// A whole line (without its newline) and how many bytes it took.
+    Text { text: String, consumed: usize },
+    /// A line over `MAX_REQUEST_BYTES`: `consumed` bytes of it are dropped; the rest, to its newline, will be skipped.
+    TooLong { consumed: usize },
+    /// `consumed` bytes of an over-long line's tail were dropped; look again at what follows.
+    Skipped { consumed: usize },
+    /// No newline yet.
+    Incomplete,
 }
 
-/// Reads one line of at most `MAX_REQUEST_BYTES`; a longer one is consumed to its end and reported.
-fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
-    let mut line = Vec::new();
-    let mut too_long = false;
-    loop {
-        let available = reader.fill_buf()?;
-        if available.is_empty() {
-            return Ok(if line.is_empty() && !too_long {
-                Line::End
-            } else if too_long {
-                Line::TooLong
-            } else {
-                Line::Text(String::from_utf8_lossy(&line).into_owned())
-            });
-        }
-        let (chunk, found_end) = match available.iter().position(|&byte| byte == b'\n') {
-            Some(position) => (&available[..position], Some(position + 1)),
-            None => (available, None),
-        };
-        if !too_long {
-            if line.len() + chunk.len() > MAX_REQUEST_BYTES {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
+/// Frames the next line of `input`. `skipping` is set while the tail of an over-long line is being discarded.
+pub fn next_line(input: &[u8], skipping: &mut bool) -> Line {
+    let newline = input.iter().position(|&byte| byte == b'\n');
+    if *skipping {
+        return match newline {
+            Some(position) => {
+                *skipping = false;
+                Line::Skipped { consumed: position + 1 }
             }
-        }
-        let consumed = found_end.unwrap_or(available.len());
-        reader.consume(consumed);
-        if found_end.is_some() {
-            return Ok(if too_long {
-                Line::TooLong
-            } else {
-                Line::Text(String::from_utf8_lossy(&line).into_owned())
-            });
-        }
-    }
-}
-
-fn serve_client(stream: UnixStream, requests: Sender<ControlRequest>) {
-    let uid = peer_uid(&stream);
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    loop {
-        let (id, result) = match read_line(&mut reader) {
-            Ok(Line::End) | Err(_) => return,
-            Ok(Line::TooLong) => (
-                None,
-                Err(CommandError::invalid_request(format!(
-                    "request line exceeds {MAX_REQUEST_BYTES} bytes"
-                ))),
-            ),
-            Ok(Line::Text(line)) if line.trim().is_empty() => continue,
-            Ok(Line::Text(line)) => {
-                let (id, command) = parse_request_line(line.trim());
-                let result = match command {
-                    Ok(command) => dispatch(&requests, command, Source::Socket { uid }),
-                    Err(error) => Err(error),
-                };
-                (id, result)
-            }
+            None if input.is_empty() => Line::Incomplete,
+            None => Line::Skipped { consumed: input.len() },
         };
-        let mut reply = reply_json(id.as_ref(), &result).to_string();
-        reply.push('\n');
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
     }
-}
-
-/// Hands a command to the control thread and waits for its result.
-pub fn dispatch(
-    requests: &Sender<ControlRequest>,
-    command: super::command::Command,
-    source: Source,
-) -> Result<Value, CommandError> {
-    let (reply, result) = crossbeam_channel::bounded(1);
-    requests
-        .send(ControlRequest { command, source, reply })
-        .map_err(|_| CommandError::new(ErrorKind::Unavailable, "corelb is shutting down"))?;
-    result
-        .recv()
-        .map_err(|_| CommandError::new(ErrorKind::Unavailable, "corelb is shutting down"))?
+    match newline {
+        Some(position) if position <= MAX_REQUEST_BYTES => Line::Text {
+            text: String::from_utf8_lossy(&input[..position]).into_owned(),
+            consumed: position + 1,
+        },
+        Some(position) => Line::TooLong { consumed: position + 1 },
+        None if input.len() > MAX_REQUEST_BYTES => {
+            *skipping = true;
+            Line::TooLong { consumed: input.len() }
+        }
+        None => Line::Incomplete,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Frames every line of `input` as the serving loop does, one step at a time.
+    fn frame_all(mut input: &[u8]) -> Vec<Line> {
+        let mut skipping = false;
+        let mut lines = Vec::new();
+        loop {
+            let line = next_line(input, &mut skipping);
+            let consumed = match &line {
+                Line::Text { consumed, .. } | Line::TooLong { consumed } | Line::Skipped { consumed } => *consumed,
+                Line::Incomplete => break,
+            };
+            input = &input[consumed..];
+            lines.push(line);
+        }
+        lines
+    }
+
     #[test]
-    fn reads_lines_and_refuses_oversized_ones() {
+    fn frames_lines_and_refuses_oversized_ones() {
         let mut input = b"{\"cmd\":\"status\"}\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_REQUEST_BYTES + 10));
-        input.extend_from_slice(b"\nlast");
-        let mut reader = BufReader::with_capacity(4096, &input[..]);
-        assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "{\"cmd\":\"status\"}"));
-        assert!(matches!(read_line(&mut reader).unwrap(), Line::TooLong));
-        assert!(matches!(read_line(&mut reader).unwrap(), Line::Text(text) if text == "last"));
-        assert!(matches!(read_line(&mut reader).unwrap(), Line::End));
+        input.extend_from_slice(b"\nlast\npartial");
+        let lines = frame_all(&input);
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text {
+                    text: "{\"cmd\":\"status\"}".into(),
+                    consumed: 17
+                },
+                Line::TooLong {
+                    consumed: MAX_REQUEST_BYTES + 11
+                },
+                Line::Text {
+                    text: "last".into(),
+                    consumed: 5
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_over_long_line_arriving_in_pieces_is_refused_once_and_skipped_to_its_end() {
+        let mut skipping = false;
+        let first = vec![b'x'; MAX_REQUEST_BYTES + 1];
+        assert_eq!(
+            next_line(&first, &mut skipping),
+            Line::TooLong {
+                consumed: MAX_REQUEST_BYTES + 1
+            }
+        );
+        assert_eq!(next_line(b"yyyy", &mut skipping), Line::Skipped { consumed: 4 });
+        assert_eq!(next_line(b"yy\n{}", &mut skipping), Line::Skipped { consumed: 3 });
+        assert!(!skipping);
+        assert_eq!(next_line(b"{}", &mut skipping), Line::Incomplete);
     }
 }

@@ -140,12 +140,27 @@ impl Process {
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_field("VmHWM")
+    }
+
+    /// Resident memory now (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS")
+    }
+
+    /// Threads the process runs now.
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads")
+    }
+
+    /// A numeric field of /proc/PID/status (units such as `kB` dropped).
+    fn status_field(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
     }
 }
 
@@ -375,12 +390,21 @@ impl Corelb {
 
     /// The metrics listener's address, from its log line.
     pub fn metrics_addr(&self) -> SocketAddr {
+        self.logged_addr("metrics listening")
+    }
+
+    /// The admin API's address, from its log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.logged_addr("admin API listening")
+    }
+
+    fn logged_addr(&self, message: &str) -> SocketAddr {
         let line = self
             .process
             .output()
             .into_iter()
-            .find(|line| line.contains("metrics listening"))
-            .expect("metrics listener line");
+            .find(|line| line.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} line"));
         let start = line.find("address=").unwrap() + "address=".len();
         line[start..].split_whitespace().next().unwrap().parse().unwrap()
     }

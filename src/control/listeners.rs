@@ -1,0 +1,598 @@
+//! One thread serves the control socket, the metrics listener and the admin API from a single poll(2) loop. A
+//! request goes to the control thread only once it has arrived whole; until then a connection costs a descriptor and
+//! a buffer, never a thread. Every connection has a deadline and every listener a cap, and a new connection at the
+//! cap evicts the oldest one still sending its request, so idle or trickling clients (slowloris) can neither pile up
+//! threads nor keep `ctl` and a Prometheus scrape from being answered.
+
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
+
+use super::admin::{self, Answer, Exchange};
+use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
+use super::socket::{self, Line};
+use super::ControlRequest;
+
+/// Connections one listener holds at most; past it the oldest one still sending its request is closed.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 64;
+/// Time an HTTP client has to send its whole request, and a control client to finish a line it has begun.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Time a control-socket connection may sit idle between requests.
+const CONTROL_IDLE: Duration = Duration::from_secs(60);
+/// Time a client has to take its reply.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a listener rests after accept fails (out of descriptors, say) before it is polled again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The listeners to serve, bound by the caller.
+pub struct Listeners {
+    pub control: UnixListener,
+    pub metrics: Option<TcpListener>,
+    /// The admin API and the token every call must carry.
+    pub admin: Option<(TcpListener, Option<String>)>,
+}
+
+/// Starts the serving thread.
+pub fn serve(listeners: Listeners, requests: Sender<ControlRequest>) -> io::Result<()> {
+    let (wake_receiver, wake_sender) = UnixStream::pair()?;
+    wake_receiver.set_nonblocking(true)?;
+    wake_sender.set_nonblocking(true)?;
+    let mut entries = vec![Entry::new(Service::Control, Acceptor::Unix(listeners.control))?];
+    if let Some(listener) = listeners.metrics {
+        entries.push(Entry::new(Service::Metrics, Acceptor::Tcp(listener))?);
+    }
+    if let Some((listener, token)) = listeners.admin {
+        entries.push(Entry::new(Service::Admin { token }, Acceptor::Tcp(listener))?);
+    }
+    let mut server = Server {
+        listeners: entries,
+        connections: Vec::new(),
+        requests,
+        wake_receiver,
+        wake_sender: Arc::new(wake_sender),
+        last_warning: None,
+    };
+    std::thread::Builder::new()
+        .name("corelb-control-io".into())
+        .spawn(move || server.run())?;
+    Ok(())
+}
+
+/// What a listener serves.
+enum Service {
+    Control,
+    Metrics,
+    Admin { token: Option<String> },
+}
+
+enum Acceptor {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+struct Entry {
+    service: Service,
+    acceptor: Acceptor,
+    /// Accepting rests until then after an accept error.
+    resting_until: Option<Instant>,
+}
+
+impl Entry {
+    fn new(service: Service, acceptor: Acceptor) -> io::Result<Entry> {
+        match &acceptor {
+            Acceptor::Unix(listener) => listener.set_nonblocking(true)?,
+            Acceptor::Tcp(listener) => listener.set_nonblocking(true)?,
+        }
+        Ok(Entry {
+            service,
+            acceptor,
+            resting_until: None,
+        })
+    }
+
+    fn fd(&self) -> RawFd {
+        match &self.acceptor {
+            Acceptor::Unix(listener) => listener.as_raw_fd(),
+            Acceptor::Tcp(listener) => listener.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match &self.acceptor {
+            Acceptor::Unix(listener) => {
+                let (stream, _) = listener.accept()?;
+                let uid = socket::peer_uid(&stream);
+                Ok((Stream::Unix(stream), Peer::Uid(uid)))
+            }
+            Acceptor::Tcp(listener) => {
+                let (stream, address) = listener.accept()?;
+                Ok((Stream::Tcp(stream), Peer::Address(address.to_string())))
+            }
+        }
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(stream) => stream.as_raw_fd(),
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Stream::Unix(stream) => stream.set_nonblocking(true),
+            Stream::Tcp(stream) => stream.set_nonblocking(true),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(stream) => stream.read(buf),
+            Stream::Tcp(stream) => stream.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(stream) => stream.write(buf),
+            Stream::Tcp(stream) => stream.write(buf),
+        }
+    }
+}
+
+enum Peer {
+    Uid(Option<u32>),
+    Address(String),
+}
+
+/// Where one connection is in its exchange.
+enum Phase {
+    /// Receiving a request.
+    Reading,
+    /// The control thread has the command; its result will come on this channel.
+    Waiting {
+        result: Receiver<Result<Value, CommandError>>,
+        reply: Reply,
+    },
+    /// Sending `output[written..]`; then read the next request or close.
+    Writing { close_after: bool },
+}
+
+/// How a result is rendered for the client that asked.
+enum Reply {
+    /// A control-socket line, echoing the request's id.
+    Line {
+        id: Option<Value>,
+    },
+    Http(Answer),
+}
+
+struct Connection {
+    listener: usize,
+    stream: Stream,
+    peer: Peer,
+    accepted: Instant,
+    phase: Phase,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Skipping the tail of an over-long control line.
+    skipping: bool,
+    /// The client has finished sending (EOF or a half-close).
+    input_closed: bool,
+    /// When the phase must have ended.
+    deadline: Instant,
+}
+
+/// What the framing of the bytes received calls for.
+enum Step {
+    Incomplete,
+    Respond {
+        bytes: Vec<u8>,
+        close_after: bool,
+    },
+    Dispatch {
+        command: super::command::Command,
+        source: Source,
+        reply: Reply,
+    },
+}
+
+struct Server {
+    listeners: Vec<Entry>,
+    connections: Vec<Connection>,
+    requests: Sender<ControlRequest>,
+    /// Readable when the control thread has answered a command from this loop.
+    wake_receiver: UnixStream,
+    wake_sender: Arc<UnixStream>,
+    last_warning: Option<Instant>,
+}
+
+impl Server {
+    fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.connections.len());
+            fds.push(poll_entry(self.wake_receiver.as_raw_fd(), libc::POLLIN));
+            for entry in &self.listeners {
+                let resting = entry.resting_until.is_some_and(|until| now < until);
+                // A resting listener is left out of the poll set (fd -1 is ignored), so accept errors cannot spin.
+                fds.push(poll_entry(if resting { -1 } else { entry.fd() }, libc::POLLIN));
+            }
+            for connection in &self.connections {
+                // A connection waiting for the control thread is left out: poll would report a hang-up on it
+                // again and again, and the wake socket says when its answer is there.
+                fds.push(match connection.phase {
+                    Phase::Reading => poll_entry(connection.stream.fd(), libc::POLLIN),
+                    Phase::Waiting { .. } => poll_entry(-1, 0),
+                    Phase::Writing { .. } => poll_entry(connection.stream.fd(), libc::POLLOUT),
+                });
+            }
+            let timeout = self.poll_timeout(now);
+            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structures.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    self.warn("control listeners: poll failed", &error);
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                let mut drain = [0u8; 256];
+                while matches!((&self.wake_receiver).read(&mut drain), Ok(read) if read > 0) {}
+            }
+            // Connections first (their indices match `fds` only until accept or close changes the list).
+            let first_connection = 1 + self.listeners.len();
+            let keep: Vec<bool> = fds[first_connection..]
+                .iter()
+                .enumerate()
+                .map(|(index, fd)| self.progress(index, fd.revents))
+                .collect();
+            let mut keep = keep.into_iter();
+            self.connections.retain(|_| keep.next().unwrap_or(true));
+            for listener in 0..self.listeners.len() {
+                if fds[1 + listener].revents != 0 {
+                    self.accept_all(listener);
+                }
+            }
+        }
+    }
+
+    /// Milliseconds until the nearest deadline or listener rest ends.
+    fn poll_timeout(&self, now: Instant) -> libc::c_int {
+        let nearest = self
+            .connections
+            .iter()
+            .filter(|connection| !matches!(connection.phase, Phase::Waiting { .. }))
+            .map(|connection| connection.deadline)
+            .chain(self.listeners.iter().filter_map(|entry| entry.resting_until))
+            .min();
+        match nearest {
+            None => 1000,
+            Some(at) => at.saturating_duration_since(now).as_millis().clamp(1, 1000) as libc::c_int,
+        }
+    }
+
+    /// Moves connection `index` on after poll said `revents`; false when it is to be closed.
+    fn progress(&mut self, index: usize, revents: libc::c_short) -> bool {
+        let now = Instant::now();
+        let connection = &mut self.connections[index];
+        match &connection.phase {
+            Phase::Waiting { result, .. } => {
+                let answered = match result.try_recv() {
+                    Ok(answered) => answered,
+                    Err(crossbeam_channel::TryRecvError::Empty) => return true,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        Err(CommandError::new(ErrorKind::Unavailable, "corelb is shutting down"))
+                    }
+                };
+                let Phase::Waiting { reply, .. } = std::mem::replace(&mut connection.phase, Phase::Reading) else {
+                    return false;
+                };
+                let (bytes, close_after) = match reply {
+                    Reply::Line { id } => (reply_line(id.as_ref(), &answered), false),
+                    Reply::Http(answer) => (admin::render(answer, &answered), true),
+                };
+                connection.start_writing(bytes, close_after, now);
+                self.write_and_go_on(index, now)
+            }
+            _ if revents & (libc::POLLERR | libc::POLLNVAL) != 0 => false,
+            Phase::Reading if revents & (libc::POLLIN | libc::POLLHUP) != 0 => {
+                if !connection.read_some() {
+                    return false;
+                }
+                self.frame(index, now)
+            }
+            Phase::Writing { .. } if revents & (libc::POLLOUT | libc::POLLHUP) != 0 => self.write_and_go_on(index, now),
+            Phase::Reading | Phase::Writing { .. } => now < connection.deadline,
+        }
+    }
+
+    /// Writes connection `index`'s reply; once it is out, frames the next request a control client may have sent.
+    fn write_and_go_on(&mut self, index: usize, now: Instant) -> bool {
+        if !self.connections[index].write_some() {
+            return false;
+        }
+        match self.connections[index].phase {
+            Phase::Reading => self.frame(index, now),
+            Phase::Waiting { .. } | Phase::Writing { .. } => true,
+        }
+    }
+
+    /// Frames what connection `index` has received and acts on it; false when it is to be closed.
+    fn frame(&mut self, index: usize, now: Instant) -> bool {
+        loop {
+            let step = self.step(index);
+            let connection = &mut self.connections[index];
+            match step {
+                Step::Incomplete => {
+                    // A client that has stopped sending gets no more than the replies to what it sent.
+                    connection.deadline = connection.reading_deadline(now);
+                    return !connection.input_closed;
+                }
+                Step::Respond { bytes, close_after } => {
+                    connection.start_writing(bytes, close_after, now);
+                    if !connection.write_some() {
+                        return false;
+                    }
+                    if !matches!(connection.phase, Phase::Reading) {
+                        return true;
+                    }
+                }
+                Step::Dispatch { command, source, reply } => {
+                    let (sender, result) = crossbeam_channel::bounded(1);
+                    let request = ControlRequest {
+                        command,
+                        source,
+                        reply: super::ReplyTo {
+                            result: sender,
+                            wake: Some(Arc::clone(&self.wake_sender)),
+                        },
+                    };
+                    if self.requests.send(request).is_err() {
+                        return false;
+                    }
+                    connection.phase = Phase::Waiting { result, reply };
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Looks at connection `index`'s input and consumes the request it holds, if whole.
+    fn step(&mut self, index: usize) -> Step {
+        let connection = &mut self.connections[index];
+        let peer = match &connection.peer {
+            Peer::Address(address) => address.as_str(),
+            Peer::Uid(_) => "",
+        };
+        match &self.listeners[connection.listener].service {
+            Service::Control => loop {
+                match socket::next_line(&connection.input, &mut connection.skipping) {
+                    Line::Incomplete => return Step::Incomplete,
+                    Line::Skipped { consumed } => {
+                        connection.input.drain(..consumed);
+                    }
+                    Line::TooLong { consumed } => {
+                        connection.input.drain(..consumed);
+                        let error = CommandError::invalid_request(format!(
+                            "request line exceeds {} bytes",
+                            super::command::MAX_REQUEST_BYTES
+                        ));
+                        return Step::Respond {
+                            bytes: reply_line(None, &Err(error)),
+                            close_after: false,
+                        };
+                    }
+                    Line::Text { text, consumed } => {
+                        connection.input.drain(..consumed);
+                        if text.trim().is_empty() {
+                            continue;
+                        }
+                        let (id, command) = parse_request_line(text.trim());
+                        let uid = match connection.peer {
+                            Peer::Uid(uid) => uid,
+                            Peer::Address(_) => None,
+                        };
+                        return match command {
+                            Ok(command) => Step::Dispatch {
+                                command,
+                                source: Source::Socket { uid },
+                                reply: Reply::Line { id },
+                            },
+                            Err(error) => Step::Respond {
+                                bytes: reply_line(id.as_ref(), &Err(error)),
+                                close_after: false,
+                            },
+                        };
+                    }
+                }
+            },
+            Service::Metrics => http_step(admin::metrics_exchange(&connection.input, peer)),
+            Service::Admin { token } => http_step(admin::admin_exchange(&connection.input, peer, token.as_deref())),
+        }
+    }
+
+    /// Accepts every connection waiting on listener `listener`.
+    fn accept_all(&mut self, listener: usize) {
+        loop {
+            let (stream, peer) = match self.listeners[listener].accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // Out of descriptors (EMFILE/ENFILE) or the like: rest this listener instead of spinning.
+                    self.listeners[listener].resting_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.warn("control listener accept failed; backing off", &error);
+                    return;
+                }
+            };
+            if stream.set_nonblocking().is_err() {
+                continue;
+            }
+            self.make_room(listener);
+            let now = Instant::now();
+            let first_deadline = match self.listeners[listener].service {
+                Service::Control => now + CONTROL_IDLE,
+                Service::Metrics | Service::Admin { .. } => now + REQUEST_DEADLINE,
+            };
+            self.connections.push(Connection {
+                listener,
+                stream,
+                peer,
+                accepted: now,
+                phase: Phase::Reading,
+                input: Vec::new(),
+                output: Vec::new(),
+                written: 0,
+                skipping: false,
+                input_closed: false,
+                deadline: first_deadline,
+            });
+        }
+    }
+
+    /// At the cap, closes the oldest connection on `listener` that is still sending its request.
+    fn make_room(&mut self, listener: usize) {
+        let held = self
+            .connections
+            .iter()
+            .filter(|connection| connection.listener == listener)
+            .count();
+        if held < MAX_CONNECTIONS_PER_LISTENER {
+            return;
+        }
+        let oldest = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter(|(_, connection)| connection.listener == listener && matches!(connection.phase, Phase::Reading))
+            .min_by_key(|(_, connection)| connection.accepted)
+            .map(|(index, _)| index);
+        if let Some(index) = oldest {
+            self.connections.swap_remove(index);
+        }
+    }
+
+    fn warn(&mut self, message: &str, error: &io::Error) {
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(%error, "{message}");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+}
+
+impl Connection {
+    /// Reads what is there; false on an error. End of input is noted in `input_closed`: what came before it is
+    /// still answered.
+    fn read_some(&mut self) -> bool {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.input_closed = true;
+                    return true;
+                }
+                Ok(read) => {
+                    self.input.extend_from_slice(&chunk[..read]);
+                    if read < chunk.len() {
+                        return true;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn start_writing(&mut self, bytes: Vec<u8>, close_after: bool, now: Instant) {
+        self.output = bytes;
+        self.written = 0;
+        self.phase = Phase::Writing { close_after };
+        self.deadline = now + WRITE_DEADLINE;
+    }
+
+    /// Writes what the socket takes; false when the connection is done or broken.
+    fn write_some(&mut self) -> bool {
+        while self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return false,
+                Ok(written) => self.written += written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        let Phase::Writing { close_after } = self.phase else {
+            return true;
+        };
+        if close_after {
+            return false;
+        }
+        self.output = Vec::new();
+        self.phase = Phase::Reading;
+        self.deadline = self.reading_deadline(Instant::now());
+        true
+    }
+
+    /// An idle control connection may wait for its next request; a begun one must finish it.
+    fn reading_deadline(&self, now: Instant) -> Instant {
+        match (&self.peer, self.input.is_empty() && !self.skipping) {
+            (Peer::Uid(_), true) => now + CONTROL_IDLE,
+            // HTTP requests have one deadline from accept; a begun control line keeps the one it was given.
+            (Peer::Address(_), _) => self.accepted + REQUEST_DEADLINE,
+            (Peer::Uid(_), false) if self.deadline > now + REQUEST_DEADLINE => now + REQUEST_DEADLINE,
+            (Peer::Uid(_), false) => self.deadline,
+        }
+    }
+}
+
+fn http_step(exchange: Exchange) -> Step {
+    match exchange {
+        Exchange::Incomplete => Step::Incomplete,
+        Exchange::Respond(bytes) => Step::Respond {
+            bytes,
+            close_after: true,
+        },
+        Exchange::Dispatch {
+            command,
+            source,
+            answer,
+        } => Step::Dispatch {
+            command,
+            source,
+            reply: Reply::Http(answer),
+        },
+    }
+}
+
+/// One reply line of the control socket.
+fn reply_line(id: Option<&Value>, result: &Result<Value, CommandError>) -> Vec<u8> {
+    let mut line = reply_json(id, result).to_string();
+    line.push('\n');
+    line.into_bytes()
+}
+
+fn poll_entry(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
