@@ -111,6 +111,18 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
     let expose_worker_header = section.or("expose_worker_header", false, errors);
     let splice_bodies = section.or("splice_bodies", true, errors);
+    let max_connections = match section.optional::<toml::Value>("max_connections", errors) {
+        None => None,
+        Some(toml::Value::String(text)) if text == "auto" => None,
+        Some(toml::Value::Integer(count)) if (1..=10_000_000).contains(&count) => Some(count as usize),
+        Some(other) => {
+            errors.push(
+                section.key_path("max_connections"),
+                format!("must be \"auto\" or a number between 1 and 10000000, got {other}"),
+            );
+            None
+        }
+    };
     section.finish(errors);
     ServerConfig {
         workers,
@@ -119,6 +131,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
         shutdown_grace,
         expose_worker_header,
         splice_bodies,
+        max_connections,
     }
 }
 

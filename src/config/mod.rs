@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub expose_worker_header: bool,
     /// Move large bodies with splice(2) instead of copying them through user memory (less proxy CPU per byte).
     pub splice_bodies: bool,
+    /// Client connections the whole process holds at most; past it, workers stop accepting until one closes.
+    /// `None` ("auto") derives it from the descriptor limit (see `net::descriptors`).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

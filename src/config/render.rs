@@ -49,11 +49,14 @@ pub fn to_toml(config: &Config) -> String {
     };
     let _ = writeln!(
         out,
-        "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\nsplice_bodies = {}\n",
+        "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\nsplice_bodies = {}\nmax_connections = {}\n",
         server.pin_workers,
         format_duration(server.shutdown_grace),
         server.expose_worker_header,
-        server.splice_bodies
+        server.splice_bodies,
+        server
+            .max_connections
+            .map_or_else(|| "\"auto\"".to_string(), |count| count.to_string())
     );
     for frontend in &config.frontends {
         let _ = writeln!(

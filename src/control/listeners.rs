@@ -18,6 +18,7 @@ use super::admin::{self, Answer, Exchange};
 use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
 use super::socket::{self, Line};
 use super::ControlRequest;
+use crate::net::descriptors::out_of_descriptors;
 
 /// Connections one listener holds at most; past it the oldest one still sending its request is closed.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 64;
@@ -58,6 +59,7 @@ pub fn serve(listeners: Listeners, requests: Sender<ControlRequest>) -> io::Resu
         wake_receiver,
         wake_sender: Arc::new(wake_sender),
         last_warning: None,
+        spare: spare_descriptor(),
     };
     std::thread::Builder::new()
         .name("corelb-control-io".into())
@@ -220,11 +222,17 @@ struct Server {
     wake_receiver: UnixStream,
     wake_sender: Arc<UnixStream>,
     last_warning: Option<Instant>,
+    /// A descriptor held in reserve: when the process is out of descriptors it is closed so that one operator
+    /// connection can still be accepted (`ctl`, a scrape), and taken again once descriptors free up.
+    spare: Option<std::fs::File>,
 }
 
 impl Server {
     fn run(&mut self) {
         loop {
+            if self.spare.is_none() {
+                self.spare = spare_descriptor();
+            }
             let now = Instant::now();
             let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.connections.len());
             fds.push(poll_entry(self.wake_receiver.as_raw_fd(), libc::POLLIN));
@@ -436,6 +444,10 @@ impl Server {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if out_of_descriptors(&error) && self.spare.take().is_some() => {
+                    self.warn("out of descriptors; the spare one serves a control connection", &error);
+                    continue;
+                }
                 Err(error) => {
                     // Out of descriptors (EMFILE/ENFILE) or the like: rest this listener instead of spinning.
                     self.listeners[listener].resting_until = Some(Instant::now() + ACCEPT_BACKOFF);
@@ -591,6 +603,10 @@ fn reply_line(id: Option<&Value>, result: &Result<Value, CommandError>) -> Vec<u
     let mut line = reply_json(id, result).to_string();
     line.push('\n');
     line.into_bytes()
+}
+
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 fn poll_entry(fd: RawFd, events: libc::c_short) -> libc::pollfd {

@@ -25,8 +25,11 @@ use crate::config::{
 };
 use crate::metrics::render::{render, ControlFigures};
 use crate::metrics::{Merged, WorkerMetrics};
+use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
 use crate::net::listener::{reserve_port, PortReservation};
-use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerReport, WorkerSpec};
+use crate::worker::{
+    self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerLimits, WorkerReport, WorkerSpec,
+};
 use command::{Command, CommandError, ErrorKind, Source};
 use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
@@ -120,6 +123,8 @@ pub struct Control {
     worker_lost: bool,
     /// Versions are never reused, even by a change that failed to reach every worker.
     next_version: u64,
+    /// How the process's descriptors are shared out.
+    budget: DescriptorBudget,
 }
 
 /// Chooses the driver for every worker: io_uring when allowed, epoll otherwise (said once, here).
@@ -157,6 +162,7 @@ impl Control {
         driver_override: Option<IoDriverChoice>,
     ) -> Result<Control, StartError> {
         let driver = choose_driver(driver_override.unwrap_or(config.server.io_driver))?;
+        let budget = descriptor_budget(&config)?;
         let backend_addrs = resolve_backends(&config)?;
         // Frontends on port 0 get a concrete port that every worker then shares.
         let mut reservations: Vec<PortReservation> = Vec::new();
@@ -211,6 +217,10 @@ impl Control {
                 access_log: access_log.clone(),
                 process_seed,
                 workers: count,
+                limits: WorkerLimits {
+                    clients: DescriptorBudget::share(budget.clients, count),
+                    upstream: DescriptorBudget::share(budget.upstream, count),
+                },
             })?);
         }
         let mut history = History::new(config.control.history);
@@ -238,6 +248,7 @@ impl Control {
             last_rebalance: Instant::now(),
             worker_lost: false,
             next_version: 2,
+            budget,
         };
         let mut ready = 0;
         while ready < count {
@@ -277,6 +288,7 @@ impl Control {
             driver = if epoll_workers == 0 { "io_uring" } else if epoll_workers == count { "epoll" } else { "mixed" },
             backends = control.config.backends.len(),
             listening = %listening.join(","),
+            max_connections = control.budget.clients,
             control_socket = %control.config.control.socket.display(),
             "corelb ready"
         );
@@ -829,6 +841,12 @@ impl Control {
             "algorithm": format!("{:?}", self.config.balancer.algorithm),
             "backends": backends,
             "rollout": self.rollout.as_ref().map(Rollout::status),
+            "descriptors": {
+                "limit": self.budget.limit,
+                "reserve": self.budget.reserve,
+                "max_connections": self.budget.clients,
+                "max_upstream_connections": self.budget.upstream,
+            },
         })
     }
 
@@ -840,6 +858,22 @@ impl Control {
             worker.join();
         }
     }
+}
+
+/// Raises the descriptor limit and shares it out; a configured `max_connections` it cannot honour is kept, with a
+/// warning, since the operator may know better (the accept and connect paths cope with running out).
+fn descriptor_budget(config: &Config) -> Result<DescriptorBudget, StartError> {
+    let limit = raise_nofile_limit()?;
+    let budget = DescriptorBudget::plan(limit, config.server.max_connections);
+    if !budget.fits() {
+        tracing::warn!(
+            max_connections = budget.clients,
+            limit,
+            "server.max_connections needs more descriptors than RLIMIT_NOFILE allows; past the limit clients wait \
+             to be accepted and new upstream connections get 503 (raise the limit, e.g. LimitNOFILE= in systemd)"
+        );
+    }
+    Ok(budget)
 }
 
 /// Binds the control socket, the admin API and the metrics listener, as the config asks.

@@ -95,6 +95,8 @@ pub struct WorkerMetrics {
     pub requests: u64,
     /// Body bytes moved with splice(2) (filled when a snapshot is taken).
     pub spliced_bytes: u64,
+    /// Times accepting paused at this worker's share of `server.max_connections`.
+    pub accept_paused: u64,
 }
 
 impl WorkerMetrics {
@@ -114,6 +116,7 @@ impl WorkerMetrics {
             discarded: BTreeMap::new(),
             requests: 0,
             spliced_bytes: 0,
+            accept_paused: 0,
         };
         metrics.backend_slot(NO_BACKEND);
         metrics
@@ -200,6 +203,10 @@ impl WorkerMetrics {
         *self.retries.entry(reason).or_insert(0) += 1;
     }
 
+    pub fn accept_paused(&mut self) {
+        self.accept_paused += 1;
+    }
+
     pub fn upstream_discarded(&mut self, reason: &'static str) {
         *self.discarded.entry(reason).or_insert(0) += 1;
     }
@@ -216,6 +223,7 @@ pub struct Merged {
     pub discarded: BTreeMap<&'static str, u64>,
     pub worker_requests: Vec<(usize, u64)>,
     pub spliced_bytes: u64,
+    pub accept_paused: u64,
     /// Workers that said a backend is up, and that reported it at all.
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
 }
@@ -226,6 +234,7 @@ impl Merged {
         for worker in workers {
             merged.worker_requests.push((worker.worker, worker.requests));
             merged.spliced_bytes += worker.spliced_bytes;
+            merged.accept_paused += worker.accept_paused;
             if merged.frontend_names.is_empty() {
                 merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
             }

@@ -16,6 +16,7 @@ pub const ERRORS: &str = "corelb_errors_total";
 pub const RATELIMIT_DECISIONS: &str = "corelb_ratelimit_decisions_total";
 pub const RETRIES: &str = "corelb_retries_total";
 pub const UPSTREAM_DISCARDED: &str = "corelb_upstream_connections_discarded_total";
+pub const ACCEPT_PAUSED: &str = "corelb_accept_paused_total";
 pub const BACKEND_UP: &str = "corelb_backend_up";
 pub const BACKEND_WEIGHT: &str = "corelb_backend_weight";
 pub const CONFIG_VERSION: &str = "corelb_config_version";

@@ -225,6 +225,13 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         discarded.counter(&[("reason", reason)], *count as f64);
     }
     families.push(discarded);
+    let mut paused = Family::new(
+        ACCEPT_PAUSED,
+        "Times a worker stopped accepting at its share of server.max_connections (new clients wait in the listen queue).",
+        MetricType::COUNTER,
+    );
+    paused.counter(&[], merged.accept_paused as f64);
+    families.push(paused);
     let mut per_worker = Family::new(
         WORKER_REQUESTS,
         "Requests answered by each worker (shows SO_REUSEPORT imbalance).",

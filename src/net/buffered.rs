@@ -11,6 +11,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::slots::Slot;
 use super::watchdog::{Operation, Watch, Watchdog};
 
 /// Initial read buffer of an upstream connection; it grows for large heads and for streaming bodies.
@@ -51,6 +52,8 @@ pub struct BufferedStream {
     start: usize,
     /// Whether the socket is known to be in non-blocking mode (see [`prepare_splice`](Self::prepare_splice)).
     nonblocking: bool,
+    /// The worker's descriptor slot this connection holds, freed after the socket closes (fields drop in order).
+    slot: Option<Slot>,
 }
 
 impl BufferedStream {
@@ -67,7 +70,14 @@ impl BufferedStream {
             buf: Vec::with_capacity(capacity),
             start: 0,
             nonblocking: false,
+            slot: None,
         }
+    }
+
+    /// Makes this connection hold `slot` until it is dropped.
+    pub fn hold(mut self, slot: Slot) -> BufferedStream {
+        self.slot = Some(slot);
+        self
     }
 
     /// Whether an operation timed out: the stream is unusable and must not go back to a pool.

@@ -1,8 +1,10 @@
 //! Sockets on a worker's event loop: buffered streams, the watchdog that keeps their timeouts, SO_REUSEPORT
-//! listeners, and the pipes that splice large bodies.
+//! listeners, the pipes that splice large bodies, and the descriptor budget with each worker's slots.
 
 pub mod buffered;
+pub mod descriptors;
 pub mod listener;
+pub mod slots;
 pub mod splice;
 pub mod watchdog;
 

@@ -50,8 +50,14 @@ enum Next {
 /// for the next request, so it holds only what is kept between requests and the wait for a head; everything a
 /// request needs while in flight lives in a boxed future freed when the request ends (10,000 idle keep-alive
 /// connections cost what their waits cost).
-pub async fn serve_client(context: Rc<WorkerContext>, stream: TcpStream, peer: SocketAddr, frontend: usize) {
-    let _guard = context.connection_opened(frontend);
+pub async fn serve_client(
+    context: Rc<WorkerContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    frontend: usize,
+    slot: crate::net::slots::Slot,
+) {
+    let _guard = context.connection_opened(frontend, slot);
     let _ = stream.set_nodelay(true);
     let mut client = BufferedStream::with_capacity(stream, &context.watchdog, CLIENT_BUFFER);
     let mut connection = Connection {

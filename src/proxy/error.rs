@@ -28,6 +28,10 @@ pub enum ProxyError {
     RateLimited,
     #[error("no backend available")]
     NoBackend,
+    #[error("out of file descriptors")]
+    OutOfDescriptors,
+    #[error("every upstream connection this worker may open is in use")]
+    UpstreamLimit,
     #[error("connect to backend {backend} failed: {source}")]
     ConnectFailed { backend: String, source: io::Error },
     #[error("connect to backend {backend} timed out")]
@@ -68,7 +72,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => Some(413),
             ProxyError::ClientTimeout | ProxyError::ClientClosed | ProxyError::ClientIo(_) => None,
             ProxyError::RateLimited => Some(429),
-            ProxyError::NoBackend => Some(503),
+            ProxyError::NoBackend | ProxyError::OutOfDescriptors | ProxyError::UpstreamLimit => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
             ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
@@ -98,6 +102,8 @@ impl ProxyError {
             ProxyError::ClientIo(_) => "client_io",
             ProxyError::RateLimited => "rate_limited",
             ProxyError::NoBackend => "no_backend",
+            ProxyError::OutOfDescriptors => "out_of_descriptors",
+            ProxyError::UpstreamLimit => "upstream_limit",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -118,7 +124,7 @@ impl ProxyError {
             | ProxyError::ClientClosed
             | ProxyError::ClientIo(_)
             | ProxyError::RateLimited => Side::Client,
-            ProxyError::NoBackend => Side::Proxy,
+            ProxyError::NoBackend | ProxyError::OutOfDescriptors | ProxyError::UpstreamLimit => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
@@ -143,6 +149,8 @@ impl ProxyError {
             | ProxyError::ClientIo(_)
             | ProxyError::RateLimited
             | ProxyError::NoBackend
+            | ProxyError::OutOfDescriptors
+            | ProxyError::UpstreamLimit
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }

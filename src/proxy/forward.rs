@@ -18,6 +18,8 @@ use super::error::{ProxyError, Side};
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
+use crate::net::descriptors::out_of_descriptors;
+use crate::net::slots::Slot;
 use crate::net::{BufferedStream, PendingInput, PipePool};
 use crate::worker::context::{BackendState, Generation, WorkerContext};
 
@@ -73,17 +75,20 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 async fn connect(
     context: &WorkerContext,
     backend: &BackendState,
-    generation: &Generation,
+    slot: Slot,
+    deadline: Instant,
 ) -> Result<BufferedStream, ProxyError> {
-    let timeout = generation.config.timeouts.connect;
     // Once per new connection, so a timer here costs little; the socket's later operations use the watchdog. The
     // callers box this future: a timer entry is cache-line padded (128-byte aligned), and inline it would make every
     // request's forwarding state large and over-aligned.
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(remaining, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(BufferedStream::new(stream, &context.watchdog))
+            Ok(BufferedStream::new(stream, &context.watchdog).hold(slot))
         }
+        // The process is out of descriptors: not the backend's fault, and no other backend would do better.
+        Ok(Err(source)) if out_of_descriptors(&source) => Err(ProxyError::OutOfDescriptors),
         Ok(Err(source)) => Err(ProxyError::ConnectFailed {
             backend: backend.id.clone(),
             source,
@@ -91,6 +96,42 @@ async fn connect(
         Err(_) => Err(ProxyError::ConnectTimeout {
             backend: backend.id.clone(),
         }),
+    }
+}
+
+/// How a request gets its upstream connection once the pool had none.
+enum Opening {
+    /// A descriptor slot for a new connection.
+    Slot(Slot),
+    /// A connection to the chosen backend came back to the pool while the request waited.
+    Idle(BufferedStream),
+}
+
+/// A descriptor slot for a new upstream connection. At this worker's limit the connection idle longest (to any
+/// backend) is closed to make room; with none idle the request waits until `deadline` for a slot to free or a
+/// connection to `backend` to come back to the pool.
+async fn slot_or_idle(
+    context: &WorkerContext,
+    backend: &BackendState,
+    max_idle: std::time::Duration,
+    deadline: Instant,
+) -> Result<Opening, ProxyError> {
+    loop {
+        if let Some(slot) = context.upstream_slots.try_take() {
+            return Ok(Opening::Slot(slot));
+        }
+        if let Some(connection) = take_clean_idle(context, backend, Instant::now(), max_idle) {
+            return Ok(Opening::Idle(connection));
+        }
+        if context.close_an_idle_upstream() {
+            continue;
+        }
+        let slots = &context.upstream_slots;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let freed = slots.freed.until(|| !slots.full() || backend.has_idle());
+        if monoio::time::timeout(remaining, freed).await.is_err() {
+            return Err(ProxyError::UpstreamLimit);
+        }
     }
 }
 
@@ -221,7 +262,24 @@ async fn open_upstream(
                 reused: true,
             });
         }
-        match Box::pin(connect(context, &backend, generation)).await {
+        let deadline = now + generation.config.timeouts.connect;
+        let slot = match Box::pin(slot_or_idle(context, &backend, upstream.idle_timeout, deadline)).await {
+            Ok(Opening::Slot(slot)) => Ok(slot),
+            Ok(Opening::Idle(connection)) => {
+                return Ok(Upstream {
+                    index,
+                    backend,
+                    connection,
+                    reused: true,
+                })
+            }
+            Err(error) => Err(error),
+        };
+        let connected = match slot {
+            Ok(slot) => Box::pin(connect(context, &backend, slot, deadline)).await,
+            Err(error) => Err(error),
+        };
+        match connected {
             Ok(connection) => {
                 backend.mark_succeeded();
                 return Ok(Upstream {
@@ -230,6 +288,13 @@ async fn open_upstream(
                     connection,
                     reused: false,
                 });
+            }
+            // corelb's own limits (descriptors, upstream slots) blame no backend and are not retried.
+            Err(error) if error.side() == Side::Proxy => {
+                if let Some(suppressed) = context.warnings.open(now) {
+                    tracing::warn!(error = %error, suppressed, worker = context.index, "cannot open an upstream connection");
+                }
+                return Err(error);
             }
             Err(error) => {
                 context.warn_backend(&backend, &error, "backend connect failed; trying another");
@@ -632,6 +697,8 @@ pub async fn forward(
         AfterExchange::Reuse => {
             let capacity = generation.config.upstream.max_idle_per_backend;
             backend.put_idle(upstream, Instant::now(), capacity);
+            // A request waiting for an upstream slot may take this connection instead.
+            context.upstream_slots.freed.wake_all();
         }
         AfterExchange::Close => {}
         AfterExchange::Discard(reason) => context.with_metrics(|metrics| metrics.upstream_discarded(reason)),

@@ -53,6 +53,15 @@ impl<C> IdlePool<C> {
         self.idle.is_empty()
     }
 
+    /// Drops the connection idle longest; false when there was none.
+    pub fn drop_oldest(&mut self) -> bool {
+        if self.idle.is_empty() {
+            return false;
+        }
+        self.idle.remove(0);
+        true
+    }
+
     /// Drops every idle connection.
     pub fn clear(&mut self) {
         self.idle.clear();

@@ -14,6 +14,7 @@ use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
+use crate::net::slots::{Slot, Slots};
 use crate::net::{BufferedStream, PipePool, Watchdog};
 use crate::proxy::limit::RateLimitShard;
 use crate::proxy::request_id::RequestIds;
@@ -131,6 +132,10 @@ impl BackendState {
         self.idle.borrow_mut().take(now, max_idle)
     }
 
+    pub fn has_idle(&self) -> bool {
+        !self.idle.borrow().is_empty()
+    }
+
     pub fn put_idle(&self, connection: BufferedStream, now: Instant, capacity: usize) {
         self.idle.borrow_mut().put(connection, now, capacity);
     }
@@ -232,8 +237,19 @@ pub struct WorkerContext {
     pub watchdog: Rc<Watchdog>,
     /// Empty pipes for splicing large bodies.
     pub pipes: PipePool,
-    /// Warnings that concern no backend (no backend available).
+    /// Warnings that concern no backend (no backend available, out of descriptors).
     pub warnings: WarningGate,
+    /// Client connections this worker holds against its share of `server.max_connections`.
+    pub client_slots: Rc<Slots>,
+    /// Upstream connections (in use and idle) this worker holds against its share of the descriptor budget.
+    pub upstream_slots: Rc<Slots>,
+}
+
+/// One worker's share of the descriptor budget (see `net::descriptors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    pub clients: usize,
+    pub upstream: usize,
 }
 
 impl WorkerContext {
@@ -244,6 +260,7 @@ impl WorkerContext {
         access_log_writer: crossbeam_channel::Sender<LogMessage>,
         process_seed: u64,
         workers: usize,
+        limits: WorkerLimits,
     ) -> WorkerContext {
         WorkerContext {
             index,
@@ -259,6 +276,8 @@ impl WorkerContext {
             watchdog: Watchdog::new(),
             pipes: PipePool::default(),
             warnings: WarningGate::default(),
+            client_slots: Slots::new(limits.clients),
+            upstream_slots: Slots::new(limits.upstream),
         }
     }
 
@@ -340,26 +359,41 @@ impl WorkerContext {
         self.draining.set(true);
         // Waits that start after this see `draining` and do not begin.
         self.watchdog.end_idle_waits();
+        // An accept loop paused at the connection cap wakes to see `draining` and stops.
+        self.client_slots.freed.wake_all();
     }
 
     pub fn active_connections(&self) -> usize {
         self.active_connections.get()
     }
 
-    /// Counts a client connection on `frontend` until the returned guard is dropped.
-    pub fn connection_opened(self: &Rc<Self>, frontend: usize) -> ConnectionGuard {
+    /// Counts a client connection on `frontend`, holding `slot`, until the returned guard is dropped.
+    pub fn connection_opened(self: &Rc<Self>, frontend: usize, slot: Slot) -> ConnectionGuard {
         self.active_connections.set(self.active_connections.get() + 1);
         self.with_metrics(|metrics| metrics.connection_opened(frontend));
         ConnectionGuard {
             context: Rc::clone(self),
             frontend,
+            _slot: slot,
         }
+    }
+
+    /// Closes the upstream connection idle longest on this worker, whichever backend it goes to, to free its
+    /// descriptor slot for a request that needs one; false when none is idle.
+    pub fn close_an_idle_upstream(&self) -> bool {
+        let generation = self.generation();
+        let fullest = generation
+            .backends
+            .iter()
+            .max_by_key(|backend| backend.idle.borrow().len());
+        fullest.is_some_and(|backend| backend.idle.borrow_mut().drop_oldest())
     }
 }
 
 pub struct ConnectionGuard {
     context: Rc<WorkerContext>,
     frontend: usize,
+    _slot: Slot,
 }
 
 impl Drop for ConnectionGuard {

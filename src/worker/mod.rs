@@ -14,13 +14,18 @@ use monoio::io::{AsyncReadRent, Canceller};
 use monoio::net::{TcpListener, UnixStream};
 
 use crate::metrics::WorkerMetrics;
+use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
+pub use context::WorkerLimits;
 use context::{Generation, WorkerContext};
 pub use messages::{BackendReport, Driver, FromWorker, Snapshot, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 4096;
+/// Accepting rests this long after a failed accept, doubling up to `ACCEPT_BACKOFF_MAX`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -66,6 +71,8 @@ pub struct WorkerSpec {
     pub process_seed: u64,
     /// Total workers in the process.
     pub workers: usize,
+    /// This worker's share of the descriptor budget.
+    pub limits: WorkerLimits,
 }
 
 /// Starts a worker thread. It reports `Ready` or `StartFailed` on `events`.
@@ -189,6 +196,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         spec.access_log.clone(),
         spec.process_seed,
         spec.workers,
+        spec.limits,
     ));
     let accept_canceller = Canceller::new();
     let listener_fds: Vec<std::os::fd::RawFd> = listeners.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
@@ -290,22 +298,65 @@ async fn accept_loop(
     frontend: usize,
     cancel: monoio::io::CancelHandle,
 ) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        if context.client_slots.full() {
+            // At this worker's share of `server.max_connections`: stop accepting (new connections wait in the
+            // listen queue, none is refused) until one of ours closes.
+            context.with_metrics(|metrics| metrics.accept_paused());
+            if let Some(suppressed) = context.warnings.open(Instant::now()) {
+                tracing::warn!(
+                    worker = context.index,
+                    connections = context.client_slots.held(),
+                    suppressed,
+                    "at server.max_connections; accepting resumes when a connection closes"
+                );
+            }
+            let slots = &context.client_slots;
+            slots.freed.until(|| !slots.full() || context.draining()).await;
+            if context.draining() {
+                return;
+            }
+        }
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let slot = context.client_slots.take();
                 monoio::spawn(Contained::new(serve_client(
                     Rc::clone(&context),
                     stream,
                     peer,
                     frontend,
+                    slot,
                 )));
             }
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(error) => {
-                // Out of descriptors or a transient network error: back off briefly instead of spinning.
-                tracing::warn!(worker = context.index, error = %error, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors (EMFILE/ENFILE) or a transient network error: back off instead of spinning;
+                // established connections go on being served meanwhile. Out of descriptors, accepting resumes
+                // when one of this worker's connections closes (or after the longest backoff, for descriptors
+                // freed elsewhere), so a descriptor the control plane frees is not taken from under `ctl`.
+                if let Some(suppressed) = context.warnings.open(Instant::now()) {
+                    tracing::warn!(worker = context.index, error = %error, suppressed, "accept failed; backing off");
+                }
+                if out_of_descriptors(&error) {
+                    let clients = &context.client_slots;
+                    let upstream = &context.upstream_slots;
+                    let (held_clients, held_upstream) = (clients.held(), upstream.held());
+                    let freed = async {
+                        let client_freed = clients.freed.until(|| clients.held() < held_clients);
+                        let upstream_freed = upstream.freed.until(|| upstream.held() < held_upstream);
+                        monoio::select! {
+                            _ = client_freed => {},
+                            _ = upstream_freed => {},
+                        }
+                    };
+                    let _ = monoio::time::timeout(ACCEPT_BACKOFF_MAX, freed).await;
+                } else {
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
             }
         }
     }

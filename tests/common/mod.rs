@@ -323,6 +323,31 @@ pub struct Corelb {
 
 impl Corelb {
     pub fn start(config: &str) -> Corelb {
+        Corelb::start_with(config, |_| {})
+    }
+
+    /// Starts corelb with its soft and hard `RLIMIT_NOFILE` set to `limit`.
+    pub fn start_with_nofile(config: &str, limit: u64) -> Corelb {
+        Corelb::start_with(config, |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the child between fork and exec and calls only setrlimit, which is
+            // async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let limits = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limits) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(config: &str, prepare: impl FnOnce(&mut Command)) -> Corelb {
         let dir = TempDir::new();
         let path = dir.write("corelb.toml", config);
         let mut command = Command::new(CORELB);
@@ -330,6 +355,7 @@ impl Corelb {
             .args(["run", "-c"])
             .arg(&path)
             .args(["--io-driver", &io_driver()]);
+        prepare(&mut command);
         let mut process = Process::spawn("corelb", &mut command);
         let line = process.wait_for_line("corelb ready", READY_TIMEOUT);
         let addr = parse_addr_after(&line, "web=");
@@ -527,6 +553,16 @@ impl Client {
         };
         self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         closed
+    }
+
+    /// Whether anything has arrived (or the peer closed), without waiting.
+    pub fn has_input(&self) -> bool {
+        self.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let arrived =
+            !matches!(self.stream.peek(&mut byte), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock);
+        self.stream.set_nonblocking(false).unwrap();
+        arrived || !self.buf.is_empty()
     }
 
     pub fn read_response(&mut self) -> Response {

@@ -1,0 +1,134 @@
+//! Descriptors are budgeted: corelb never holds more client connections than `server.max_connections` (derived
+//! from `RLIMIT_NOFILE` when not set), waits rather than refuses past it, and at the descriptor limit itself keeps
+//! serving established connections, answers 503 rather than blaming a backend, and keeps `ctl` working.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config_for, metric_sum, Backend, Client, Corelb};
+
+/// Sends one keep-alive GET on each of `count` new connections; does not read the answers.
+fn clients_with_a_request(corelb: &Corelb, count: usize) -> Vec<Client> {
+    (0..count)
+        .map(|_| {
+            let mut client = corelb.client();
+            client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+            client
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn past_max_connections_new_clients_wait_to_be_accepted_and_are_served_when_others_leave() {
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "max_connections = 20", ""));
+    let mut held = clients_with_a_request(&corelb, 20);
+    for client in &mut held {
+        assert_eq!(client.read_response().status, 200);
+    }
+    let mut waiting = clients_with_a_request(&corelb, 5);
+    wait_for("accepting to pause", Duration::from_secs(10), || {
+        metric_sum(&corelb.scrape(), "corelb_accept_paused_total", "") >= 1.0
+    });
+    let status = corelb.control(serde_json::json!({"cmd": "status"}));
+    assert_eq!(status["result"]["descriptors"]["max_connections"], 20, "{status}");
+    assert!(
+        waiting.iter().all(|client| !client.has_input()),
+        "a client past max_connections was served (or closed) while 20 were held"
+    );
+
+    // Five leave; the five waiting are accepted and answered, none refused.
+    held.truncate(15);
+    for client in &mut waiting {
+        let response = client.read_response();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // The held connections still work.
+    assert_eq!(held[0].get("/hello").status, 200);
+}
+
+#[test]
+fn at_the_descriptor_limit_established_clients_are_served_no_backend_is_blamed_and_ctl_answers() {
+    let backend = Backend::start("a");
+    // A max_connections the limit cannot honour, so corelb runs into the limit itself.
+    let config = config_for(&[(&backend, 1)], 1, "max_connections = 1000", "");
+    let corelb = Corelb::start_with_nofile(&config, 160);
+    assert!(
+        corelb
+            .process
+            .output()
+            .iter()
+            .any(|line| line.contains("needs more descriptors than RLIMIT_NOFILE allows")),
+        "the impossible max_connections was warned about"
+    );
+    let mut clients = clients_with_a_request(&corelb, 200);
+    // Some are accepted and answered (200, or 503 when no descriptor was left for an upstream connection); the
+    // rest wait in the listen queue while every descriptor is held.
+    wait_for("corelb to run out of descriptors", Duration::from_secs(20), || {
+        corelb
+            .process
+            .output()
+            .iter()
+            .any(|line| line.contains("accept failed; backing off"))
+    });
+    let (code, stdout, stderr) = corelb.ctl(&["status"]);
+    assert_eq!(code, 0, "ctl at the descriptor limit: {stdout}{stderr}");
+    let (code, backends, stderr) = corelb.ctl(&["backends"]);
+    assert_eq!(code, 0, "a second ctl at the descriptor limit: {stderr}");
+    assert!(backends.contains(" up "), "the backend was not blamed: {backends}");
+
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut answered = Vec::new();
+    for (index, client) in clients.iter_mut().enumerate() {
+        if client.has_input() {
+            let response = client.read_response();
+            assert!(
+                response.status == 200 || (response.status == 503 && response.text().contains("out_of_descriptors")),
+                "{} {}",
+                response.status,
+                response.text()
+            );
+            *statuses.entry(response.status).or_insert(0) += 1;
+            answered.push(index);
+        }
+    }
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
+    // An established connection goes on being served.
+    let first = answered[0];
+    let response = clients[first].get("/hello");
+    assert!(response.status == 200 || response.status == 503, "{}", response.status);
+
+    // Once the answered clients leave, the ones that waited are accepted and answered.
+    let waited: Vec<Client> = clients
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| !answered.contains(index))
+        .map(|(_, client)| client)
+        .collect();
+    eprintln!("answered while at the limit: {statuses:?}; waited: {}", waited.len());
+    // Each is closed once answered, so the next can be accepted.
+    for mut client in waited {
+        let response = client.read_response();
+        assert!(response.status == 200 || response.status == 503, "{}", response.status);
+    }
+    let warnings = corelb
+        .process
+        .output()
+        .iter()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    assert!(
+        warnings <= 30,
+        "accept failures are logged at most once a second: {warnings} lines"
+    );
+    assert_eq!(corelb.get("/hello").status, 200);
+}
