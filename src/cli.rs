@@ -112,7 +112,7 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logging::init(&config.logging);
+    let _log = crate::logging::init(&config.logging);
     let control = match Control::start(&args.config, config, args.io_driver.map(IoDriverChoice::from)) {
         Ok(control) => control,
         Err(error) => {

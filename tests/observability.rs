@@ -355,3 +355,93 @@ fn health_reports_tell_the_truth_after_the_skip_window_and_removed_backends_leav
         );
     }
 }
+
+/// A corelb whose stderr is a one-page pipe that nobody reads: once it is full, any thread that writes stderr
+/// itself blocks.
+struct UnreadStderr {
+    child: std::process::Child,
+    _read_end: std::os::fd::OwnedFd,
+    dir: common::TempDir,
+}
+
+impl Drop for UnreadStderr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_with_unread_stderr(config: &str) -> UnreadStderr {
+    use std::os::fd::FromRawFd;
+    let dir = common::TempDir::new();
+    let path = dir.write("corelb.toml", config);
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into `fds`, which the OwnedFds below then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read_end, write_end) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) };
+    let child = std::process::Command::new(common::CORELB)
+        .args(["run", "-c"])
+        .arg(&path)
+        .args(["--io-driver", &common::io_driver()])
+        .env("CORELB_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write_end))
+        .spawn()
+        .expect("start corelb");
+    UnreadStderr {
+        child,
+        _read_end: read_end,
+        dir,
+    }
+}
+
+#[test]
+fn a_stderr_nobody_reads_never_stalls_a_worker() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let backend = Backend::start("a");
+    let corelb = start_with_unread_stderr(&common::config_for(&[(&backend, 1)], 1, "", ""));
+    // The frontend's address, from the control socket (stderr cannot be read).
+    let socket = corelb.dir.0.join("corelb.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status: serde_json::Value = loop {
+        let reply = std::os::unix::net::UnixStream::connect(&socket).and_then(|mut stream| {
+            stream.write_all(b"{\"cmd\":\"status\"}\n")?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            Ok(line)
+        });
+        if let Ok(line) = reply {
+            break serde_json::from_str(&line).expect("status reply");
+        }
+        assert!(Instant::now() < deadline, "corelb did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let address: std::net::SocketAddr = status["result"]["frontends"][0]["address"]
+        .as_str()
+        .expect("frontend address")
+        .parse()
+        .unwrap();
+    // Each malformed request logs a debug line of about 150 bytes: 2,000 of them are far more than the pipe holds.
+    for attempt in 0..2_000 {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(b"NOT A REQUEST\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        assert!(
+            response.starts_with(b"HTTP/1.1 400"),
+            "request {attempt} got {:?} (a worker blocked on stderr?)",
+            String::from_utf8_lossy(&response)
+        );
+    }
+    let mut client = common::Client::connect(address);
+    assert_eq!(client.get("/hello").status, 200);
+}
