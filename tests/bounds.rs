@@ -201,3 +201,42 @@ fn slow_clients_on_the_control_ports_hold_no_threads_and_never_keep_ctl_from_ans
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn memory_taken_by_a_burst_of_connections_is_given_back_when_they_close() {
+    const BURST: usize = 3_000;
+    let backend = Backend::start("a");
+    let corelb = corelb_with(&backend, "");
+    assert_eq!(corelb.get("/hello").status, 200);
+    let before = corelb.process.rss_kib();
+    let mut clients: Vec<common::Client> = (0..BURST)
+        .map(|_| {
+            let mut client = corelb.client();
+            client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        assert_eq!(client.read_response().status, 200);
+    }
+    let held = corelb.process.rss_kib();
+    assert!(
+        held > before + 4_000,
+        "{BURST} connections should take some memory: {before} -> {held} KiB"
+    );
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let halfway = before + (held - before) / 2;
+    loop {
+        let now = corelb.process.rss_kib();
+        if now <= halfway {
+            eprintln!("RSS {before} KiB -> {held} KiB with {BURST} connections -> {now} KiB after they closed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS stayed at {now} KiB after the burst closed ({before} before, {held} held)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -233,6 +233,8 @@ pub struct WorkerContext {
     generation: RefCell<Rc<Generation>>,
     draining: Cell<bool>,
     active_connections: Cell<usize>,
+    /// The most client connections held at once since [`take_peak_connections`](Self::take_peak_connections).
+    peak_connections: Cell<usize>,
     /// Keeps every socket timeout of this worker; also ends idle keep-alive waits when shutdown begins.
     pub watchdog: Rc<Watchdog>,
     /// Empty pipes for splicing large bodies.
@@ -273,6 +275,7 @@ impl WorkerContext {
             generation: RefCell::new(Rc::new(generation)),
             draining: Cell::new(false),
             active_connections: Cell::new(0),
+            peak_connections: Cell::new(0),
             watchdog: Watchdog::new(),
             pipes: PipePool::default(),
             warnings: WarningGate::default(),
@@ -367,9 +370,16 @@ impl WorkerContext {
         self.active_connections.get()
     }
 
+    /// The most client connections held at once since the last call; starts over from the count now.
+    pub fn take_peak_connections(&self) -> usize {
+        self.peak_connections.replace(self.active_connections.get())
+    }
+
     /// Counts a client connection on `frontend`, holding `slot`, until the returned guard is dropped.
     pub fn connection_opened(self: &Rc<Self>, frontend: usize, slot: Slot) -> ConnectionGuard {
-        self.active_connections.set(self.active_connections.get() + 1);
+        let active = self.active_connections.get() + 1;
+        self.active_connections.set(active);
+        self.peak_connections.set(self.peak_connections.get().max(active));
         self.with_metrics(|metrics| metrics.connection_opened(frontend));
         ConnectionGuard {
             context: Rc::clone(self),

@@ -2,6 +2,7 @@
 //! connection pools and counters. A worker hears from the control thread only through its inbox.
 
 pub mod context;
+mod memory;
 pub mod messages;
 
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -407,11 +408,22 @@ async fn flush_access_log(context: Rc<WorkerContext>) {
     }
 }
 
+/// Once a second: closes upstream connections idle past their timeout, and gives memory back after a burst.
 async fn sweep_idle_pools(context: Rc<WorkerContext>) {
+    let mut burst = memory::BurstTrim::default();
     loop {
         monoio::time::sleep(POOL_SWEEP_INTERVAL).await;
         if context.draining() {
             return;
+        }
+        if burst.observe(context.take_peak_connections(), context.active_connections()) {
+            let started = Instant::now();
+            memory::trim();
+            tracing::debug!(
+                worker = context.index,
+                took_us = started.elapsed().as_micros() as u64,
+                "heap trimmed after a burst"
+            );
         }
         let generation = context.generation();
         let now = Instant::now();
