@@ -2,36 +2,110 @@
 //! and a way for a task to wait until one frees. Single-threaded (`Cell`, no atomics): each worker has its own.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-/// Tasks waiting for something on this worker; woken all at once, each checks its own condition again.
+/// Tasks waiting for something on this worker, in arrival order. [`wake_one`](Self::wake_one) wakes the longest
+/// waiting, so under saturation a freed slot goes to requests in the order they began to wait (no herd of thousands
+/// woken to race for one slot); a woken waiter that goes away without finishing passes its turn on.
 #[derive(Default)]
 pub struct Wakeups {
-    waiters: RefCell<Vec<Waker>>,
+    queue: RefCell<VecDeque<(Rc<Cell<Turn>>, Waker)>>,
+}
+
+/// Where one registered waiter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Waiting,
+    Woken,
+    /// Gone (finished or dropped) while still queued; skipped when its turn comes.
+    Left,
 }
 
 impl Wakeups {
-    pub fn wake_all(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
-            waker.wake();
+    /// Wakes the longest-waiting task that is still waiting.
+    pub fn wake_one(&self) {
+        loop {
+            let Some((turn, waker)) = self.queue.borrow_mut().pop_front() else {
+                return;
+            };
+            if turn.get() == Turn::Waiting {
+                turn.set(Turn::Woken);
+                waker.wake();
+                return;
+            }
         }
     }
 
-    /// Resolves once `ready()` holds, checked whenever [`wake_all`](Self::wake_all) runs.
-    pub fn until<'a>(&'a self, ready: impl Fn() -> bool + 'a) -> impl Future<Output = ()> + 'a {
-        std::future::poll_fn(move |cx| {
-            if ready() {
-                return Poll::Ready(());
+    /// Wakes every waiting task; each checks its own condition again.
+    pub fn wake_all(&self) {
+        let queue = std::mem::take(&mut *self.queue.borrow_mut());
+        for (turn, waker) in queue {
+            if turn.get() == Turn::Waiting {
+                turn.set(Turn::Woken);
+                waker.wake();
             }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|waiter| waiter.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
+        }
+    }
+
+    /// Resolves once `ready()` holds, checked whenever this task is woken.
+    pub fn until<F: Fn() -> bool>(&self, ready: F) -> Until<'_, F> {
+        Until {
+            wakeups: self,
+            ready,
+            turn: None,
+        }
+    }
+
+    fn register(&self, waker: &Waker) -> Rc<Cell<Turn>> {
+        let turn = Rc::new(Cell::new(Turn::Waiting));
+        self.queue.borrow_mut().push_back((Rc::clone(&turn), waker.clone()));
+        turn
+    }
+}
+
+/// The future [`Wakeups::until`] returns.
+pub struct Until<'a, F: Fn() -> bool> {
+    wakeups: &'a Wakeups,
+    ready: F,
+    turn: Option<Rc<Cell<Turn>>>,
+}
+
+// Nothing in `Until` is pinned structurally: the condition is only called, never polled.
+impl<F: Fn() -> bool> Unpin for Until<'_, F> {}
+
+impl<F: Fn() -> bool> Future for Until<'_, F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if (this.ready)() {
+            if let Some(turn) = this.turn.take() {
+                if turn.get() == Turn::Waiting {
+                    turn.set(Turn::Left);
+                }
             }
-            Poll::Pending
-        })
+            return Poll::Ready(());
+        }
+        // Queued once; woken without the condition holding (another task took what freed), queued again at the back.
+        let queued = this.turn.as_ref().is_some_and(|turn| turn.get() == Turn::Waiting);
+        if !queued {
+            this.turn = Some(this.wakeups.register(cx.waker()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<F: Fn() -> bool> Drop for Until<'_, F> {
+    fn drop(&mut self) {
+        match self.turn.take().map(|turn| (turn.get(), turn)) {
+            Some((Turn::Waiting, turn)) => turn.set(Turn::Left),
+            // Woken, then dropped before looking (a timeout fired at once): the turn goes to the next waiter.
+            Some((Turn::Woken, _)) => self.wakeups.wake_one(),
+            Some((Turn::Left, _)) | None => {}
+        }
     }
 }
 
@@ -39,8 +113,10 @@ impl Wakeups {
 pub struct Slots {
     held: Cell<usize>,
     limit: usize,
-    /// Woken when a slot frees.
+    /// Tasks that want a slot: the longest waiting is woken when one frees.
     pub freed: Wakeups,
+    /// Tasks that only watch for slots freeing (an accept loop out of descriptors): all woken at every release.
+    pub released: Wakeups,
 }
 
 impl Slots {
@@ -49,6 +125,7 @@ impl Slots {
             held: Cell::new(0),
             limit: limit.max(1),
             freed: Wakeups::default(),
+            released: Wakeups::default(),
         })
     }
 
@@ -88,7 +165,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let held = &self.slots.held;
         held.set(held.get().saturating_sub(1));
-        self.slots.freed.wake_all();
+        self.slots.freed.wake_one();
+        self.slots.released.wake_all();
     }
 }
 
@@ -108,6 +186,91 @@ mod tests {
         let third = slots.try_take().expect("freed by the drop");
         drop((second, third));
         assert_eq!(slots.held(), 0);
+    }
+
+    #[test]
+    fn freed_slots_go_to_waiters_in_the_order_they_began_to_wait() {
+        let slots = Slots::new(1);
+        let held = slots.try_take();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        runtime.block_on({
+            let slots = Rc::clone(&slots);
+            let order = Rc::clone(&order);
+            async move {
+                let mut waiters = Vec::new();
+                for id in 0..5 {
+                    let slots = Rc::clone(&slots);
+                    let order = Rc::clone(&order);
+                    waiters.push(monoio::spawn(async move {
+                        slots.freed.until(|| !slots.full()).await;
+                        let slot = slots.take();
+                        order.borrow_mut().push(id);
+                        // Hold it a moment so the others must wait their turn.
+                        for _ in 0..3 {
+                            monoio::spawn(async {}).await;
+                        }
+                        drop(slot);
+                    }));
+                    // Let each waiter park before the next arrives.
+                    for _ in 0..3 {
+                        monoio::spawn(async {}).await;
+                    }
+                }
+                drop(held);
+                for waiter in waiters {
+                    waiter.await;
+                }
+            }
+        });
+        assert_eq!(*order.borrow(), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_woken_waiter_that_leaves_passes_its_turn_on() {
+        let wakeups = Rc::new(Wakeups::default());
+        let done = Rc::new(Cell::new(false));
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        runtime.block_on({
+            let wakeups = Rc::clone(&wakeups);
+            let done = Rc::clone(&done);
+            async move {
+                let open = Rc::new(Cell::new(false));
+                // The first waiter is polled once (queued), then dropped after being woken.
+                let mut first = Box::pin(wakeups.until(|| open.get()));
+                let waker = futures_noop_waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                assert!(first.as_mut().poll(&mut cx).is_pending());
+                let second = monoio::spawn({
+                    let wakeups = Rc::clone(&wakeups);
+                    let open = Rc::clone(&open);
+                    let done = Rc::clone(&done);
+                    async move {
+                        wakeups.until(|| open.get()).await;
+                        done.set(true);
+                    }
+                });
+                for _ in 0..3 {
+                    monoio::spawn(async {}).await;
+                }
+                open.set(true);
+                wakeups.wake_one();
+                drop(first);
+                second.await;
+            }
+        });
+        assert!(done.get(), "the second waiter got the turn the first did not use");
+    }
+
+    fn futures_noop_waker() -> Waker {
+        const VTABLE: std::task::RawWakerVTable = std::task::RawWakerVTable::new(
+            |_| std::task::RawWaker::new(std::ptr::null(), &VTABLE),
+            |_| {},
+            |_| {},
+            |_| {},
+        );
+        // SAFETY: every function of the vtable ignores the (null) data pointer.
+        unsafe { Waker::from_raw(std::task::RawWaker::new(std::ptr::null(), &VTABLE)) }
     }
 
     #[test]

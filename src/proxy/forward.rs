@@ -108,8 +108,8 @@ enum Opening {
 }
 
 /// A descriptor slot for a new upstream connection. At this worker's limit the connection idle longest (to any
-/// backend) is closed to make room; with none idle the request waits until `deadline` for a slot to free or a
-/// connection to `backend` to come back to the pool.
+/// backend) is closed to make room; with none idle the request waits its turn (first come, first served) until
+/// `deadline` for a slot to free or a connection to come back to a pool.
 async fn slot_or_idle(
     context: &WorkerContext,
     backend: &BackendState,
@@ -128,7 +128,8 @@ async fn slot_or_idle(
         }
         let slots = &context.upstream_slots;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let freed = slots.freed.until(|| !slots.full() || backend.has_idle());
+        // Woken in turn when a slot frees or a connection goes idle (to any backend: closing it frees a slot).
+        let freed = slots.freed.until(|| !slots.full() || context.has_idle_upstream());
         if monoio::time::timeout(remaining, freed).await.is_err() {
             return Err(ProxyError::UpstreamLimit);
         }
@@ -698,7 +699,7 @@ pub async fn forward(
             let capacity = generation.config.upstream.max_idle_per_backend;
             backend.put_idle(upstream, Instant::now(), capacity);
             // A request waiting for an upstream slot may take this connection instead.
-            context.upstream_slots.freed.wake_all();
+            context.upstream_slots.freed.wake_one();
         }
         AfterExchange::Close => {}
         AfterExchange::Discard(reason) => context.with_metrics(|metrics| metrics.upstream_discarded(reason)),

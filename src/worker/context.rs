@@ -388,6 +388,11 @@ impl WorkerContext {
         }
     }
 
+    /// Whether any upstream connection is idle on this worker.
+    pub fn has_idle_upstream(&self) -> bool {
+        self.generation().backends.iter().any(|backend| backend.has_idle())
+    }
+
     /// Closes the upstream connection idle longest on this worker, whichever backend it goes to, to free its
     /// descriptor slot for a request that needs one; false when none is idle.
     pub fn close_an_idle_upstream(&self) -> bool {

@@ -346,8 +346,8 @@ async fn accept_loop(
                     let upstream = &context.upstream_slots;
                     let (held_clients, held_upstream) = (clients.held(), upstream.held());
                     let freed = async {
-                        let client_freed = clients.freed.until(|| clients.held() < held_clients);
-                        let upstream_freed = upstream.freed.until(|| upstream.held() < held_upstream);
+                        let client_freed = clients.released.until(|| clients.held() < held_clients);
+                        let upstream_freed = upstream.released.until(|| upstream.held() < held_upstream);
                         monoio::select! {
                             _ = client_freed => {},
                             _ = upstream_freed => {},
