@@ -151,8 +151,9 @@ pub fn format_entry(out: &mut String, entry: &Entry, format: AccessLogFormat) {
         AccessLogFormat::Json => {
             let _ = write!(
                 out,
-                "{{\"time\":\"{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z\",\"client\":\"{}\",\"frontend\":\"",
-                entry.client.ip()
+                "{{\"time\":\"{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z\",\"client\":\"{}\",\"client_port\":{},\"frontend\":\"",
+                entry.client.ip(),
+                entry.client.port()
             );
             json_escaped(out, entry.frontend.as_bytes(), 64);
             let _ = write!(out, "\",\"method\":\"");
@@ -261,6 +262,7 @@ mod tests {
         assert_eq!(value["status"], 200);
         assert_eq!(value["upstream_seconds"], 0.0009);
         assert_eq!(value["error"], serde_json::Value::Null);
+        assert!(value["client_port"].is_u64());
         for key in [
             "client",
             "method",

@@ -132,3 +132,29 @@ fn at_the_descriptor_limit_established_clients_are_served_no_backend_is_blamed_a
     );
     assert_eq!(corelb.get("/hello").status, 200);
 }
+
+#[test]
+fn requests_past_the_upstream_connection_cap_queue_and_are_all_served_on_that_many_connections() {
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&config_for(
+        &[(&backend, 1)],
+        1,
+        "",
+        "[upstream]\nmax_connections_per_backend = 3\n[timeouts]\nconnect = \"10s\"\n",
+    ));
+    // 24 slow requests at once: only 3 may be in flight upstream; the rest wait their turn in corelb.
+    let mut clients: Vec<Client> = (0..24)
+        .map(|_| {
+            let mut client = corelb.client();
+            client.send(b"GET /slow?delay=50ms HTTP/1.1\r\nHost: t\r\n\r\n");
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        let response = client.read_response();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let (connections, requests) = backend.stats();
+    assert_eq!(requests, 24);
+    assert!(connections <= 3, "the backend saw {connections} connections; the cap is 3");
+}

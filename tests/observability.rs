@@ -156,6 +156,7 @@ fn access_log_lines_are_json_with_every_field_and_reopen_on_sigusr1() {
     for key in [
         "time",
         "client",
+        "client_port",
         "frontend",
         "method",
         "path",

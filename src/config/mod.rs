@@ -143,6 +143,11 @@ pub struct UpstreamConfig {
     pub max_connect_attempts: u32,
     /// A backend that refused a connection is skipped by this worker for this long.
     pub fail_timeout: Duration,
+    /// Upstream connections (in use and idle) one worker holds, per backend in the set: the worker's cap is this
+    /// times the number of backends (and never more than its share of the descriptor budget). Past it requests
+    /// queue, first come first served, for up to `timeouts.connect`. Bounding it keeps the queue in corelb, where
+    /// it is fair, instead of in thousands of connections at the backend.
+    pub max_connections_per_backend: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -95,11 +95,12 @@ pub fn to_toml(config: &Config) -> String {
     let upstream = &config.upstream;
     let _ = writeln!(
         out,
-        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\n",
+        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\nmax_connections_per_backend = {}\n",
         upstream.max_idle_per_backend,
         format_duration(upstream.idle_timeout),
         upstream.max_connect_attempts,
-        format_duration(upstream.fail_timeout)
+        format_duration(upstream.fail_timeout),
+        upstream.max_connections_per_backend
     );
     let limits = &config.limits;
     let _ = writeln!(

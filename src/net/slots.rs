@@ -59,9 +59,37 @@ impl Wakeups {
         }
     }
 
-    fn register(&self, waker: &Waker) -> Rc<Cell<Turn>> {
+    /// Waits to be woken, whatever holds now: for a task that must not overtake those already waiting. `front`
+    /// puts it first (a woken task that found nothing keeps its place).
+    pub fn next_turn(&self, front: bool) -> NextTurn<'_> {
+        NextTurn {
+            wakeups: self,
+            front,
+            turn: None,
+        }
+    }
+
+    /// Whether any task is waiting.
+    pub fn has_waiters(&self) -> bool {
+        let mut queue = self.queue.borrow_mut();
+        while let Some((turn, _)) = queue.front() {
+            if turn.get() == Turn::Waiting {
+                return true;
+            }
+            queue.pop_front();
+        }
+        false
+    }
+
+    fn register(&self, waker: &Waker, front: bool) -> Rc<Cell<Turn>> {
         let turn = Rc::new(Cell::new(Turn::Waiting));
-        self.queue.borrow_mut().push_back((Rc::clone(&turn), waker.clone()));
+        let entry = (Rc::clone(&turn), waker.clone());
+        let mut queue = self.queue.borrow_mut();
+        if front {
+            queue.push_front(entry);
+        } else {
+            queue.push_back(entry);
+        }
         turn
     }
 }
@@ -92,7 +120,7 @@ impl<F: Fn() -> bool> Future for Until<'_, F> {
         // Queued once; woken without the condition holding (another task took what freed), queued again at the back.
         let queued = this.turn.as_ref().is_some_and(|turn| turn.get() == Turn::Waiting);
         if !queued {
-            this.turn = Some(this.wakeups.register(cx.waker()));
+            this.turn = Some(this.wakeups.register(cx.waker(), false));
         }
         Poll::Pending
     }
@@ -100,19 +128,56 @@ impl<F: Fn() -> bool> Future for Until<'_, F> {
 
 impl<F: Fn() -> bool> Drop for Until<'_, F> {
     fn drop(&mut self) {
-        match self.turn.take().map(|turn| (turn.get(), turn)) {
-            Some((Turn::Waiting, turn)) => turn.set(Turn::Left),
-            // Woken, then dropped before looking (a timeout fired at once): the turn goes to the next waiter.
-            Some((Turn::Woken, _)) => self.wakeups.wake_one(),
-            Some((Turn::Left, _)) | None => {}
+        leave(self.wakeups, self.turn.take());
+    }
+}
+
+/// The future [`Wakeups::next_turn`] returns.
+pub struct NextTurn<'a> {
+    wakeups: &'a Wakeups,
+    front: bool,
+    turn: Option<Rc<Cell<Turn>>>,
+}
+
+impl Future for NextTurn<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.turn.as_ref().map(|turn| turn.get()) {
+            None => {
+                this.turn = Some(this.wakeups.register(cx.waker(), this.front));
+                Poll::Pending
+            }
+            Some(Turn::Woken) => {
+                this.turn = None;
+                Poll::Ready(())
+            }
+            Some(Turn::Waiting | Turn::Left) => Poll::Pending,
         }
+    }
+}
+
+impl Drop for NextTurn<'_> {
+    fn drop(&mut self) {
+        leave(self.wakeups, self.turn.take());
+    }
+}
+
+/// A waiter goes away: still queued, it is skipped; woken but gone before using its turn (a timeout fired at
+/// once), the turn goes to the next waiter.
+fn leave(wakeups: &Wakeups, turn: Option<Rc<Cell<Turn>>>) {
+    match turn.map(|turn| (turn.get(), turn)) {
+        Some((Turn::Waiting, turn)) => turn.set(Turn::Left),
+        Some((Turn::Woken, _)) => wakeups.wake_one(),
+        Some((Turn::Left, _)) | None => {}
     }
 }
 
 /// A worker's count of held connections of one kind against its limit.
 pub struct Slots {
     held: Cell<usize>,
-    limit: usize,
+    limit: Cell<usize>,
     /// Tasks that want a slot: the longest waiting is woken when one frees.
     pub freed: Wakeups,
     /// Tasks that only watch for slots freeing (an accept loop out of descriptors): all woken at every release.
@@ -123,7 +188,7 @@ impl Slots {
     pub fn new(limit: usize) -> Rc<Slots> {
         Rc::new(Slots {
             held: Cell::new(0),
-            limit: limit.max(1),
+            limit: Cell::new(limit.max(1)),
             freed: Wakeups::default(),
             released: Wakeups::default(),
         })
@@ -134,11 +199,20 @@ impl Slots {
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.get()
+    }
+
+    /// Changes the limit; waiters look again when it grows.
+    pub fn set_limit(&self, limit: usize) {
+        let grew = limit > self.limit.get();
+        self.limit.set(limit.max(1));
+        if grew {
+            self.freed.wake_all();
+        }
     }
 
     pub fn full(&self) -> bool {
-        self.held.get() >= self.limit
+        self.held.get() >= self.limit.get()
     }
 
     /// Takes a slot if one is free.

@@ -116,23 +116,33 @@ async fn slot_or_idle(
     max_idle: std::time::Duration,
     deadline: Instant,
 ) -> Result<Opening, ProxyError> {
+    let slots = &context.upstream_slots;
+    // Requests already waiting go first: a newcomer queues behind them instead of taking what frees.
+    let mut waited = false;
+    let mut behind_others = slots.freed.has_waiters();
     loop {
-        if let Some(slot) = context.upstream_slots.try_take() {
-            return Ok(Opening::Slot(slot));
+        if !behind_others {
+            if let Some(slot) = slots.try_take() {
+                return Ok(Opening::Slot(slot));
+            }
+            if let Some(connection) = take_clean_idle(context, backend, Instant::now(), max_idle) {
+                return Ok(Opening::Idle(connection));
+            }
+            if context.close_an_idle_upstream() {
+                continue;
+            }
         }
-        if let Some(connection) = take_clean_idle(context, backend, Instant::now(), max_idle) {
-            return Ok(Opening::Idle(connection));
-        }
-        if context.close_an_idle_upstream() {
-            continue;
-        }
-        let slots = &context.upstream_slots;
+        behind_others = false;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        // Woken in turn when a slot frees or a connection goes idle (to any backend: closing it frees a slot).
-        let freed = slots.freed.until(|| !slots.full() || context.has_idle_upstream());
-        if monoio::time::timeout(remaining, freed).await.is_err() {
+        // Woken in turn when a slot frees or a connection goes idle (to any backend: closing it frees a slot); a
+        // woken request that finds nothing keeps its place at the front.
+        if monoio::time::timeout(remaining, slots.freed.next_turn(waited))
+            .await
+            .is_err()
+        {
             return Err(ProxyError::UpstreamLimit);
         }
+        waited = true;
     }
 }
 
@@ -255,7 +265,12 @@ async fn open_upstream(
             return Err(last_error.unwrap_or(ProxyError::NoBackend));
         };
         let backend = Rc::clone(&backends[index]);
-        if let Some(connection) = take_clean_idle(context, &backend, now, upstream.idle_timeout) {
+        // With requests queued for an upstream connection, this one joins the queue rather than overtake them.
+        let queued = context.upstream_slots.freed.has_waiters();
+        if let Some(connection) = (!queued)
+            .then(|| take_clean_idle(context, &backend, now, upstream.idle_timeout))
+            .flatten()
+        {
             return Ok(Upstream {
                 index,
                 backend,

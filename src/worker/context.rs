@@ -243,8 +243,18 @@ pub struct WorkerContext {
     pub warnings: WarningGate,
     /// Client connections this worker holds against its share of `server.max_connections`.
     pub client_slots: Rc<Slots>,
-    /// Upstream connections (in use and idle) this worker holds against its share of the descriptor budget.
+    /// Upstream connections (in use and idle) this worker holds: `upstream.max_connections_per_backend` times
+    /// the backends, within its share of the descriptor budget.
     pub upstream_slots: Rc<Slots>,
+    limits: WorkerLimits,
+}
+
+/// The upstream connections a worker may hold under `generation`'s config.
+fn upstream_limit(generation: &Generation, limits: WorkerLimits) -> usize {
+    let per_backend = generation.config.upstream.max_connections_per_backend;
+    per_backend
+        .saturating_mul(generation.backends.len().max(1))
+        .min(limits.upstream)
 }
 
 /// One worker's share of the descriptor budget (see `net::descriptors`).
@@ -272,7 +282,6 @@ impl WorkerContext {
             metrics: RefCell::new(metrics),
             access_log: RefCell::new(String::new()),
             access_log_writer,
-            generation: RefCell::new(Rc::new(generation)),
             draining: Cell::new(false),
             active_connections: Cell::new(0),
             peak_connections: Cell::new(0),
@@ -280,7 +289,9 @@ impl WorkerContext {
             pipes: PipePool::default(),
             warnings: WarningGate::default(),
             client_slots: Slots::new(limits.clients),
-            upstream_slots: Slots::new(limits.upstream),
+            upstream_slots: Slots::new(upstream_limit(&generation, limits)),
+            generation: RefCell::new(Rc::new(generation)),
+            limits,
         }
     }
 
@@ -297,6 +308,7 @@ impl WorkerContext {
         if !self.rate_limit.borrow().matches(&next.config) {
             *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
         }
+        self.upstream_slots.set_limit(upstream_limit(&next, self.limits));
         *self.generation.borrow_mut() = Rc::new(next);
     }
 
