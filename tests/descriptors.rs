@@ -156,5 +156,8 @@ fn requests_past_the_upstream_connection_cap_queue_and_are_all_served_on_that_ma
     }
     let (connections, requests) = backend.stats();
     assert_eq!(requests, 24);
-    assert!(connections <= 3, "the backend saw {connections} connections; the cap is 3");
+    assert!(
+        connections <= 3,
+        "the backend saw {connections} connections; the cap is 3"
+    );
 }
