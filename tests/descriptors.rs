@@ -85,6 +85,9 @@ fn at_the_descriptor_limit_established_clients_are_served_no_backend_is_blamed_a
     let (code, backends, stderr) = corelb.ctl(&["backends"]);
     assert_eq!(code, 0, "a second ctl at the descriptor limit: {stderr}");
     assert!(backends.contains(" up "), "the backend was not blamed: {backends}");
+    // A scrape still works too, and says the backend is up.
+    let metrics = corelb.scrape();
+    assert_eq!(metric_sum(&metrics, "corelb_backend_up", ""), 1.0, "{metrics}");
 
     let mut statuses = std::collections::BTreeMap::new();
     let mut answered = Vec::new();
