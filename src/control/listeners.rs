@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
@@ -223,8 +224,9 @@ struct Server {
     wake_sender: Arc<UnixStream>,
     last_warning: Option<Instant>,
     /// A descriptor held in reserve: when the process is out of descriptors it is closed so that one operator
-    /// connection can still be accepted (`ctl`, a scrape), and taken again once descriptors free up.
-    spare: Option<std::fs::File>,
+    /// connection can still be accepted (`ctl`, a scrape). It is taken back from the next connection that ends
+    /// (its socket shut down, its descriptor kept), so no other thread can grab the number in between.
+    spare: Option<OwnedFd>,
 }
 
 impl Server {
@@ -272,8 +274,14 @@ impl Server {
                 .enumerate()
                 .map(|(index, fd)| self.progress(index, fd.revents))
                 .collect();
-            let mut keep = keep.into_iter();
-            self.connections.retain(|_| keep.next().unwrap_or(true));
+            let connections = std::mem::take(&mut self.connections);
+            for (connection, keep) in connections.into_iter().zip(keep) {
+                if keep {
+                    self.connections.push(connection);
+                } else {
+                    self.retire(connection);
+                }
+            }
             for listener in 0..self.listeners.len() {
                 if fds[1 + listener].revents != 0 {
                     self.accept_all(listener);
@@ -498,8 +506,28 @@ impl Server {
             .min_by_key(|(_, connection)| connection.accepted)
             .map(|(index, _)| index);
         if let Some(index) = oldest {
-            self.connections.swap_remove(index);
+            let evicted = self.connections.swap_remove(index);
+            self.retire(evicted);
         }
+    }
+
+    /// Ends a connection. Without a spare descriptor, its own becomes the spare: the socket is shut down (the
+    /// client sees the close) and the descriptor kept.
+    fn retire(&mut self, connection: Connection) {
+        if self.spare.is_some() {
+            return;
+        }
+        let descriptor: OwnedFd = match connection.stream {
+            Stream::Unix(stream) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.into()
+            }
+            Stream::Tcp(stream) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.into()
+            }
+        };
+        self.spare = Some(descriptor);
     }
 
     fn warn(&mut self, message: &str, error: &io::Error) {
@@ -605,8 +633,8 @@ fn reply_line(id: Option<&Value>, result: &Result<Value, CommandError>) -> Vec<u
     line.into_bytes()
 }
 
-fn spare_descriptor() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
+fn spare_descriptor() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 fn poll_entry(fd: RawFd, events: libc::c_short) -> libc::pollfd {
