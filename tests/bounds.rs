@@ -209,13 +209,7 @@ fn memory_taken_by_a_burst_of_connections_is_given_back_when_they_close() {
     let corelb = corelb_with(&backend, "");
     assert_eq!(corelb.get("/hello").status, 200);
     let before = corelb.process.rss_kib();
-    let mut clients: Vec<common::Client> = (0..BURST)
-        .map(|_| {
-            let mut client = corelb.client();
-            client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
-            client
-        })
-        .collect();
+    let mut clients = corelb.clients_with_a_request(BURST);
     for client in &mut clients {
         assert_eq!(client.read_response().status, 200);
     }

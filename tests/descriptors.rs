@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{config_for, metric_sum, Backend, Client, Corelb};
 
-/// Sends one keep-alive GET on each of `count` new connections; does not read the answers.
-fn clients_with_a_request(corelb: &Corelb, count: usize) -> Vec<Client> {
-    (0..count)
-        .map(|_| {
-            let mut client = corelb.client();
-            client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
-            client
-        })
-        .collect()
-}
-
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -31,11 +20,11 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 fn past_max_connections_new_clients_wait_to_be_accepted_and_are_served_when_others_leave() {
     let backend = Backend::start("a");
     let corelb = Corelb::start(&config_for(&[(&backend, 1)], 1, "max_connections = 20", ""));
-    let mut held = clients_with_a_request(&corelb, 20);
+    let mut held = corelb.clients_with_a_request(20);
     for client in &mut held {
         assert_eq!(client.read_response().status, 200);
     }
-    let mut waiting = clients_with_a_request(&corelb, 5);
+    let mut waiting = corelb.clients_with_a_request(5);
     wait_for("accepting to pause", Duration::from_secs(10), || {
         metric_sum(&corelb.scrape(), "corelb_accept_paused_total", "") >= 1.0
     });
@@ -70,7 +59,7 @@ fn at_the_descriptor_limit_established_clients_are_served_no_backend_is_blamed_a
             .any(|line| line.contains("needs more descriptors than RLIMIT_NOFILE allows")),
         "the impossible max_connections was warned about"
     );
-    let mut clients = clients_with_a_request(&corelb, 200);
+    let mut clients = corelb.clients_with_a_request(200);
     // Some are accepted and answered (200, or 503 when no descriptor was left for an upstream connection); the
     // rest wait in the listen queue while every descriptor is held.
     wait_for("corelb to run out of descriptors", Duration::from_secs(20), || {

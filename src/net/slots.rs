@@ -50,12 +50,13 @@ impl Wakeups {
         }
     }
 
-    /// Resolves once `ready()` holds, checked whenever this task is woken.
-    pub fn until<F: Fn() -> bool>(&self, ready: F) -> Until<'_, F> {
-        Until {
-            wakeups: self,
-            ready,
-            turn: None,
+    /// Resolves once `ready()` holds, checked now and whenever this task is woken (a woken task whose condition
+    /// does not hold yet keeps its place at the front).
+    pub async fn until(&self, ready: impl Fn() -> bool) {
+        let mut front = false;
+        while !ready() {
+            self.next_turn(front).await;
+            front = true;
         }
     }
 
@@ -94,44 +95,6 @@ impl Wakeups {
     }
 }
 
-/// The future [`Wakeups::until`] returns.
-pub struct Until<'a, F: Fn() -> bool> {
-    wakeups: &'a Wakeups,
-    ready: F,
-    turn: Option<Rc<Cell<Turn>>>,
-}
-
-// Nothing in `Until` is pinned structurally: the condition is only called, never polled.
-impl<F: Fn() -> bool> Unpin for Until<'_, F> {}
-
-impl<F: Fn() -> bool> Future for Until<'_, F> {
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        if (this.ready)() {
-            if let Some(turn) = this.turn.take() {
-                if turn.get() == Turn::Waiting {
-                    turn.set(Turn::Left);
-                }
-            }
-            return Poll::Ready(());
-        }
-        // Queued once; woken without the condition holding (another task took what freed), queued again at the back.
-        let queued = this.turn.as_ref().is_some_and(|turn| turn.get() == Turn::Waiting);
-        if !queued {
-            this.turn = Some(this.wakeups.register(cx.waker(), false));
-        }
-        Poll::Pending
-    }
-}
-
-impl<F: Fn() -> bool> Drop for Until<'_, F> {
-    fn drop(&mut self) {
-        leave(self.wakeups, self.turn.take());
-    }
-}
-
 /// The future [`Wakeups::next_turn`] returns.
 pub struct NextTurn<'a> {
     wakeups: &'a Wakeups,
@@ -158,19 +121,15 @@ impl Future for NextTurn<'_> {
     }
 }
 
-impl Drop for NextTurn<'_> {
-    fn drop(&mut self) {
-        leave(self.wakeups, self.turn.take());
-    }
-}
-
 /// A waiter goes away: still queued, it is skipped; woken but gone before using its turn (a timeout fired at
 /// once), the turn goes to the next waiter.
-fn leave(wakeups: &Wakeups, turn: Option<Rc<Cell<Turn>>>) {
-    match turn.map(|turn| (turn.get(), turn)) {
-        Some((Turn::Waiting, turn)) => turn.set(Turn::Left),
-        Some((Turn::Woken, _)) => wakeups.wake_one(),
-        Some((Turn::Left, _)) | None => {}
+impl Drop for NextTurn<'_> {
+    fn drop(&mut self) {
+        match self.turn.take().map(|turn| (turn.get(), turn)) {
+            Some((Turn::Waiting, turn)) => turn.set(Turn::Left),
+            Some((Turn::Woken, _)) => self.wakeups.wake_one(),
+            Some((Turn::Left, _)) | None => {}
+        }
     }
 }
 
@@ -180,8 +139,6 @@ pub struct Slots {
     limit: Cell<usize>,
     /// Tasks that want a slot: the longest waiting is woken when one frees.
     pub freed: Wakeups,
-    /// Tasks that only watch for slots freeing (an accept loop out of descriptors): all woken at every release.
-    pub released: Wakeups,
 }
 
 impl Slots {
@@ -190,16 +147,11 @@ impl Slots {
             held: Cell::new(0),
             limit: Cell::new(limit.max(1)),
             freed: Wakeups::default(),
-            released: Wakeups::default(),
         })
     }
 
     pub fn held(&self) -> usize {
         self.held.get()
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit.get()
     }
 
     /// Changes the limit; waiters look again when it grows.
@@ -240,7 +192,6 @@ impl Drop for Slot {
         let held = &self.slots.held;
         held.set(held.get().saturating_sub(1));
         self.slots.freed.wake_one();
-        self.slots.released.wake_all();
     }
 }
 

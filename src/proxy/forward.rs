@@ -99,50 +99,54 @@ async fn connect(
     }
 }
 
-/// How a request gets its upstream connection once the pool had none.
+/// How a request gets its upstream connection.
 enum Opening {
+    /// A clean pooled connection to the chosen backend.
+    Idle(BufferedStream),
     /// A descriptor slot for a new connection.
     Slot(Slot),
-    /// A connection to the chosen backend came back to the pool while the request waited.
-    Idle(BufferedStream),
 }
 
-/// A descriptor slot for a new upstream connection. At this worker's limit the connection idle longest (to any
-/// backend) is closed to make room; with none idle the request waits its turn (first come, first served) until
-/// `deadline` for a slot to free or a connection to come back to a pool.
-async fn slot_or_idle(
+/// What this worker can give a request for `backend` at once: a clean pooled connection, else a slot for a new
+/// one. At the worker's limit the connection idle longest (to any backend) is closed to free a slot.
+fn opening_now(
+    context: &WorkerContext,
+    backend: &BackendState,
+    now: Instant,
+    max_idle: std::time::Duration,
+) -> Option<Opening> {
+    loop {
+        if let Some(connection) = take_clean_idle(context, backend, now, max_idle) {
+            return Some(Opening::Idle(connection));
+        }
+        if let Some(slot) = context.upstream_slots.try_take() {
+            return Some(Opening::Slot(slot));
+        }
+        if !context.close_an_idle_upstream() {
+            return None;
+        }
+    }
+}
+
+/// Waits its turn (first come, first served) until `deadline` for a slot to free or a connection to come back to
+/// a pool. A woken request that finds nothing keeps its place at the front.
+async fn wait_for_opening(
     context: &WorkerContext,
     backend: &BackendState,
     max_idle: std::time::Duration,
     deadline: Instant,
 ) -> Result<Opening, ProxyError> {
-    let slots = &context.upstream_slots;
-    // Requests already waiting go first: a newcomer queues behind them instead of taking what frees.
-    let mut waited = false;
-    let mut behind_others = slots.freed.has_waiters();
+    let mut front = false;
     loop {
-        if !behind_others {
-            if let Some(slot) = slots.try_take() {
-                return Ok(Opening::Slot(slot));
-            }
-            if let Some(connection) = take_clean_idle(context, backend, Instant::now(), max_idle) {
-                return Ok(Opening::Idle(connection));
-            }
-            if context.close_an_idle_upstream() {
-                continue;
-            }
-        }
-        behind_others = false;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        // Woken in turn when a slot frees or a connection goes idle (to any backend: closing it frees a slot); a
-        // woken request that finds nothing keeps its place at the front.
-        if monoio::time::timeout(remaining, slots.freed.next_turn(waited))
-            .await
-            .is_err()
-        {
+        let turn = context.upstream_slots.freed.next_turn(front);
+        if monoio::time::timeout(remaining, turn).await.is_err() {
             return Err(ProxyError::UpstreamLimit);
         }
-        waited = true;
+        if let Some(opening) = opening_now(context, backend, Instant::now(), max_idle) {
+            return Ok(opening);
+        }
+        front = true;
     }
 }
 
@@ -266,21 +270,17 @@ async fn open_upstream(
         };
         let backend = Rc::clone(&backends[index]);
         // With requests queued for an upstream connection, this one joins the queue rather than overtake them.
-        let queued = context.upstream_slots.freed.has_waiters();
-        if let Some(connection) = (!queued)
-            .then(|| take_clean_idle(context, &backend, now, upstream.idle_timeout))
-            .flatten()
-        {
-            return Ok(Upstream {
-                index,
-                backend,
-                connection,
-                reused: true,
-            });
-        }
+        let at_once = if context.upstream_slots.freed.has_waiters() {
+            None
+        } else {
+            opening_now(context, &backend, now, upstream.idle_timeout)
+        };
         let deadline = now + generation.config.timeouts.connect;
-        let slot = match Box::pin(slot_or_idle(context, &backend, upstream.idle_timeout, deadline)).await {
-            Ok(Opening::Slot(slot)) => Ok(slot),
+        let opening = match at_once {
+            Some(opening) => Ok(opening),
+            None => Box::pin(wait_for_opening(context, &backend, upstream.idle_timeout, deadline)).await,
+        };
+        let connected = match opening {
             Ok(Opening::Idle(connection)) => {
                 return Ok(Upstream {
                     index,
@@ -289,10 +289,7 @@ async fn open_upstream(
                     reused: true,
                 })
             }
-            Err(error) => Err(error),
-        };
-        let connected = match slot {
-            Ok(slot) => Box::pin(connect(context, &backend, slot, deadline)).await,
+            Ok(Opening::Slot(slot)) => Box::pin(connect(context, &backend, slot, deadline)).await,
             Err(error) => Err(error),
         };
         match connected {

@@ -132,10 +132,6 @@ impl BackendState {
         self.idle.borrow_mut().take(now, max_idle)
     }
 
-    pub fn has_idle(&self) -> bool {
-        !self.idle.borrow().is_empty()
-    }
-
     pub fn put_idle(&self, connection: BufferedStream, now: Instant, capacity: usize) {
         self.idle.borrow_mut().put(connection, now, capacity);
     }
@@ -232,7 +228,6 @@ pub struct WorkerContext {
     access_log_writer: crossbeam_channel::Sender<LogMessage>,
     generation: RefCell<Rc<Generation>>,
     draining: Cell<bool>,
-    active_connections: Cell<usize>,
     /// The most client connections held at once since [`take_peak_connections`](Self::take_peak_connections).
     peak_connections: Cell<usize>,
     /// Keeps every socket timeout of this worker; also ends idle keep-alive waits when shutdown begins.
@@ -283,7 +278,6 @@ impl WorkerContext {
             access_log: RefCell::new(String::new()),
             access_log_writer,
             draining: Cell::new(false),
-            active_connections: Cell::new(0),
             peak_connections: Cell::new(0),
             watchdog: Watchdog::new(),
             pipes: PipePool::default(),
@@ -378,31 +372,26 @@ impl WorkerContext {
         self.client_slots.freed.wake_all();
     }
 
+    /// Client connections open on this worker (each holds a client slot).
     pub fn active_connections(&self) -> usize {
-        self.active_connections.get()
+        self.client_slots.held()
     }
 
     /// The most client connections held at once since the last call; starts over from the count now.
     pub fn take_peak_connections(&self) -> usize {
-        self.peak_connections.replace(self.active_connections.get())
+        self.peak_connections.replace(self.active_connections())
     }
 
-    /// Counts a client connection on `frontend`, holding `slot`, until the returned guard is dropped.
+    /// Counts a client connection on `frontend` (its `slot` already counts it open) until the guard is dropped.
     pub fn connection_opened(self: &Rc<Self>, frontend: usize, slot: Slot) -> ConnectionGuard {
-        let active = self.active_connections.get() + 1;
-        self.active_connections.set(active);
-        self.peak_connections.set(self.peak_connections.get().max(active));
+        self.peak_connections
+            .set(self.peak_connections.get().max(self.active_connections()));
         self.with_metrics(|metrics| metrics.connection_opened(frontend));
         ConnectionGuard {
             context: Rc::clone(self),
             frontend,
             _slot: slot,
         }
-    }
-
-    /// Whether any upstream connection is idle on this worker.
-    pub fn has_idle_upstream(&self) -> bool {
-        self.generation().backends.iter().any(|backend| backend.has_idle())
     }
 
     /// Closes the upstream connection idle longest on this worker, whichever backend it goes to, to free its
@@ -424,9 +413,8 @@ pub struct ConnectionGuard {
 }
 
 impl Drop for ConnectionGuard {
+    // The count of open connections drops with the slot, released after this.
     fn drop(&mut self) {
-        let count = &self.context.active_connections;
-        count.set(count.get().saturating_sub(1));
         self.context
             .with_metrics(|metrics| metrics.connection_closed(self.frontend));
     }

@@ -15,7 +15,6 @@ use monoio::io::{AsyncReadRent, Canceller};
 use monoio::net::{TcpListener, UnixStream};
 
 use crate::metrics::WorkerMetrics;
-use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 pub use context::WorkerLimits;
@@ -26,7 +25,7 @@ pub use messages::{BackendReport, Driver, FromWorker, Snapshot, ToWorker, Worker
 const RING_ENTRIES: u32 = 4096;
 /// Accepting rests this long after a failed accept, doubling up to `ACCEPT_BACKOFF_MAX`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -334,30 +333,14 @@ async fn accept_loop(
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(error) => {
-                // Out of descriptors (EMFILE/ENFILE) or a transient network error: back off instead of spinning;
-                // established connections go on being served meanwhile. Out of descriptors, accepting resumes
-                // when one of this worker's connections closes (or after the longest backoff, for descriptors
-                // freed elsewhere), so a descriptor the control plane frees is not taken from under `ctl`.
+                // Out of descriptors (EMFILE/ENFILE) or a transient network error: back off, doubling, instead of
+                // spinning; established connections go on being served meanwhile, and the clients not accepted
+                // wait in the listen queue. (The control plane keeps its own spare descriptor for `ctl`.)
                 if let Some(suppressed) = context.warnings.open(Instant::now()) {
                     tracing::warn!(worker = context.index, error = %error, suppressed, "accept failed; backing off");
                 }
-                if out_of_descriptors(&error) {
-                    let clients = &context.client_slots;
-                    let upstream = &context.upstream_slots;
-                    let (held_clients, held_upstream) = (clients.held(), upstream.held());
-                    let freed = async {
-                        let client_freed = clients.released.until(|| clients.held() < held_clients);
-                        let upstream_freed = upstream.released.until(|| upstream.held() < held_upstream);
-                        monoio::select! {
-                            _ = client_freed => {},
-                            _ = upstream_freed => {},
-                        }
-                    };
-                    let _ = monoio::time::timeout(ACCEPT_BACKOFF_MAX, freed).await;
-                } else {
-                    monoio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }

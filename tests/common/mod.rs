@@ -366,6 +366,17 @@ impl Corelb {
         Client::connect(self.addr)
     }
 
+    /// Sends one keep-alive GET on each of `count` new connections; does not read the answers.
+    pub fn clients_with_a_request(&self, count: usize) -> Vec<Client> {
+        (0..count)
+            .map(|_| {
+                let mut client = self.client();
+                client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+                client
+            })
+            .collect()
+    }
+
     /// The control socket path (the harness configs use the default, next to the config file).
     pub fn socket(&self) -> PathBuf {
         self.dir.0.join("corelb.sock")
