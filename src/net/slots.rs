@@ -139,6 +139,8 @@ pub struct Slots {
     limit: Cell<usize>,
     /// Tasks that want a slot: the longest waiting is woken when one frees.
     pub freed: Wakeups,
+    /// Tasks that only watch for slots freeing (an accept loop out of descriptors): all woken at every release.
+    pub released: Wakeups,
 }
 
 impl Slots {
@@ -147,6 +149,7 @@ impl Slots {
             held: Cell::new(0),
             limit: Cell::new(limit.max(1)),
             freed: Wakeups::default(),
+            released: Wakeups::default(),
         })
     }
 
@@ -192,6 +195,7 @@ impl Drop for Slot {
         let held = &self.slots.held;
         held.set(held.get().saturating_sub(1));
         self.slots.freed.wake_one();
+        self.slots.released.wake_all();
     }
 }
 

@@ -15,6 +15,7 @@ use monoio::io::{AsyncReadRent, Canceller};
 use monoio::net::{TcpListener, UnixStream};
 
 use crate::metrics::WorkerMetrics;
+use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 pub use context::WorkerLimits;
@@ -26,6 +27,8 @@ const RING_ENTRIES: u32 = 4096;
 /// Accepting rests this long after a failed accept, doubling up to `ACCEPT_BACKOFF_MAX`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Out of descriptors, accepting waits for one of the worker's connections to close, or this long.
+const OUT_OF_DESCRIPTORS_WAIT: Duration = Duration::from_secs(1);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -333,17 +336,37 @@ async fn accept_loop(
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(error) => {
-                // Out of descriptors (EMFILE/ENFILE) or a transient network error: back off, doubling, instead of
-                // spinning; established connections go on being served meanwhile, and the clients not accepted
-                // wait in the listen queue. (The control plane keeps its own spare descriptor for `ctl`.)
+                // Out of descriptors (EMFILE/ENFILE) or a transient network error: back off instead of spinning;
+                // established connections go on being served meanwhile, and the clients not accepted wait in the
+                // listen queue. Out of descriptors, accepting resumes only when one of this worker's own
+                // connections closes (or after a second, for descriptors freed elsewhere): retrying on a timer
+                // would take the descriptor the control plane frees to accept `ctl` from under it.
                 if let Some(suppressed) = context.warnings.open(Instant::now()) {
                     tracing::warn!(worker = context.index, error = %error, suppressed, "accept failed; backing off");
                 }
-                monoio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                if out_of_descriptors(&error) {
+                    own_connection_closed(&context).await;
+                } else {
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
             }
         }
     }
+}
+
+/// Waits until one of this worker's client or upstream connections closes, or a second has passed.
+async fn own_connection_closed(context: &WorkerContext) {
+    let clients = &context.client_slots;
+    let upstream = &context.upstream_slots;
+    let (held_clients, held_upstream) = (clients.held(), upstream.held());
+    let closed = async {
+        monoio::select! {
+            _ = clients.released.until(|| clients.held() < held_clients) => {},
+            _ = upstream.released.until(|| upstream.held() < held_upstream) => {},
+        }
+    };
+    let _ = monoio::time::timeout(OUT_OF_DESCRIPTORS_WAIT, closed).await;
 }
 
 /// A connection's task with any panic contained to that connection: the worker and its other connections go on.
