@@ -10,7 +10,7 @@ use corelb::balance::Balancer;
 use corelb::config::{parse_config, Algorithm};
 use corelb::http::head::{parse_request, HeadLimits};
 use corelb::http::rewrite::{write_upstream_request, ClientSide};
-use corelb::proxy::limit::RateLimitShard;
+use corelb::ratelimit::RateLimitShard;
 use corelb::ratelimit::{SlidingWindow, TokenBucket};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

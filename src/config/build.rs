@@ -377,11 +377,13 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
 fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
     let mut section = top.section("ratelimit", errors);
     let rate = positive_rate(&mut section, 1000.0, errors);
-    let allow = section.or("allow", Vec::<String>::new(), errors);
+    let blocks = section.or("allow", Vec::<String>::new(), errors);
     // Each entry on its own, so that every bad one is named, not only the first.
-    for (index, block) in allow.iter().enumerate() {
-        if let Err(reason) = crate::ratelimit::AllowList::parse(std::slice::from_ref(block)) {
-            errors.push(format!("{}[{index}]", section.key_path("allow")), reason);
+    let mut allow = Vec::with_capacity(blocks.len());
+    for (index, block) in blocks.iter().enumerate() {
+        match Network::parse(block) {
+            Ok(network) => allow.push(network),
+            Err(reason) => errors.push(format!("{}[{index}]", section.key_path("allow")), reason),
         }
     }
     let mut overrides = Vec::new();

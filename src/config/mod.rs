@@ -4,6 +4,7 @@
 mod build;
 pub mod duration;
 mod error;
+mod network;
 mod reader;
 mod render;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use build::parse_config;
 pub use error::{ConfigError, ConfigErrors};
+pub use network::Network;
 pub use render::{diff, to_toml, to_toml_redacted};
 
 /// `control.socket` when the config does not name one, relative to the config file's folder.
@@ -202,8 +204,8 @@ pub struct RateLimitConfig {
     pub scope: RateLimitScope,
     /// Per-client limiters kept per worker (client_ip scope); the least recently seen is evicted past this.
     pub max_clients: usize,
-    /// Client networks never limited (CIDR blocks).
-    pub allow: Vec<String>,
+    /// Client networks never limited.
+    pub allow: Vec<Network>,
     /// Per-frontend limits replacing the global one.
     pub overrides: Vec<RateLimitOverride>,
 }

@@ -141,7 +141,7 @@ pub fn to_toml(config: &Config) -> String {
     };
     let _ = writeln!(out, "client_auth = \"{client_auth}\"\n");
     let limit = &config.ratelimit;
-    let allow: Vec<String> = limit.allow.iter().map(|block| quote(block)).collect();
+    let allow: Vec<String> = limit.allow.iter().map(|block| quote(&block.to_string())).collect();
     let _ = writeln!(
         out,
         "[ratelimit]\nenabled = {}\nrate = {:?}\nburst = {}\nalgorithm = \"{}\"\nscope = \"{}\"\nmax_clients = {}\nallow = [{}]\n",

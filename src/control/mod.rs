@@ -196,7 +196,7 @@ impl Control {
                 source,
             }
         })?;
-        let process_seed = crate::proxy::request_id::process_seed();
+        let process_seed = crate::shard::request_id::process_seed();
 
         let count = worker_count(config.server.workers);
         let cores = if config.server.pin_workers {
@@ -503,7 +503,7 @@ impl Control {
             }
         }
         let deadline = Instant::now() + Duration::from_millis(50);
-        let reports: Vec<crate::worker::messages::RateDemand> = (0..asked)
+        let reports: Vec<crate::ratelimit::RateDemand> = (0..asked)
             .filter_map(|_| receiver.recv_deadline(deadline).ok())
             .collect();
         if reports.len() != self.workers.len() {
@@ -511,7 +511,7 @@ impl Control {
         }
         let limits = crate::ratelimit::policies(&self.config).limits;
         let workers = self.workers.len();
-        let mut shares = vec![crate::worker::messages::RateShares::default(); workers];
+        let mut shares = vec![crate::ratelimit::RateShares::default(); workers];
         for (index, limit) in limits.iter().enumerate() {
             let mut demand = vec![0u64; workers];
             for report in &reports {

@@ -10,14 +10,14 @@ use monoio::net::TcpStream;
 
 use super::error::{reason_phrase, ProxyError, Side};
 use super::forward::{forward, Disposition, ExchangeStats, Request};
-use super::request_id::is_well_formed;
 use crate::access_log::{format_entry, Entry};
 use crate::http::head::{parse_request, RequestHead, Version};
 use crate::http::rewrite::{write_local_response, LocalResponse};
 use crate::http::Method;
 use crate::metrics::RequestRecord;
 use crate::net::BufferedStream;
-use crate::worker::context::{BackendState, Generation, WorkerContext};
+use crate::shard::request_id::is_well_formed;
+use crate::shard::{BackendState, Generation, WorkerContext};
 
 /// Initial read buffer of a client connection: most request heads fit; it grows when one does not.
 const CLIENT_BUFFER: usize = 2048;

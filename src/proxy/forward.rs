@@ -21,7 +21,7 @@ use crate::http::{BodyFraming, Method};
 use crate::net::descriptors::out_of_descriptors;
 use crate::net::slots::Slot;
 use crate::net::{BufferedStream, PendingInput, PipePool};
-use crate::worker::context::{BackendState, Generation, WorkerContext};
+use crate::shard::{BackendState, Generation, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,6 @@ pub mod body;
 pub mod client;
 pub mod error;
 pub mod forward;
-pub mod limit;
-pub mod request_id;
 
 pub use client::serve_client;
 pub use error::ProxyError;

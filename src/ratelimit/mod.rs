@@ -5,6 +5,7 @@
 
 pub mod allow;
 pub mod clients;
+pub mod shard;
 pub mod shares;
 pub mod sliding_window;
 pub mod token_bucket;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use allow::AllowList;
 pub use clients::ClientTable;
+pub use shard::{RateDemand, RateLimitShard, RateShares};
 pub use shares::{split, Share};
 pub use sliding_window::SlidingWindow;
 pub use token_bucket::TokenBucket;

@@ -1,21 +1,10 @@
 //! What the control thread and the workers say to each other. Workers receive immutable snapshots; they never read
 //! the control thread's state.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::Config;
-
-/// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
-#[derive(Debug)]
-pub struct Snapshot {
-    pub version: u64,
-    pub config: Arc<Config>,
-    /// The address of each of `config.backends`, in order.
-    pub backend_addrs: Vec<SocketAddr>,
-    /// The concrete address of each of `config.frontends` (port 0 already replaced).
-    pub frontend_addrs: Vec<SocketAddr>,
-}
+use crate::ratelimit::{RateDemand, RateShares};
+use crate::shard::{BackendReport, Snapshot};
 
 /// The I/O driver a worker's event loop runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +22,6 @@ impl Driver {
     }
 }
 
-/// One backend as one worker sees it right now.
-#[derive(Debug, Clone)]
-pub struct BackendReport {
-    pub id: String,
-    pub in_flight: u32,
-    pub idle_connections: usize,
-    /// Marked down after a failed connect.
-    pub down: bool,
-}
-
 /// A worker's answer to [`ToWorker::Report`].
 #[derive(Debug, Clone)]
 pub struct WorkerReport {
@@ -50,23 +29,6 @@ pub struct WorkerReport {
     pub version: u64,
     pub active_connections: usize,
     pub backends: Vec<BackendReport>,
-}
-
-/// Rate-limit demand one worker saw since it was last asked: per policy, and per client for client scope.
-#[derive(Debug, Clone, Default)]
-pub struct RateDemand {
-    pub worker: usize,
-    pub per_policy: Vec<u64>,
-    /// (policy, client, requests)
-    pub clients: Vec<(usize, std::net::IpAddr, u64)>,
-}
-
-/// One worker's part of each rate limit, computed by the control thread from every worker's demand.
-#[derive(Debug, Clone, Default)]
-pub struct RateShares {
-    pub per_policy: Vec<crate::ratelimit::Share>,
-    /// (policy, client, this worker's fraction of that client's limit) for clients seen on several workers.
-    pub clients: Vec<(usize, std::net::IpAddr, f64)>,
 }
 
 #[derive(Debug)]

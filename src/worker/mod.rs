@@ -1,7 +1,6 @@
 //! Workers: one thread per core, each running its own monoio event loop with its own listeners, backend view,
 //! connection pools and counters. A worker hears from the control thread only through its inbox.
 
-pub mod context;
 mod memory;
 pub mod messages;
 
@@ -18,9 +17,9 @@ use crate::metrics::WorkerMetrics;
 use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
-pub use context::WorkerLimits;
-use context::{Generation, WorkerContext};
-pub use messages::{BackendReport, Driver, FromWorker, Snapshot, ToWorker, WorkerReport};
+pub use crate::shard::{BackendReport, Snapshot, WorkerLimits};
+use crate::shard::{Generation, WorkerContext};
+pub use messages::{Driver, FromWorker, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 4096;

@@ -1,219 +1,20 @@
-//! A worker's own state: the generation (config + backend set + balancer) new requests use, the backends' idle
-//! connection pools and passive failure marks, and the counters graceful shutdown waits on. Owned by one thread;
-//! `Cell`/`RefCell` only, never held across an `.await`.
+//! A worker's own state: the generation new requests use, its rate-limit shard, metrics and access-log buffer,
+//! its connection slots, and the counters graceful shutdown waits on. Owned by one thread; `Cell`/`RefCell` only,
+//! never held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::messages::{BackendReport, Snapshot};
+use super::backend::BackendState;
+use super::generation::{Generation, Snapshot};
+use super::request_id::RequestIds;
+use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
-use crate::balance::Balancer;
-use crate::config::{BackendConfig, Config};
-use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::net::slots::{Slot, Slots};
-use crate::net::{BufferedStream, PipePool, Watchdog};
-use crate::proxy::limit::RateLimitShard;
-use crate::proxy::request_id::RequestIds;
-use crate::upstream::IdlePool;
-
-/// One backend as seen by one worker. Carried from one generation to the next while its id and address stay, so
-/// idle connections and failure marks survive config changes.
-pub struct BackendState {
-    pub id: String,
-    /// Where this worker counts this backend's metrics.
-    pub metrics_slot: usize,
-    pub addr: SocketAddr,
-    /// `host:port`, the `Host` sent for requests that came without one.
-    pub authority: Vec<u8>,
-    idle: RefCell<IdlePool<BufferedStream>>,
-    /// Until when this worker skips the backend after a failed connect.
-    down_until: Cell<Option<Instant>>,
-    in_flight: Cell<u32>,
-    /// The last attempt to reach it failed (see [`BackendState::failed`]).
-    failed: Cell<bool>,
-    /// Warnings about this backend from this worker.
-    warnings: WarningGate,
-}
-
-/// Warnings of one kind are logged at most this often per worker.
-const WARNING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Lets one warning of a kind through a second, so a backend that is down does not flood the log (and the worker)
-/// with a line per request; counts what it held back.
-#[derive(Debug, Default)]
-pub struct WarningGate {
-    last: Cell<Option<Instant>>,
-    suppressed: Cell<u64>,
-}
-
-impl WarningGate {
-    /// `Some(held back since the last one)` when a warning may be logged now.
-    pub fn open(&self, now: Instant) -> Option<u64> {
-        match self.last.get() {
-            Some(last) if now.saturating_duration_since(last) < WARNING_INTERVAL => {
-                self.suppressed.set(self.suppressed.get() + 1);
-                None
-            }
-            _ => {
-                self.last.set(Some(now));
-                Some(self.suppressed.replace(0))
-            }
-        }
-    }
-}
-
-impl BackendState {
-    fn new(config: &BackendConfig, addr: SocketAddr, metrics_slot: usize) -> BackendState {
-        BackendState {
-            id: config.id.clone(),
-            metrics_slot,
-            addr,
-            authority: config.authority().into_bytes(),
-            idle: RefCell::new(IdlePool::default()),
-            down_until: Cell::new(None),
-            in_flight: Cell::new(0),
-            failed: Cell::new(false),
-            warnings: WarningGate::default(),
-        }
-    }
-
-    /// Counts a request in flight to this backend until the guard is dropped.
-    pub fn begin_request(self: &Rc<Self>) -> InFlightGuard {
-        self.in_flight.set(self.in_flight.get() + 1);
-        InFlightGuard {
-            backend: Rc::clone(self),
-        }
-    }
-
-    pub fn report(&self) -> BackendReport {
-        BackendReport {
-            id: self.id.clone(),
-            in_flight: self.in_flight.get(),
-            idle_connections: self.idle.borrow().len(),
-            down: self.failed(),
-        }
-    }
-
-    /// Whether this worker's last attempt to reach the backend failed (and none has succeeded since). The skip
-    /// window of [`available`](Self::available) ends after `fail_timeout`; this stays until the backend answers,
-    /// so health reports tell the truth in between.
-    pub fn failed(&self) -> bool {
-        self.failed.get()
-    }
-
-    /// Not marked down by a recent connect failure.
-    pub fn available(&self, now: Instant) -> bool {
-        self.down_until.get().is_none_or(|until| now >= until)
-    }
-
-    pub fn mark_failed(&self, until: Instant) {
-        self.down_until.set(Some(until));
-        self.failed.set(true);
-        self.idle.borrow_mut().clear();
-    }
-
-    pub fn mark_succeeded(&self) {
-        if self.down_until.get().is_some() {
-            self.down_until.set(None);
-        }
-        self.failed.set(false);
-    }
-
-    /// Drops every idle connection to this backend on this worker (one of them just failed).
-    pub fn purge_idle(&self) {
-        self.idle.borrow_mut().clear();
-    }
-
-    pub fn take_idle(&self, now: Instant, max_idle: Duration) -> Option<BufferedStream> {
-        self.idle.borrow_mut().take(now, max_idle)
-    }
-
-    pub fn put_idle(&self, connection: BufferedStream, now: Instant, capacity: usize) {
-        self.idle.borrow_mut().put(connection, now, capacity);
-    }
-
-    pub fn evict_idle(&self, now: Instant, max_idle: Duration) -> usize {
-        self.idle.borrow_mut().evict_expired(now, max_idle)
-    }
-}
-
-pub struct InFlightGuard {
-    backend: Rc<BackendState>,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        let count = &self.backend.in_flight;
-        count.set(count.get().saturating_sub(1));
-    }
-}
-
-/// Everything a request needs that changes only with the config. A request keeps the `Rc<Generation>` it started
-/// with, so a config change never alters a request in flight.
-pub struct Generation {
-    pub version: u64,
-    pub config: Arc<Config>,
-    pub backends: Vec<Rc<BackendState>>,
-    pub balancer: Balancer,
-    pub limits: HeadLimits,
-    /// Per backend: may take new requests (not draining).
-    pub accepting: Vec<bool>,
-}
-
-impl Generation {
-    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had.
-    ///
-    /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
-    /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
-    pub fn build(
-        snapshot: &Snapshot,
-        previous: Option<&Generation>,
-        worker: usize,
-        metrics: &mut WorkerMetrics,
-    ) -> Generation {
-        let config = &snapshot.config;
-        let backends = config
-            .backends
-            .iter()
-            .zip(&snapshot.backend_addrs)
-            .map(|(backend, &addr)| {
-                previous
-                    .and_then(|previous| {
-                        previous
-                            .backends
-                            .iter()
-                            .find(|state| state.id == backend.id && state.addr == addr)
-                            .cloned()
-                    })
-                    .unwrap_or_else(|| {
-                        let slot = metrics.backend_slot(&backend.id);
-                        Rc::new(BackendState::new(backend, addr, slot))
-                    })
-            })
-            .collect();
-        let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
-        let balancer = Balancer::new(config.balancer.algorithm, &weights);
-        for _ in 0..worker {
-            balancer.pick(|_| true);
-        }
-        Generation {
-            version: snapshot.version,
-            config: Arc::clone(config),
-            backends,
-            balancer,
-            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
-            limits: HeadLimits {
-                max_head_bytes: config.limits.max_header_bytes,
-                max_request_line: config.limits.max_request_line,
-                max_headers: config.limits.max_headers,
-            },
-        }
-    }
-}
+use crate::net::{PipePool, Watchdog};
+use crate::ratelimit::RateLimitShard;
 
 /// The worker-wide state shared by its tasks.
 pub struct WorkerContext {
@@ -328,9 +129,9 @@ impl WorkerContext {
         }
         for (state, config) in generation.backends.iter().zip(&generation.config.backends) {
             if let Some(series) = snapshot.backends.get_mut(state.metrics_slot) {
-                let idle = state.idle.borrow().len() as u64;
+                let idle = state.idle_connections() as u64;
                 series.connections_idle = idle;
-                series.connections_open = idle + u64::from(state.in_flight.get());
+                series.connections_open = idle + u64::from(state.in_flight());
                 series.up = !state.failed();
                 series.weight = config.weight;
                 series.configured = true;
@@ -401,8 +202,8 @@ impl WorkerContext {
         let fullest = generation
             .backends
             .iter()
-            .max_by_key(|backend| backend.idle.borrow().len());
-        fullest.is_some_and(|backend| backend.idle.borrow_mut().drop_oldest())
+            .max_by_key(|backend| backend.idle_connections());
+        fullest.is_some_and(|backend| backend.close_oldest_idle())
     }
 }
 

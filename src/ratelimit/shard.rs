@@ -6,12 +6,28 @@ use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::{policies, split, AllowList, ClientTable, Decision, Limiter, Share};
 use crate::config::{Config, RateLimitAlgorithm, RateLimitConfig, RateLimitScope};
-use crate::ratelimit::{policies, split, AllowList, ClientTable, Decision, Limiter, Share};
-use crate::worker::messages::{RateDemand, RateShares};
 
 /// Distinct clients whose demand a worker reports per period; the busiest are the ones that matter.
 const MAX_REPORTED_CLIENTS: usize = 1024;
+
+/// Rate-limit demand one worker saw since it was last asked: per policy, and per client for client scope.
+#[derive(Debug, Clone, Default)]
+pub struct RateDemand {
+    pub worker: usize,
+    pub per_policy: Vec<u64>,
+    /// (policy, client, requests)
+    pub clients: Vec<(usize, IpAddr, u64)>,
+}
+
+/// One worker's part of each rate limit, computed by the control thread from every worker's demand.
+#[derive(Debug, Clone, Default)]
+pub struct RateShares {
+    pub per_policy: Vec<Share>,
+    /// (policy, client, this worker's fraction of that client's limit) for clients seen on several workers.
+    pub clients: Vec<(usize, IpAddr, f64)>,
+}
 
 struct Policy {
     /// The whole configured limit.
@@ -61,7 +77,7 @@ impl RateLimitShard {
             config: limit.clone(),
             algorithm: limit.algorithm,
             scope: limit.scope,
-            allow: AllowList::parse(&limit.allow).unwrap_or_default(),
+            allow: AllowList::new(&limit.allow),
             frontend_policy: derived.frontend_policy,
             policies,
         }

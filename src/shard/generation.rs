@@ -1,0 +1,86 @@
+//! A generation: everything a request needs that changes only with the config, built from the control thread's
+//! [`Snapshot`] and carrying each backend's state over from the previous generation.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::backend::BackendState;
+use crate::balance::Balancer;
+use crate::config::Config;
+use crate::http::head::HeadLimits;
+use crate::metrics::WorkerMetrics;
+
+/// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    /// The address of each of `config.backends`, in order.
+    pub backend_addrs: Vec<SocketAddr>,
+    /// The concrete address of each of `config.frontends` (port 0 already replaced).
+    pub frontend_addrs: Vec<SocketAddr>,
+}
+
+/// Everything a request needs that changes only with the config. A request keeps the `Rc<Generation>` it started
+/// with, so a config change never alters a request in flight.
+pub struct Generation {
+    pub version: u64,
+    pub config: Arc<Config>,
+    pub backends: Vec<Rc<BackendState>>,
+    pub balancer: Balancer,
+    pub limits: HeadLimits,
+    /// Per backend: may take new requests (not draining).
+    pub accepting: Vec<bool>,
+}
+
+impl Generation {
+    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had.
+    ///
+    /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
+    /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&Generation>,
+        worker: usize,
+        metrics: &mut WorkerMetrics,
+    ) -> Generation {
+        let config = &snapshot.config;
+        let backends = config
+            .backends
+            .iter()
+            .zip(&snapshot.backend_addrs)
+            .map(|(backend, &addr)| {
+                previous
+                    .and_then(|previous| {
+                        previous
+                            .backends
+                            .iter()
+                            .find(|state| state.id == backend.id && state.addr == addr)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| {
+                        let slot = metrics.backend_slot(&backend.id);
+                        Rc::new(BackendState::new(backend, addr, slot))
+                    })
+            })
+            .collect();
+        let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
+        let balancer = Balancer::new(config.balancer.algorithm, &weights);
+        for _ in 0..worker {
+            balancer.pick(|_| true);
+        }
+        Generation {
+            version: snapshot.version,
+            config: Arc::clone(config),
+            backends,
+            balancer,
+            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
+            limits: HeadLimits {
+                max_head_bytes: config.limits.max_header_bytes,
+                max_request_line: config.limits.max_request_line,
+                max_headers: config.limits.max_headers,
+            },
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The state one core owns, below the request path: the worker context, the current generation, each backend's
+//! view and the request ids. `proxy` and `worker` build on it; it imports only `net` and the pure modules, so
+//! per-backend features (health, breaker, capacity) land here without touching the request path's imports.
+
+pub mod backend;
+pub mod context;
+pub mod generation;
+pub mod request_id;
+pub mod warnings;
+
+pub use backend::{BackendReport, BackendState};
+pub use context::{ConnectionGuard, WorkerContext, WorkerLimits};
+pub use generation::{Generation, Snapshot};
+pub use warnings::WarningGate;
