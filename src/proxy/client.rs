@@ -1,23 +1,23 @@
 //! One client connection: read a request head, forward it, repeat while both sides keep the connection alive.
-//! Requests on one connection are handled in order, so pipelined requests are answered in order. Every request,
-//! forwarded, refused or answered locally, is counted in the worker's metrics and written to the access log here.
+//! Requests on one connection are handled in order, so pipelined requests are answered in order. How the connection
+//! goes on after each request is decided in one pure function, [`next_step`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use super::error::{reason_phrase, ProxyError, Side};
+use super::error::{ProxyError, Side};
 use super::forward::{forward, Disposition, ExchangeStats, Request};
-use crate::access_log::{format_entry, Entry};
+use super::linger::linger_close;
+use super::local::{answer_health, is_health_request, respond_rate_limited, respond_with_error, ReplyTo};
+use super::record::{finish, Outcome};
 use crate::http::head::{parse_request, RequestHead, Version};
-use crate::http::rewrite::{write_local_response, LocalResponse};
 use crate::http::Method;
-use crate::metrics::RequestRecord;
 use crate::net::BufferedStream;
 use crate::shard::request_id::is_well_formed;
-use crate::shard::{BackendState, Generation, WorkerContext};
+use crate::shard::{Generation, WorkerContext};
 
 /// Initial read buffer of a client connection: most request heads fit; it grows when one does not.
 const CLIENT_BUFFER: usize = 2048;
@@ -39,11 +39,55 @@ struct Connection {
 }
 
 /// How a connection goes on after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
     KeepAlive,
     Close,
     /// Close after draining what the client still sends, so the response just written is not destroyed by a reset.
     LingerClose,
+}
+
+/// What a request left its connection in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Answered by corelb itself, with nothing of the request left unread.
+    Answered,
+    /// Refused before its body was read; `unread_body`: it has one.
+    Refused { unread_body: bool },
+    /// Forwarded: the exchange says how the connection can go on.
+    Forwarded(Disposition),
+    /// Failed before any response byte reached the client, which gets an error reply; `request_consumed`: the
+    /// request was read whole, so the connection is still in sync.
+    FailedBeforeResponse { request_consumed: bool },
+    /// Failed while the response was being relayed: nothing more can be said on this connection.
+    FailedMidResponse,
+}
+
+/// What else decides the next step: the client asked to close, the worker is shutting down, the client has sent
+/// more (pipelined) than was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Circumstances {
+    client_close: bool,
+    draining: bool,
+    pipelined: bool,
+}
+
+/// How the connection goes on after a request. A connection closes when the client or a shutdown asks, or when it
+/// is out of sync; it lingers when the client may still be sending (closing on unread input would reset the
+/// connection and could destroy the response just sent).
+fn next_step(ended: Ended, now: Circumstances) -> Next {
+    let ending = now.client_close || now.draining;
+    match ended {
+        Ended::Answered if ending => Next::Close,
+        Ended::Refused { unread_body } if ending || unread_body => Next::LingerClose,
+        Ended::Answered | Ended::Refused { .. } => Next::KeepAlive,
+        Ended::FailedBeforeResponse { request_consumed } if request_consumed && !ending => Next::KeepAlive,
+        Ended::FailedBeforeResponse { .. } => Next::LingerClose,
+        Ended::Forwarded(Disposition::KeepAlive) if !now.draining => Next::KeepAlive,
+        Ended::Forwarded(Disposition::Linger) => Next::LingerClose,
+        Ended::Forwarded(_) | Ended::FailedMidResponse if now.pipelined => Next::LingerClose,
+        Ended::Forwarded(_) | Ended::FailedMidResponse => Next::Close,
+    }
 }
 
 /// Serves one accepted client connection until it closes. The task lives as long as the connection, mostly waiting
@@ -170,8 +214,15 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         )
     };
 
+    let circumstances = |client: &BufferedStream| Circumstances {
+        client_close: head.close,
+        draining: context.draining(),
+        pipelined: !client.buffered().is_empty(),
+    };
+
     if is_health_request(&generation, &head, head_bytes) {
-        let close = head.close || context.draining();
+        let next = next_step(Ended::Answered, circumstances(client));
+        let close = next != Next::KeepAlive;
         let sent = answer_health(client, &generation, &head, close, request_id, scratch).await;
         let outcome = Outcome {
             status: if sent.1 { 200 } else { 503 },
@@ -180,7 +231,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
             ..Outcome::new(started)
         };
         log(&outcome, request_id);
-        return if close { Next::Close } else { Next::KeepAlive };
+        return next;
     }
 
     let limited = context.rate_limit.borrow_mut().check(frontend, peer.ip(), started);
@@ -188,7 +239,11 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         context.with_metrics(|metrics| metrics.rate_limited(frontend, decision.allowed));
         if !decision.allowed {
             // Refused before any backend is chosen: a limited request never reaches one.
-            let close = head.close || !head.framing.is_empty() || context.draining();
+            let ended = Ended::Refused {
+                unread_body: !head.framing.is_empty(),
+            };
+            let next = next_step(ended, circumstances(client));
+            let close = next != Next::KeepAlive;
             let sent =
                 respond_rate_limited(client, &generation, &head, &decision, limit, close, request_id, scratch).await;
             let outcome = Outcome {
@@ -199,7 +254,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
                 ..Outcome::new(started)
             };
             log(&outcome, request_id);
-            return if close { Next::LingerClose } else { Next::KeepAlive };
+            return next;
         }
     }
 
@@ -221,119 +276,51 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         backend: stats.backend.take(),
         ..Outcome::new(started)
     };
-    let mut linger = false;
-    let keep = match result {
+    let failure = match result {
         Ok(disposition) => {
-            linger = disposition == Disposition::Linger;
-            disposition == Disposition::KeepAlive
+            log(&outcome, request_id);
+            return next_step(Ended::Forwarded(disposition), circumstances(client));
         }
-        Err(failure) => {
-            let error = &failure.error;
-            match (error.side(), &outcome.backend) {
-                (Side::Upstream | Side::Proxy, Some(backend)) => context.warn_backend(backend, error, "request failed"),
-                (Side::Upstream | Side::Proxy, None) => {
-                    if let Some(suppressed) = context.warnings.open(Instant::now()) {
-                        tracing::warn!(%peer, category = error.label(), error = %error, suppressed, "request failed");
-                    }
-                }
-                (Side::Client, _) => {
-                    tracing::debug!(%peer, category = error.label(), error = %error, "client failed")
-                }
-            }
-            outcome.error = Some(error.label());
-            let keep = failure.request_consumed && !failure.response_started && !head.close && !context.draining();
-            if !failure.response_started {
-                outcome.sent += respond_with_error(
-                    client,
-                    &generation,
-                    error,
-                    ReplyTo {
-                        version: head.version,
-                        // A HEAD response has no body, however the error reads: the connection stays in sync.
-                        head_only: head.method == Method::Head,
-                    },
-                    !keep,
-                    request_id,
-                    scratch,
-                )
-                .await;
-                outcome.status = error.status().unwrap_or(0);
-            }
-            if !keep && !failure.response_started {
-                log(&outcome, request_id);
-                return Next::LingerClose;
-            }
-            keep
-        }
+        Err(failure) => failure,
     };
+    let error = &failure.error;
+    match (error.side(), &outcome.backend) {
+        (Side::Upstream | Side::Proxy, Some(backend)) => context.warn_backend(backend, error, "request failed"),
+        (Side::Upstream | Side::Proxy, None) => {
+            if let Some(suppressed) = context.warnings.open(Instant::now()) {
+                tracing::warn!(%peer, category = error.label(), error = %error, suppressed, "request failed");
+            }
+        }
+        (Side::Client, _) => {
+            tracing::debug!(%peer, category = error.label(), error = %error, "client failed")
+        }
+    }
+    outcome.error = Some(error.label());
+    if failure.response_started {
+        log(&outcome, request_id);
+        return next_step(Ended::FailedMidResponse, circumstances(client));
+    }
+    let ended = Ended::FailedBeforeResponse {
+        request_consumed: failure.request_consumed,
+    };
+    let next = next_step(ended, circumstances(client));
+    outcome.sent += respond_with_error(
+        client,
+        &generation,
+        error,
+        ReplyTo {
+            version: head.version,
+            // A HEAD response has no body, however the error reads: the connection stays in sync.
+            head_only: head.method == Method::Head,
+        },
+        next != Next::KeepAlive,
+        request_id,
+        scratch,
+    )
+    .await;
+    outcome.status = error.status().unwrap_or(0);
     log(&outcome, request_id);
-    if keep && !context.draining() {
-        Next::KeepAlive
-    } else if linger || !client.buffered().is_empty() {
-        // Pipelined requests we will not answer: closing now would reset the connection and could destroy the
-        // response just sent.
-        Next::LingerClose
-    } else {
-        Next::Close
-    }
-}
-
-/// How one request ended, for metrics and the access log.
-struct Outcome {
-    started: Instant,
-    status: u16,
-    error: Option<&'static str>,
-    upstream: Option<std::time::Duration>,
-    sent: u64,
-    received: u64,
-    /// The backend involved.
-    backend: Option<Rc<BackendState>>,
-}
-
-impl Outcome {
-    fn new(started: Instant) -> Outcome {
-        Outcome {
-            started,
-            status: 0,
-            error: None,
-            upstream: None,
-            sent: 0,
-            received: 0,
-            backend: None,
-        }
-    }
-}
-
-/// Answers 429 with `Retry-After` and the `RateLimit-*` fields (IETF draft). Returns the bytes sent.
-#[allow(clippy::too_many_arguments)]
-async fn respond_rate_limited(
-    client: &mut BufferedStream,
-    generation: &Generation,
-    head: &RequestHead,
-    decision: &crate::ratelimit::Decision,
-    limit: f64,
-    close: bool,
-    request_id: &str,
-    scratch: &mut Vec<u8>,
-) -> u64 {
-    let reset = decision.reset_after.as_secs_f64().ceil().max(1.0) as u64;
-    let extra_fields = format!(
-        "Retry-After: {reset}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {reset}\r\n",
-        limit.round() as u64,
-        decision.remaining
-    );
-    let response = LocalResponse {
-        status: 429,
-        reason: reason_phrase(429),
-        content_type: "text/plain; charset=utf-8",
-        body: "429 Too Many Requests: rate_limited\n",
-        close,
-        version: head.version,
-        request_id: request_id.as_bytes(),
-        head_only: head.method == Method::Head,
-        extra_fields: &extra_fields,
-    };
-    send_local(client, generation, &response, scratch).await
+    next
 }
 
 /// Keeps a well-formed incoming `X-Request-Id`, or makes one.
@@ -352,127 +339,6 @@ fn choose_request_id(context: &WorkerContext, head: &RequestHead, head_bytes: &[
         }
         None => context.request_ids.generate(request_id),
     }
-}
-
-fn field<'a>(head: &RequestHead, head_bytes: &'a [u8], name: &[u8]) -> &'a [u8] {
-    head.fields
-        .iter()
-        .find(|field| head_bytes[field.name.clone()].eq_ignore_ascii_case(name))
-        .map_or(&[][..], |field| &head_bytes[field.value.clone()])
-}
-
-/// Counts the request and writes its access log line.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    context: &WorkerContext,
-    generation: &Generation,
-    frontend: usize,
-    peer: SocketAddr,
-    head: Option<&RequestHead>,
-    head_bytes: &[u8],
-    request_id: &str,
-    outcome: &Outcome,
-) {
-    let config = &generation.config;
-    let duration = outcome.started.elapsed();
-    let method = head.map_or(Method::Other, |head| head.method);
-    if config.metrics.enabled {
-        context.with_metrics(|metrics| {
-            metrics.record(&RequestRecord {
-                frontend,
-                backend: outcome.backend.as_ref().map_or(0, |backend| backend.metrics_slot),
-                method,
-                status: outcome.status,
-                duration,
-                upstream: outcome.upstream,
-                received: outcome.received,
-                sent: outcome.sent,
-                error: outcome.error,
-            })
-        });
-    }
-    if config.access_log.enabled {
-        let method_text = head.map_or(&b"-"[..], |head| &head_bytes[head.method_range.clone()]);
-        let path = head.map_or(&b"-"[..], |head| &head_bytes[head.target.clone()]);
-        let entry = Entry {
-            time: SystemTime::now(),
-            client: peer,
-            frontend: config
-                .frontends
-                .get(frontend)
-                .map_or("-", |frontend| frontend.name.as_str()),
-            method: std::str::from_utf8(method_text).unwrap_or("-"),
-            path,
-            version: match head.map(|head| head.version) {
-                Some(Version::Http10) => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            status: outcome.status,
-            bytes_sent: outcome.sent,
-            bytes_received: outcome.received,
-            duration,
-            upstream: outcome.upstream,
-            backend: outcome.backend.as_ref().map_or("-", |backend| backend.id.as_str()),
-            worker: context.index,
-            error: outcome.error,
-            request_id,
-            user_agent: head.map_or(&[][..], |head| field(head, head_bytes, b"user-agent")),
-            referer: head.map_or(&[][..], |head| field(head, head_bytes, b"referer")),
-        };
-        let format = config.access_log.format;
-        context.access_log(|buffer| format_entry(buffer, &entry, format));
-    }
-}
-
-/// The request is for corelb's own health path.
-fn is_health_request(generation: &Generation, head: &RequestHead, head_bytes: &[u8]) -> bool {
-    let endpoint = &generation.config.health_endpoint;
-    if !endpoint.enabled || !matches!(head.method, Method::Get | Method::Head) || !head.framing.is_empty() {
-        return false;
-    }
-    let target = &head_bytes[head.target.clone()];
-    let path = target.split(|&byte| byte == b'?').next().unwrap_or(target);
-    path == endpoint.path.as_bytes()
-}
-
-/// Backends this worker would send a request to right now.
-pub fn healthy_backends(generation: &Generation) -> usize {
-    generation
-        .backends
-        .iter()
-        .zip(&generation.accepting)
-        .filter(|(backend, accepting)| **accepting && !backend.failed())
-        .count()
-}
-
-/// Answers the health path: 200 when at least one backend can serve, 503 otherwise. Returns (bytes sent, healthy).
-async fn answer_health(
-    client: &mut BufferedStream,
-    generation: &Generation,
-    head: &RequestHead,
-    close: bool,
-    request_id: &str,
-    scratch: &mut Vec<u8>,
-) -> (u64, bool) {
-    let healthy = healthy_backends(generation);
-    let total = generation.backends.len();
-    let ok = healthy > 0;
-    let body = format!(
-        "{{\"status\":\"{}\",\"healthy_backends\":{healthy},\"backends\":{total}}}\n",
-        if ok { "ok" } else { "unavailable" }
-    );
-    let response = LocalResponse {
-        status: if ok { 200 } else { 503 },
-        reason: if ok { "OK" } else { "Service Unavailable" },
-        content_type: "application/json",
-        body: &body,
-        close,
-        version: head.version,
-        request_id: request_id.as_bytes(),
-        head_only: head.method == Method::Head,
-        extra_fields: "",
-    };
-    (send_local(client, generation, &response, scratch).await, ok)
 }
 
 /// Waits for a complete request head. `Ok(None)`: the client closed or went idle between requests.
@@ -519,109 +385,71 @@ async fn read_request_head(
     }
 }
 
-/// How long, and how much, a refused client may keep sending before its connection is cut.
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-const LINGER_BYTES: usize = 1024 * 1024;
-/// How often a lingering socket whose reads timed out is drained.
-const LINGER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Closes after an error response without destroying it: closing a socket with unread input makes the kernel send
-/// a reset, which can discard the response before the client reads it. So stop writing, read and drop what the
-/// client still sends (bounded in time and bytes), then close.
-async fn linger_close(mut client: BufferedStream) {
-    if client.reads_ended() {
-        return linger_after_read_timeout(client).await;
-    }
-    if client.shutdown_write().await.is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return;
-        }
-        let available = client.buffered().len();
-        client.consume(available);
-        drained += available;
-        match client.fill(remaining).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// [`linger_close`] for a connection whose read timed out. Its read side is shut, so reads return at once, and once
-/// corelb sends its FIN the kernel answers any further data with a reset (RFC 1122). So no FIN yet: drop what arrives
-/// every `LINGER_POLL` until the client closes (the reply said `Connection: close`), or the linger time or bytes run
-/// out.
-async fn linger_after_read_timeout(mut client: BufferedStream) {
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut drained = 0;
-    while drained < LINGER_BYTES && Instant::now() < deadline {
-        drained += client.discard_received();
-        if client.peer_finished_sending() {
-            client.discard_received();
-            return;
-        }
-        monoio::time::sleep(LINGER_POLL).await;
-    }
-}
-
-/// What a locally generated reply must respect of the request it answers.
-#[derive(Debug, Clone, Copy)]
-struct ReplyTo {
-    version: Version,
-    head_only: bool,
-}
-
-/// Sends the short error response for `error`, when the error has one. Returns the bytes sent.
-async fn respond_with_error(
-    client: &mut BufferedStream,
-    generation: &Generation,
-    error: &ProxyError,
-    to: ReplyTo,
-    close: bool,
-    request_id: &str,
-    scratch: &mut Vec<u8>,
-) -> u64 {
-    let Some(status) = error.status() else {
-        return 0;
+    const CALM: Circumstances = Circumstances {
+        client_close: false,
+        draining: false,
+        pipelined: false,
     };
-    let reason = reason_phrase(status);
-    let body = format!("{status} {reason}: {}\n", error.label());
-    let response = LocalResponse {
-        status,
-        reason,
-        content_type: "text/plain; charset=utf-8",
-        body: &body,
-        close,
-        version: to.version,
-        request_id: request_id.as_bytes(),
-        head_only: to.head_only,
-        extra_fields: "",
-    };
-    send_local(client, generation, &response, scratch).await
-}
 
-/// Writes a response corelb makes itself. Returns the bytes that reached the client (0 when the write failed).
-async fn send_local(
-    client: &mut BufferedStream,
-    generation: &Generation,
-    response: &LocalResponse<'_>,
-    scratch: &mut Vec<u8>,
-) -> u64 {
-    scratch.clear();
-    write_local_response(scratch, response);
-    let sent = scratch.len() as u64;
-    let (result, buf) = client
-        .write_all(std::mem::take(scratch), generation.config.timeouts.client_idle)
-        .await;
-    *scratch = buf;
-    if result.is_ok() {
-        sent
-    } else {
-        0
+    #[test]
+    fn a_connection_is_kept_only_when_everything_allows_it() {
+        assert_eq!(next_step(Ended::Answered, CALM), Next::KeepAlive);
+        assert_eq!(
+            next_step(Ended::Forwarded(Disposition::KeepAlive), CALM),
+            Next::KeepAlive
+        );
+        let consumed = Ended::FailedBeforeResponse { request_consumed: true };
+        assert_eq!(next_step(consumed, CALM), Next::KeepAlive);
+        for ending in [
+            Circumstances {
+                client_close: true,
+                ..CALM
+            },
+            Circumstances { draining: true, ..CALM },
+        ] {
+            assert_eq!(next_step(Ended::Answered, ending), Next::Close);
+            assert_eq!(next_step(consumed, ending), Next::LingerClose);
+            assert_ne!(
+                next_step(Ended::Refused { unread_body: false }, ending),
+                Next::KeepAlive
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_with_unread_input_lingers_rather_than_resets() {
+        assert_eq!(next_step(Ended::Refused { unread_body: true }, CALM), Next::LingerClose);
+        let half_read = Ended::FailedBeforeResponse {
+            request_consumed: false,
+        };
+        assert_eq!(next_step(half_read, CALM), Next::LingerClose);
+        assert_eq!(
+            next_step(Ended::Forwarded(Disposition::Linger), CALM),
+            Next::LingerClose
+        );
+        let pipelined = Circumstances {
+            pipelined: true,
+            ..CALM
+        };
+        assert_eq!(
+            next_step(Ended::Forwarded(Disposition::Close), pipelined),
+            Next::LingerClose
+        );
+        assert_eq!(next_step(Ended::FailedMidResponse, pipelined), Next::LingerClose);
+        assert_eq!(next_step(Ended::Forwarded(Disposition::Close), CALM), Next::Close);
+        assert_eq!(next_step(Ended::FailedMidResponse, CALM), Next::Close);
+    }
+
+    #[test]
+    fn a_shutdown_ends_a_kept_alive_exchange() {
+        let draining = Circumstances { draining: true, ..CALM };
+        assert_eq!(
+            next_step(Ended::Forwarded(Disposition::KeepAlive), draining),
+            Next::Close
+        );
     }
 }

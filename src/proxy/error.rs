@@ -4,6 +4,7 @@
 
 use std::io;
 
+use super::body::BodyError;
 use crate::http::{ChunkedError, HeadError};
 
 #[derive(Debug, thiserror::Error)]
@@ -134,11 +135,12 @@ impl ProxyError {
         }
     }
 
-    /// The upstream connection ended (reset, EOF) rather than answered badly or slowly: the one failure after
-    /// which a request may be sent again (see `forward::retry_decision`).
-    pub fn connection_lost(&self) -> bool {
+    /// What a retry this failure allows; whether the request itself can be sent again is the request's to say
+    /// (`retry::replayable`).
+    pub fn retry(&self) -> Retry {
         match self {
-            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => true,
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => Retry::OtherBackend,
+            ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => Retry::FreshConnection,
             ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::ClientHeaderTimeout
@@ -151,12 +153,71 @@ impl ProxyError {
             | ProxyError::NoBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
-            | ProxyError::ConnectFailed { .. }
-            | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::BadResponse { .. } => false,
+            | ProxyError::BadResponse { .. } => Retry::No,
         }
     }
+
+    /// An upstream failure while moving a body, named for `backend`.
+    pub fn from_upstream_body(backend: &str, error: BodyError) -> ProxyError {
+        match error {
+            BodyError::Read(source) | BodyError::Write(source) if source.kind() == io::ErrorKind::TimedOut => {
+                ProxyError::UpstreamTimeout {
+                    backend: backend.to_string(),
+                }
+            }
+            BodyError::Read(source) | BodyError::Write(source) => ProxyError::UpstreamIo {
+                backend: backend.to_string(),
+                source,
+            },
+            BodyError::ReadEof => ProxyError::UpstreamClosed {
+                backend: backend.to_string(),
+            },
+            BodyError::Malformed(error) => ProxyError::bad_response(backend, &error.to_string()),
+            // Only a watched copy stops this way, and the sender handles it before mapping errors.
+            BodyError::Answered(_) => ProxyError::bad_response(backend, "answered before the request body was sent"),
+            // Budgets bound request bodies only.
+            BodyError::TooLarge(_) | BodyError::TooSlow => {
+                ProxyError::bad_response(backend, "response body out of budget")
+            }
+        }
+    }
+
+    /// A client failure while moving a body.
+    pub fn from_client_body(error: BodyError) -> ProxyError {
+        match error {
+            BodyError::Read(source) | BodyError::Write(source) if source.kind() == io::ErrorKind::TimedOut => {
+                ProxyError::ClientTimeout
+            }
+            BodyError::Read(source) | BodyError::Write(source) => ProxyError::ClientIo(source),
+            BodyError::ReadEof => ProxyError::ClientClosed,
+            BodyError::Malformed(error) => ProxyError::BadRequestBody(error),
+            // The client is never the watched side of a copy.
+            BodyError::Answered(_) => ProxyError::ClientClosed,
+            BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+            BodyError::TooSlow => ProxyError::ClientBodyTimeout,
+        }
+    }
+
+    pub fn bad_response(backend: &str, reason: &str) -> ProxyError {
+        ProxyError::BadResponse {
+            backend: backend.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What a retry a failed attempt allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not sent again: the backend may have acted on it, its answer was slow or garbled rather than missing, or
+    /// the failure was not the backend's (the client's, or corelb's own limits).
+    No,
+    /// Nothing reached a backend: the request goes to another one.
+    OtherBackend,
+    /// The connection ended before any response byte: a request that can be replayed is sent again on a fresh
+    /// connection, to another backend when there is one (the failed one is likely dying).
+    FreshConnection,
 }
 
 /// The standard reason phrase for the statuses the proxy generates.
@@ -230,13 +291,27 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lost_connection_counts_as_lost() {
-        assert!(ProxyError::UpstreamClosed { backend: "b".into() }.connection_lost());
-        assert!(!ProxyError::UpstreamTimeout { backend: "b".into() }.connection_lost());
-        assert!(!ProxyError::ConnectFailed {
+    fn only_a_failed_connect_goes_elsewhere_and_only_a_lost_connection_is_replayed() {
+        let refused = ProxyError::ConnectFailed {
             backend: "b".into(),
-            source: io::Error::from(io::ErrorKind::ConnectionRefused)
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(refused.retry(), Retry::OtherBackend);
+        assert_eq!(
+            ProxyError::ConnectTimeout { backend: "b".into() }.retry(),
+            Retry::OtherBackend
+        );
+        assert_eq!(
+            ProxyError::UpstreamClosed { backend: "b".into() }.retry(),
+            Retry::FreshConnection
+        );
+        assert_eq!(ProxyError::UpstreamTimeout { backend: "b".into() }.retry(), Retry::No);
+        for own_limit in [
+            ProxyError::OutOfDescriptors,
+            ProxyError::UpstreamLimit,
+            ProxyError::NoBackend,
+        ] {
+            assert_eq!(own_limit.retry(), Retry::No, "{own_limit}");
         }
-        .connection_lost());
     }
 }

@@ -2,8 +2,13 @@
 
 pub mod body;
 pub mod client;
+pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod linger;
+pub mod local;
+pub mod record;
+pub mod retry;
 
 pub use client::serve_client;
 pub use error::ProxyError;

@@ -127,13 +127,13 @@ impl WorkerContext {
         for series in &mut snapshot.backends {
             series.configured = false;
         }
-        for (state, config) in generation.backends.iter().zip(&generation.config.backends) {
+        for state in &generation.backends {
             if let Some(series) = snapshot.backends.get_mut(state.metrics_slot) {
                 let idle = state.idle_connections() as u64;
                 series.connections_idle = idle;
                 series.connections_open = idle + u64::from(state.in_flight());
                 series.up = !state.failed();
-                series.weight = config.weight;
+                series.weight = state.weight();
                 series.configured = true;
             }
         }

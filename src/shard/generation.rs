@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::backend::BackendState;
+use super::backend::{BackendState, Settings};
 use crate::balance::Balancer;
 use crate::config::Config;
 use crate::http::head::HeadLimits;
@@ -27,15 +27,15 @@ pub struct Snapshot {
 pub struct Generation {
     pub version: u64,
     pub config: Arc<Config>,
+    /// One view per backend, in config order: the balancer's indexes point here.
     pub backends: Vec<Rc<BackendState>>,
     pub balancer: Balancer,
     pub limits: HeadLimits,
-    /// Per backend: may take new requests (not draining).
-    pub accepting: Vec<bool>,
 }
 
 impl Generation {
-    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had.
+    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had (and giving
+    /// them this config's settings).
     ///
     /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
     /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
@@ -51,7 +51,12 @@ impl Generation {
             .iter()
             .zip(&snapshot.backend_addrs)
             .map(|(backend, &addr)| {
-                previous
+                let settings = Settings {
+                    weight: backend.weight,
+                    draining: backend.drain,
+                    fail_timeout: config.upstream.fail_timeout,
+                };
+                let state = previous
                     .and_then(|previous| {
                         previous
                             .backends
@@ -61,8 +66,10 @@ impl Generation {
                     })
                     .unwrap_or_else(|| {
                         let slot = metrics.backend_slot(&backend.id);
-                        Rc::new(BackendState::new(backend, addr, slot))
-                    })
+                        Rc::new(BackendState::new(backend, addr, slot, settings))
+                    });
+                state.configure(settings);
+                state
             })
             .collect();
         let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
@@ -75,7 +82,6 @@ impl Generation {
             config: Arc::clone(config),
             backends,
             balancer,
-            accepting: config.backends.iter().map(|backend| !backend.drain).collect(),
             limits: HeadLimits {
                 max_head_bytes: config.limits.max_header_bytes,
                 max_request_line: config.limits.max_request_line,

@@ -1,0 +1,174 @@
+//! Where a request goes after a failed attempt. The error says what kind of retry it allows
+//! ([`ProxyError::retry`]); the request says whether it can be sent again ([`replayable`]); the [`Route`] bounds
+//! how often and remembers which backends were tried, so that a retry goes elsewhere when there is an elsewhere.
+
+use std::time::Instant;
+
+use crate::shard::{Admission, Generation};
+
+/// How far an exchange got when its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Writing the request failed: the backend's socket was already gone, so it cannot have acted on it.
+    Writing,
+    /// The request was written and the connection ended (reset, EOF) before any response byte.
+    Awaiting,
+}
+
+/// Whether a request whose upstream connection failed before any response byte may be sent again. A bodiless
+/// request is still held whole, so it can be replayed; a body was streamed from the client and is gone. An
+/// idempotent request (RFC 9110 §9.2.2) may be replayed even if the backend received it; any other only when the
+/// write itself failed.
+pub fn replayable(stage: Stage, bodiless: bool, idempotent: bool) -> bool {
+    match stage {
+        Stage::Writing => bodiless,
+        Stage::Awaiting => bodiless && idempotent,
+    }
+}
+
+/// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at
+/// least once, so that even with an attempt limit of one the keep-alive race gets a fresh connection.
+const MAX_REPLAYS: u32 = 2;
+
+/// The backends one request has tried, and how many more tries it has.
+#[derive(Debug)]
+pub struct Route {
+    tried: Vec<usize>,
+    /// Most backends tried for one request (`upstream.max_connect_attempts`).
+    limit: usize,
+    /// Exchanges that failed before any response byte and were sent again.
+    replays: u32,
+    /// Replayed, and no connect has failed since: a backend already tried may take the replay.
+    may_reuse_tried: bool,
+}
+
+impl Route {
+    pub fn new(limit: u32) -> Route {
+        Route {
+            tried: Vec::new(),
+            limit: limit.max(1) as usize,
+            replays: 0,
+            may_reuse_tried: false,
+        }
+    }
+
+    /// The backend for the next attempt: an admitted one not tried yet; else one resting after a failure (it may
+    /// be back, and refusing outright helps nobody); else, for a replay, a fresh connection to one already tried.
+    /// A draining backend is never picked.
+    pub fn pick(&self, generation: &Generation, now: Instant) -> Option<usize> {
+        let backends = &generation.backends;
+        let untried = |index: usize| !self.tried.contains(&index);
+        generation
+            .balancer
+            .pick(|index| untried(index) && backends[index].admits(now) == Admission::Admitted)
+            .or_else(|| {
+                generation
+                    .balancer
+                    .pick(|index| untried(index) && backends[index].admits(now) != Admission::Draining)
+            })
+            .or_else(|| {
+                if self.may_reuse_tried {
+                    generation
+                        .balancer
+                        .pick(|index| backends[index].admits(now) != Admission::Draining)
+                } else {
+                    None
+                }
+            })
+    }
+
+    /// Records that connecting to `index` failed; whether the request may try another backend.
+    pub fn connect_failed(&mut self, index: usize, backends: usize) -> bool {
+        self.mark_tried(index);
+        self.may_reuse_tried = false;
+        self.tried.len() < self.limit.min(backends)
+    }
+
+    /// Records a failed exchange on `index` to be sent again; false when the request has been replayed enough.
+    pub fn replay(&mut self, index: usize) -> bool {
+        self.mark_tried(index);
+        self.replays += 1;
+        self.may_reuse_tried = true;
+        self.replays <= MAX_REPLAYS && self.replays as usize <= self.limit
+    }
+
+    fn mark_tried(&mut self, index: usize) {
+        if !self.tried.contains(&index) {
+            self.tried.push(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::error::{ProxyError, Retry};
+
+    fn reset() -> ProxyError {
+        ProxyError::UpstreamIo {
+            backend: "b".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        }
+    }
+
+    /// What the forwarding loop does after a lost connection: the error must allow a fresh connection and the
+    /// request must be replayable.
+    fn sent_again(error: &ProxyError, stage: Stage, bodiless: bool, idempotent: bool) -> bool {
+        error.retry() == Retry::FreshConnection && replayable(stage, bodiless, idempotent)
+    }
+
+    #[test]
+    fn an_idempotent_bodiless_request_is_sent_again_after_a_silent_failure() {
+        for stage in [Stage::Writing, Stage::Awaiting] {
+            assert!(sent_again(&reset(), stage, true, true));
+            let closed = ProxyError::UpstreamClosed { backend: "b".into() };
+            assert!(sent_again(&closed, stage, true, true));
+        }
+    }
+
+    #[test]
+    fn a_post_is_sent_again_only_when_the_backend_cannot_have_seen_it() {
+        assert!(sent_again(&reset(), Stage::Writing, true, false));
+        assert!(!sent_again(&reset(), Stage::Awaiting, true, false));
+    }
+
+    #[test]
+    fn a_streamed_body_is_never_sent_again() {
+        assert!(!sent_again(&reset(), Stage::Writing, false, true));
+        assert!(!sent_again(&reset(), Stage::Awaiting, false, true));
+    }
+
+    #[test]
+    fn a_slow_or_garbled_answer_is_not_retried() {
+        let slow = ProxyError::UpstreamTimeout { backend: "b".into() };
+        let garbled = ProxyError::BadResponse {
+            backend: "b".into(),
+            reason: "x".into(),
+        };
+        for error in [slow, garbled] {
+            assert!(!sent_again(&error, Stage::Awaiting, true, true));
+        }
+    }
+
+    #[test]
+    fn a_route_tries_each_backend_once_within_its_limit() {
+        let mut route = Route::new(3);
+        assert!(route.connect_failed(0, 5));
+        assert!(route.connect_failed(0, 5), "the same backend is counted once");
+        assert!(route.connect_failed(1, 5));
+        assert!(!route.connect_failed(2, 5), "three tried of a limit of three");
+        let mut small = Route::new(3);
+        assert!(!small.connect_failed(0, 1), "one backend, nothing else to try");
+    }
+
+    #[test]
+    fn replays_are_bounded() {
+        let mut route = Route::new(10);
+        assert!(route.replay(0));
+        assert!(route.replay(0));
+        assert!(!route.replay(0));
+        let mut single = Route::new(1);
+        assert!(single.replay(0), "one replay even with an attempt limit of one");
+        assert!(!single.replay(0));
+    }
+}
