@@ -1,5 +1,6 @@
-//! The control plane's vocabulary. Socket lines, REST calls, file reloads and SIGHUP all become a [`Command`] and go
-//! through one `apply` (`control::state`), so every path validates and applies a change the same way.
+//! The control plane's vocabulary. Socket lines, REST calls, file reloads and SIGHUP all become a [`Command`]; every
+//! edit goes through one pure reducer (`control::state::apply`) and one `Control::commit`, so every path validates
+//! and applies a change the same way.
 
 use std::time::Duration;
 
@@ -62,6 +63,33 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name on the wire (`{"cmd": "backend_add", ...}`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::ConfigShow => "config_show",
+            Command::ConfigApply { .. } => "config_apply",
+            Command::ConfigDiff { .. } => "config_diff",
+            Command::Reload => "reload",
+            Command::Backends => "backends",
+            Command::BackendAdd { .. } => "backend_add",
+            Command::BackendRemove { .. } => "backend_remove",
+            Command::BackendSet { .. } => "backend_set",
+            Command::BackendDrain { .. } => "backend_drain",
+            Command::Versions => "versions",
+            Command::Rollback { .. } => "rollback",
+            Command::LogLevel { .. } => "log_level",
+            Command::RolloutStart { .. } => "rollout_start",
+            Command::RolloutStatus => "rollout_status",
+            Command::RolloutPause => "rollout_pause",
+            Command::RolloutResume => "rollout_resume",
+            Command::RolloutAbort => "rollout_abort",
+            Command::Metrics => "metrics",
+            Command::MetricsSummary => "metrics_summary",
+            Command::Health => "health",
+        }
+    }
+
     /// Commands that change nothing may run while a rollout is in progress or be retried freely.
     pub fn is_read_only(&self) -> bool {
         matches!(

@@ -5,11 +5,13 @@
 
 mod admin;
 pub mod command;
+mod fleet;
 mod history;
 mod listeners;
 mod resolve;
 mod rollout;
 mod socket;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,17 +22,14 @@ use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use crate::access_log::LogMessage;
-use crate::config::{
-    diff, load_config, parse_config, resolve_relative_paths, to_toml, Config, IoDriverChoice, LogLevel, Workers,
-};
+use crate::config::{diff, load_config, to_toml, Config, IoDriverChoice, LogLevel, Workers};
 use crate::metrics::render::{render, ControlFigures};
 use crate::metrics::{Merged, WorkerMetrics};
 use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
 use crate::net::listener::{reserve_port, PortReservation};
-use crate::worker::{
-    self, Driver, FromWorker, Snapshot, ToWorker, WorkerHandle, WorkerLimits, WorkerReport, WorkerSpec,
-};
+use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerLimits, WorkerReport, WorkerSpec};
 use command::{Command, CommandError, ErrorKind, Source};
+use fleet::Fleet;
 use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
 use rollout::Rollout;
@@ -43,6 +42,8 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(50);
 /// How often rate-limit shares follow the demand each worker saw.
 const REBALANCE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a rebalance waits for every worker's demand; without all of them the shares stay.
+const REBALANCE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Why corelb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,7 @@ pub struct Control {
     config: Arc<Config>,
     snapshot: Arc<Snapshot>,
     history: History,
-    workers: Vec<WorkerHandle>,
+    fleet: Fleet,
     drivers: Vec<Driver>,
     events: Receiver<FromWorker>,
     started: Instant,
@@ -236,7 +237,7 @@ impl Control {
             config,
             snapshot,
             history,
-            workers,
+            fleet: Fleet::new(workers),
             drivers: vec![driver; count],
             events,
             started: Instant::now(),
@@ -371,15 +372,14 @@ impl Control {
                 "version": self.snapshot.version,
                 "toml": crate::config::to_toml_redacted(&self.config),
             })),
-            Command::ConfigApply { toml } => {
-                let result = self
-                    .parse_candidate(&toml)
+            Command::ConfigApply { .. } => {
+                let result = state::apply(&self.config, &command, self.config_folder())
                     .and_then(|candidate| self.commit(candidate, &source, None));
                 self.last_reload = (result.is_ok(), SystemTime::now());
                 result
             }
-            Command::ConfigDiff { toml } => {
-                let candidate = self.parse_candidate(&toml)?;
+            Command::ConfigDiff { .. } => {
+                let candidate = state::apply(&self.config, &command, self.config_folder())?;
                 Ok(json!({
                     "changes": diff(&self.config, &candidate),
                     "restart_required": self.restart_reasons(&candidate),
@@ -393,29 +393,12 @@ impl Control {
                 result
             }
             Command::Backends => Ok(json!({ "version": self.snapshot.version, "backends": self.backends_json() })),
-            Command::BackendAdd { url, weight, id } => {
-                let mut text = to_toml(&self.config);
-                text.push_str(&format!(
-                    "\n[[backends]]\nurl = {}\nweight = {}\n",
-                    toml::Value::String(url),
-                    weight.map_or(1, i64::from)
-                ));
-                if let Some(id) = id {
-                    text.push_str(&format!("id = {}\n", toml::Value::String(id)));
-                }
-                let candidate = self.parse_candidate(&text)?;
+            Command::BackendAdd { .. } | Command::BackendRemove { .. } | Command::BackendDrain { .. } => {
+                let candidate = state::apply(&self.config, &command, self.config_folder())?;
                 self.commit(candidate, &source, None)
             }
-            Command::BackendRemove { id } => {
-                let mut candidate = (*self.config).clone();
-                let index = self.backend_index(&id)?;
-                candidate.backends.remove(index);
-                self.commit(candidate, &source, None)
-            }
-            Command::BackendSet { id, weight } => {
-                let mut candidate = (*self.config).clone();
-                let index = self.backend_index(&id)?;
-                candidate.backends[index].weight = weight;
+            Command::BackendSet { .. } => {
+                let candidate = state::apply(&self.config, &command, self.config_folder())?;
                 let algorithm = candidate.balancer.algorithm;
                 let mut reply = self.commit(candidate, &source, None)?;
                 if algorithm == crate::config::Algorithm::RoundRobin {
@@ -428,12 +411,6 @@ impl Control {
                     }
                 }
                 Ok(reply)
-            }
-            Command::BackendDrain { id } => {
-                let mut candidate = (*self.config).clone();
-                let index = self.backend_index(&id)?;
-                candidate.backends[index].drain = true;
-                self.commit(candidate, &source, None)
             }
             Command::Versions => Ok(json!({
                 "current": self.snapshot.version,
@@ -495,78 +472,21 @@ impl Control {
         if !self.config.ratelimit.enabled {
             return;
         }
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let mut asked = 0;
-        for worker in &mut self.workers {
-            if worker.send(ToWorker::RateDemand(sender.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        let deadline = Instant::now() + Duration::from_millis(50);
-        let reports: Vec<crate::ratelimit::RateDemand> = (0..asked)
-            .filter_map(|_| receiver.recv_deadline(deadline).ok())
-            .collect();
-        if reports.len() != self.workers.len() {
+        let demand = self.fleet.gather(ToWorker::RateDemand, REBALANCE_TIMEOUT);
+        if !demand.complete() {
             return;
         }
         let limits = crate::ratelimit::policies(&self.config).limits;
-        let workers = self.workers.len();
-        let mut shares = vec![crate::ratelimit::RateShares::default(); workers];
-        for (index, limit) in limits.iter().enumerate() {
-            let mut demand = vec![0u64; workers];
-            for report in &reports {
-                demand[report.worker] = report.per_policy.get(index).copied().unwrap_or(0);
-            }
-            for (worker, share) in crate::ratelimit::split(limit.rate, limit.burst, &demand)
-                .into_iter()
-                .enumerate()
-            {
-                shares[worker].per_policy.push(share);
-            }
-        }
-        let mut clients: std::collections::HashMap<(usize, std::net::IpAddr), Vec<(usize, u64)>> =
-            std::collections::HashMap::new();
-        for report in &reports {
-            for &(policy, client, seen) in &report.clients {
-                clients.entry((policy, client)).or_default().push((report.worker, seen));
-            }
-        }
-        for ((policy, client), seen_by) in clients {
-            if seen_by.len() < 2 {
-                continue;
-            }
-            let demand: Vec<u64> = (0..workers)
-                .map(|worker| {
-                    seen_by
-                        .iter()
-                        .find(|(seen_on, _)| *seen_on == worker)
-                        .map_or(0, |(_, count)| *count)
-                })
-                .collect();
-            for (worker, fraction) in crate::ratelimit::split(1.0, 1.0, &demand).into_iter().enumerate() {
-                shares[worker].clients.push((policy, client, fraction.rate));
-            }
-        }
-        for (worker, share) in self.workers.iter_mut().zip(shares) {
-            let _ = worker.send(ToWorker::RateShares(share));
-        }
+        let shares = crate::ratelimit::rebalance(&limits, &demand.answers, self.fleet.count());
+        let mut shares = shares.into_iter();
+        let _ = self
+            .fleet
+            .send_each(|_| ToWorker::RateShares(shares.next().unwrap_or_default()));
     }
 
     /// Every worker's metrics, copied by each worker between two events of its loop.
     fn collect_metrics(&mut self) -> Vec<WorkerMetrics> {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let mut asked = 0;
-        for worker in &mut self.workers {
-            if worker.send(ToWorker::CollectMetrics(sender.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        let deadline = Instant::now() + REPORT_TIMEOUT;
-        let mut collected: Vec<WorkerMetrics> = (0..asked)
-            .filter_map(|_| receiver.recv_deadline(deadline).ok())
-            .collect();
-        collected.sort_by_key(|metrics| metrics.worker);
-        collected
+        self.fleet.gather(ToWorker::CollectMetrics, REPORT_TIMEOUT).answers
     }
 
     fn metrics_text(&mut self) -> String {
@@ -639,19 +559,9 @@ impl Control {
         })
     }
 
-    /// Parses a whole config given as text, resolving relative paths as the config file's would be.
-    fn parse_candidate(&self, text: &str) -> Result<Config, CommandError> {
-        let mut candidate = parse_config(text).map_err(invalid_config)?;
-        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
-        Ok(candidate)
-    }
-
-    fn backend_index(&self, id: &str) -> Result<usize, CommandError> {
-        self.config
-            .backends
-            .iter()
-            .position(|backend| backend.id == id)
-            .ok_or_else(|| CommandError::new(ErrorKind::NotFound, format!("no backend with id {id:?}")))
+    /// The config file's folder: relative paths in a config given as text are resolved against it.
+    fn config_folder(&self) -> &Path {
+        self.config_path.parent().unwrap_or(Path::new(""))
     }
 
     /// What in `candidate` cannot change without a restart.
@@ -687,8 +597,7 @@ impl Control {
     /// applied it. Nothing changes when it is refused.
     fn commit(&mut self, candidate: Config, source: &Source, label: Option<String>) -> Result<Value, CommandError> {
         // One set of rules for every path: whatever was edited goes through the file parser again.
-        let mut candidate = parse_config(&to_toml(&candidate)).map_err(invalid_config)?;
-        resolve_relative_paths(&mut candidate, self.config_path.parent().unwrap_or(Path::new("")));
+        let candidate = state::parse_candidate(&to_toml(&candidate), self.config_folder())?;
         let reasons = self.restart_reasons(&candidate);
         if !reasons.is_empty() {
             return Err(CommandError::new(
@@ -748,13 +657,11 @@ impl Control {
 
     /// Sends `snapshot` to every worker and waits for each acknowledgement.
     fn broadcast(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), CommandError> {
-        for worker in &mut self.workers {
-            worker
-                .send(ToWorker::Apply(Arc::clone(snapshot)))
-                .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
-        }
+        self.fleet
+            .send_each(|_| ToWorker::Apply(Arc::clone(snapshot)))
+            .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
         let deadline = Instant::now() + APPLY_TIMEOUT;
-        let mut applied = vec![false; self.workers.len()];
+        let mut applied = vec![false; self.fleet.count()];
         while applied.iter().any(|done| !done) {
             match self.events.recv_deadline(deadline) {
                 Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
@@ -779,17 +686,7 @@ impl Control {
 
     /// Live per-worker figures, gathered without stopping any worker for longer than a copy.
     fn reports(&mut self) -> Vec<WorkerReport> {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let mut asked = 0;
-        for worker in &mut self.workers {
-            if worker.send(ToWorker::Report(sender.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        let deadline = Instant::now() + REPORT_TIMEOUT;
-        (0..asked)
-            .filter_map(|_| receiver.recv_deadline(deadline).ok())
-            .collect()
+        self.fleet.gather(ToWorker::Report, REPORT_TIMEOUT).answers
     }
 
     fn backends_json(&mut self) -> Vec<Value> {
@@ -851,12 +748,7 @@ impl Control {
     }
 
     fn stop_workers(&mut self) {
-        for worker in &mut self.workers {
-            let _ = worker.send(ToWorker::Shutdown);
-        }
-        for worker in &mut self.workers {
-            worker.join();
-        }
+        self.fleet.stop();
     }
 }
 

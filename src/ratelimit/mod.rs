@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub use allow::AllowList;
 pub use clients::ClientTable;
 pub use shard::{RateDemand, RateLimitShard, RateShares};
-pub use shares::{split, Share};
+pub use shares::{rebalance, split, Share};
 pub use sliding_window::SlidingWindow;
 pub use token_bucket::TokenBucket;
 
