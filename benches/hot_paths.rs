@@ -1,6 +1,7 @@
 //! The hot pure pieces of the request path, measured with criterion: backend selection (3 and 1,000 backends),
 //! the rate-limit decision, request-head parsing, and writing the head sent upstream.
 //! Run: `cargo bench --bench hot_paths` (or `make bench-micro`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 use std::hint::black_box;
 use std::net::IpAddr;

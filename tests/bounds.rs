@@ -2,6 +2,7 @@
 //! backend is chosen when its length is declared, cut off when a chunked body grows past it), and a body that
 //! trickles in slower than `limits.min_body_rate` after `timeouts.client_body` gets 408 and frees its upstream
 //! connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

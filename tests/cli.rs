@@ -1,5 +1,6 @@
 //! The command line: `corelb check` on good and bad files, `corelb run` refusing a bad file, `--help` everywhere,
 //! SIGHUP reloads, and graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

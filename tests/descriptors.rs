@@ -1,6 +1,7 @@
 //! Descriptors are budgeted: corelb never holds more client connections than `server.max_connections` (derived
 //! from `RLIMIT_NOFILE` when not set), waits rather than refuses past it, and at the descriptor limit itself keeps
 //! serving established connections, answers 503 rather than blaming a backend, and keeps `ctl` working.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

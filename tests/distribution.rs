@@ -1,5 +1,6 @@
 //! Balancing through the real binary: exact round-robin, exact smooth weighted round-robin per worker, and every
 //! worker serving when there are several.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

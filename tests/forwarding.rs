@@ -1,6 +1,7 @@
 //! Forwarding semantics (RFC 9110/9112) through the real binary: hop-by-hop fields, forwarding fields, HTTP/1.0
 //! clients, `Connection: close` from either side, pipelining, and malformed requests refused before any backend
 //! sees them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

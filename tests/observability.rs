@@ -1,5 +1,6 @@
 //! Observability through the real binary: exact merged metrics over two workers, the Prometheus exposition checked
 //! by promtool, access log lines, request ids, the log level changed at runtime, and corelb's own /health.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 
@@ -379,6 +380,7 @@ fn start_with_unread_stderr(config: &str) -> UnreadStderr {
     let mut fds = [0; 2];
     // SAFETY: pipe writes two new descriptors into `fds`, which the OwnedFds below then own.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe and nothing else owns them.
     let (read_end, write_end) = unsafe {
         (
             std::os::fd::OwnedFd::from_raw_fd(fds[0]),

@@ -1,5 +1,6 @@
 //! Rate limiting through the real binary with two workers: the process-wide admitted rate under 3x load, spread
 //! over cores or all on one; per-client scope; the allow-list; 429 responses; live changes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! One test per bug found in review, so each stays fixed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Bodies stream through the proxy without being held: 1 GiB each way with the proxy's peak memory bounded, and
 //! chunked bodies in both directions. Large bodies are spliced (`corelb_spliced_bytes_total` says how much); the
 //! same bodies pass byte for byte with splicing off, and bodies that end at the backend's close pass whole.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The upstream side: keep-alive reuse, the keep-alive race, failing and slow backends.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
 

@@ -4,6 +4,7 @@
 
 pub mod histogram;
 pub mod names;
+pub mod render;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -188,14 +189,7 @@ impl WorkerMetrics {
                 series.connections_reused += 1;
             } else {
                 series.connections_new += 1;
-                series.connections_open += 1;
             }
-        }
-    }
-
-    pub fn upstream_closed(&mut self, slot: usize) {
-        if let Some(series) = self.backends.get_mut(slot) {
-            series.connections_open = series.connections_open.saturating_sub(1);
         }
     }
 
@@ -360,4 +354,3 @@ mod tests {
         assert_eq!(merged.errors["connect_failed"], 5);
     }
 }
-pub mod render;

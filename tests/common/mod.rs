@@ -3,6 +3,8 @@
 //! Also a small blocking HTTP/1.1 client that sends raw bytes, so tests control every byte on the wire.
 
 #![allow(dead_code)]
+// A harness stops a test on any surprise: unwrapping is how it fails loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
