@@ -1,0 +1,65 @@
+//! The import direction ARCHITECTURE.md describes ("Floors"), held as a test: the per-core state and the request
+//! path never reach up to the worker or the control thread, and the pure modules reach none of the I/O layers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
+
+use std::path::{Path, PathBuf};
+
+fn sources(folder: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(folder)];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            found.push(path);
+        }
+    }
+    assert!(!found.is_empty(), "no sources under src/{folder}");
+    found
+}
+
+/// Every `crate::<module>` reference in `folders` to one of `forbidden`.
+fn reaches(folders: &[&str], forbidden: &[&str]) -> Vec<String> {
+    let mut offences = Vec::new();
+    for folder in folders {
+        for path in sources(folder) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                for module in forbidden {
+                    let reference = format!("crate::{module}");
+                    let hit = line.match_indices(&reference).any(|(at, _)| {
+                        let after = line[at + reference.len()..].chars().next();
+                        !after.is_some_and(|next| next.is_alphanumeric() || next == '_')
+                    });
+                    if hit {
+                        offences.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn the_per_core_state_and_the_request_path_never_reach_up() {
+    let offences = reaches(&["shard", "proxy", "net"], &["worker", "control"]);
+    assert!(
+        offences.is_empty(),
+        "imports that run back up:\n{}",
+        offences.join("\n")
+    );
+}
+
+#[test]
+fn the_pure_modules_reach_no_io_layer() {
+    let offences = reaches(
+        &["config", "http", "balance", "upstream", "ratelimit", "metrics"],
+        &["net", "shard", "proxy", "worker", "control"],
+    );
+    assert!(
+        offences.is_empty(),
+        "pure modules importing I/O layers:\n{}",
+        offences.join("\n")
+    );
+}
