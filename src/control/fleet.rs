@@ -1,11 +1,28 @@
-//! The control thread's end of every worker: one message to all, and one scatter/gather with a deadline that says
-//! who did not answer (Sozu's gathering task), instead of a hand-copied loop per question.
+//! The control thread's end of every worker: one message to all, one scatter/gather with a deadline that says who
+//! did not answer (Sozu's gathering task), and the two-phase change (monolake's prepare → commit | abort): every
+//! worker builds the next generation beside its current one, and only when all have does any install it, so a worker
+//! that fails or is too slow leaves every worker on the old version, never a split.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::worker::{ToWorker, WorkerHandle};
+use crate::shard::Snapshot;
+use crate::worker::{FromWorker, ToWorker, WorkerHandle};
+
+/// Why a change did not reach every worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("worker {0} has exited")]
+    Unreachable(usize),
+    #[error("worker {0} has stopped")]
+    Stopped(usize),
+    #[error("workers {missing:?} did not prepare the change in time; every worker stays on the running version")]
+    PrepareTimedOut { missing: Vec<usize> },
+    #[error("workers {missing:?} did not confirm the change in time")]
+    CommitTimedOut { missing: Vec<usize> },
+}
 
 /// An answer that names the worker it came from.
 pub trait FromOneWorker {
@@ -44,6 +61,12 @@ impl<T> Gathered<T> {
     pub fn complete(&self) -> bool {
         self.missing.is_empty()
     }
+}
+
+/// How a wait for every worker ended early.
+enum Waited {
+    Stopped(usize),
+    TimedOut(Vec<usize>),
 }
 
 pub struct Fleet {
@@ -92,6 +115,80 @@ impl Fleet {
         Gathered { answers, missing }
     }
 
+    /// Applies `snapshot` on every worker in two phases within `timeout` each: all prepare, then all commit. If
+    /// any worker does not prepare in time, every worker is told to abort and none has changed.
+    pub fn apply(
+        &mut self,
+        events: &Receiver<FromWorker>,
+        snapshot: &Arc<Snapshot>,
+        timeout: Duration,
+    ) -> Result<(), ApplyError> {
+        let version = snapshot.version;
+        let prepared = self
+            .send_each(|_| ToWorker::Prepare(Arc::clone(snapshot)))
+            .map_err(|_| ApplyError::Unreachable(self.first_exited()))
+            .and_then(|()| {
+                self.await_every(events, timeout, |event| match event {
+                    FromWorker::Prepared { worker, version: seen } if *seen == version => Some(*worker),
+                    _ => None,
+                })
+                .map_err(|waited| match waited {
+                    Waited::Stopped(worker) => ApplyError::Stopped(worker),
+                    Waited::TimedOut(missing) => ApplyError::PrepareTimedOut { missing },
+                })
+            });
+        if let Err(error) = prepared {
+            for worker in &mut self.workers {
+                let _ = worker.send(ToWorker::Abort { version });
+            }
+            return Err(error);
+        }
+        self.send_each(|_| ToWorker::Commit { version })
+            .map_err(|_| ApplyError::Unreachable(self.first_exited()))?;
+        self.await_every(events, timeout, |event| match event {
+            FromWorker::Applied { worker, version: seen } if *seen == version => Some(*worker),
+            _ => None,
+        })
+        .map_err(|waited| match waited {
+            Waited::Stopped(worker) => ApplyError::Stopped(worker),
+            Waited::TimedOut(missing) => ApplyError::CommitTimedOut { missing },
+        })
+    }
+
+    /// Waits until `answered` has named every worker, or one stops, or `timeout` passes.
+    fn await_every(
+        &self,
+        events: &Receiver<FromWorker>,
+        timeout: Duration,
+        answered: impl Fn(&FromWorker) -> Option<usize>,
+    ) -> Result<(), Waited> {
+        let deadline = Instant::now() + timeout;
+        let mut done = vec![false; self.workers.len()];
+        while done.iter().any(|done| !done) {
+            match events.recv_deadline(deadline) {
+                Ok(FromWorker::Stopped { worker }) => return Err(Waited::Stopped(worker)),
+                Ok(event) => {
+                    if let Some(slot) = answered(&event).and_then(|worker| done.get_mut(worker)) {
+                        *slot = true;
+                    }
+                }
+                Err(_) => {
+                    let missing = (0..done.len()).filter(|worker| !done[*worker]).collect();
+                    return Err(Waited::TimedOut(missing));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first worker whose inbox is gone (for an error message).
+    fn first_exited(&mut self) -> usize {
+        self.workers
+            .iter()
+            .position(WorkerHandle::has_exited)
+            .unwrap_or_default()
+    }
+
     /// Tells every worker to shut down and waits for each thread to end.
     pub fn stop(&mut self) {
         for worker in &mut self.workers {
@@ -99,6 +196,101 @@ impl Fleet {
         }
         for worker in &mut self.workers {
             worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A stand-in worker on its own thread: answers `Prepare` (unless `prepares` is false), `Commit` and `Abort` as
+    /// a worker would, and reports every message it received when its inbox closes.
+    struct StandIn {
+        thread: std::thread::JoinHandle<Vec<String>>,
+        _wake_end: UnixStream,
+    }
+
+    fn stand_in(index: usize, prepares: bool, events: Sender<FromWorker>) -> (WorkerHandle, StandIn) {
+        let (handle, inbox, wake_end) = WorkerHandle::detached(index).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for message in inbox {
+                match message {
+                    ToWorker::Prepare(snapshot) => {
+                        seen.push(format!("prepare {}", snapshot.version));
+                        if prepares {
+                            let _ = events.send(FromWorker::Prepared {
+                                worker: index,
+                                version: snapshot.version,
+                            });
+                        }
+                    }
+                    ToWorker::Commit { version } => {
+                        seen.push(format!("commit {version}"));
+                        let _ = events.send(FromWorker::Applied { worker: index, version });
+                    }
+                    ToWorker::Abort { version } => seen.push(format!("abort {version}")),
+                    _ => {}
+                }
+            }
+            seen
+        });
+        (
+            handle,
+            StandIn {
+                thread,
+                _wake_end: wake_end,
+            },
+        )
+    }
+
+    fn snapshot(version: u64) -> Arc<Snapshot> {
+        let config = crate::config::parse_config(
+            "[[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n[[backends]]\nurl = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        Arc::new(Snapshot {
+            version,
+            config: Arc::new(config),
+            backend_addrs: vec!["127.0.0.1:9".parse().unwrap()],
+            frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
+        })
+    }
+
+    fn run(prepares: &[bool]) -> (Result<(), ApplyError>, Vec<Vec<String>>) {
+        let (events, received) = crossbeam_channel::unbounded();
+        let (handles, stand_ins): (Vec<_>, Vec<_>) = prepares
+            .iter()
+            .enumerate()
+            .map(|(index, prepares)| stand_in(index, *prepares, events.clone()))
+            .unzip();
+        let mut fleet = Fleet::new(handles);
+        let result = fleet.apply(&received, &snapshot(7), Duration::from_millis(300));
+        drop(fleet);
+        let seen = stand_ins
+            .into_iter()
+            .map(|stand_in| stand_in.thread.join().unwrap())
+            .collect();
+        (result, seen)
+    }
+
+    #[test]
+    fn a_change_every_worker_prepares_is_committed_everywhere() {
+        let (result, seen) = run(&[true, true]);
+        assert_eq!(result, Ok(()));
+        for worker in seen {
+            assert_eq!(worker, ["prepare 7", "commit 7"]);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_does_not_prepare_leaves_every_worker_on_the_old_version() {
+        let (result, seen) = run(&[true, false, true]);
+        assert_eq!(result, Err(ApplyError::PrepareTimedOut { missing: vec![1] }));
+        for worker in seen {
+            assert_eq!(worker, ["prepare 7", "abort 7"], "no worker may commit");
         }
     }
 }

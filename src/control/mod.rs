@@ -29,12 +29,12 @@ use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
 use crate::net::listener::{reserve_port, PortReservation};
 use crate::worker::{self, Driver, FromWorker, Snapshot, ToWorker, WorkerLimits, WorkerReport, WorkerSpec};
 use command::{Command, CommandError, ErrorKind, Source};
-use fleet::Fleet;
+use fleet::{ApplyError, Fleet};
 use history::{History, VersionRecord};
 pub use resolve::{resolve_backends, ResolveError};
 use rollout::Rollout;
 
-/// How long a change may take to reach every worker before it is reported failed.
+/// How long each phase of a change (prepare, commit) may take on every worker before it is reported failed.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `status` waits for workers' live figures.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -655,33 +655,16 @@ impl Control {
         }))
     }
 
-    /// Sends `snapshot` to every worker and waits for each acknowledgement.
+    /// Applies `snapshot` on every worker, prepare then commit (see `fleet::Fleet::apply`).
     fn broadcast(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), CommandError> {
         self.fleet
-            .send_each(|_| ToWorker::Apply(Arc::clone(snapshot)))
-            .map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
-        let deadline = Instant::now() + APPLY_TIMEOUT;
-        let mut applied = vec![false; self.fleet.count()];
-        while applied.iter().any(|done| !done) {
-            match self.events.recv_deadline(deadline) {
-                Ok(FromWorker::Applied { worker, version }) if version == snapshot.version => applied[worker] = true,
-                Ok(FromWorker::Stopped { worker }) => {
+            .apply(&self.events, snapshot, APPLY_TIMEOUT)
+            .map_err(|error| {
+                if matches!(error, ApplyError::Stopped(_)) {
                     self.worker_lost = true;
-                    return Err(CommandError::new(
-                        ErrorKind::Unavailable,
-                        format!("worker {worker} has stopped"),
-                    ));
                 }
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(CommandError::new(
-                        ErrorKind::Unavailable,
-                        "not every worker acknowledged the change in time",
-                    ))
-                }
-            }
-        }
-        Ok(())
+                CommandError::new(ErrorKind::Unavailable, error.to_string())
+            })
     }
 
     /// Live per-worker figures, gathered without stopping any worker for longer than a copy.

@@ -28,6 +28,8 @@ pub struct WorkerContext {
     access_log: RefCell<String>,
     access_log_writer: crossbeam_channel::Sender<LogMessage>,
     generation: RefCell<Rc<Generation>>,
+    /// Built by a prepare, waiting for its commit or abort.
+    prepared: RefCell<Option<Generation>>,
     draining: Cell<bool>,
     /// The most client connections held at once since [`take_peak_connections`](Self::take_peak_connections).
     peak_connections: Cell<usize>,
@@ -86,6 +88,7 @@ impl WorkerContext {
             client_slots: Slots::new(limits.clients),
             upstream_slots: Slots::new(upstream_limit(&generation, limits)),
             generation: RefCell::new(Rc::new(generation)),
+            prepared: RefCell::new(None),
             limits,
         }
     }
@@ -95,10 +98,40 @@ impl WorkerContext {
         Rc::clone(&self.generation.borrow())
     }
 
-    /// Builds and installs the generation for `snapshot`, carrying state over from the current one.
-    pub fn apply(&self, snapshot: &Snapshot) {
+    /// Builds the generation for `snapshot` beside the current one, carrying state over from it; requests go on
+    /// using the current one until [`commit`](Self::commit). A second prepare replaces the first.
+    pub fn prepare(&self, snapshot: &Snapshot) {
         let current = self.generation();
         let next = Generation::build(snapshot, Some(&current), self.index, &mut self.metrics.borrow_mut());
+        *self.prepared.borrow_mut() = Some(next);
+    }
+
+    /// Drops the generation prepared for `version`, if it is the one waiting.
+    pub fn abort(&self, version: u64) {
+        let mut prepared = self.prepared.borrow_mut();
+        if prepared.as_ref().is_some_and(|next| next.version == version) {
+            *prepared = None;
+        }
+    }
+
+    /// Installs the generation prepared for `version`; false when none is waiting for that version.
+    pub fn commit(&self, version: u64) -> bool {
+        let next = {
+            let mut prepared = self.prepared.borrow_mut();
+            match prepared.take() {
+                Some(next) if next.version == version => next,
+                other => {
+                    *prepared = other;
+                    return false;
+                }
+            }
+        };
+        self.install(next);
+        true
+    }
+
+    fn install(&self, next: Generation) {
+        next.configure_backends();
         // A limits change rebuilds the shard; any other change keeps what it has counted.
         if !self.rate_limit.borrow().matches(&next.config) {
             *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
@@ -218,5 +251,68 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.context
             .with_metrics(|metrics| metrics.connection_closed(self.frontend));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Admission;
+    use std::sync::Arc;
+
+    fn snapshot(version: u64, drain: bool) -> Snapshot {
+        let text = format!(
+            "[[frontends]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 0\n\n[[backends]]\nurl = \"http://127.0.0.1:9\"\ndrain = {drain}\n"
+        );
+        Snapshot {
+            version,
+            config: Arc::new(crate::config::parse_config(&text).unwrap()),
+            backend_addrs: vec!["127.0.0.1:9".parse().unwrap()],
+            frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
+        }
+    }
+
+    fn context() -> WorkerContext {
+        let first = snapshot(1, false);
+        let mut metrics = WorkerMetrics::new(0, &["web".to_string()]);
+        let generation = Generation::build(&first, None, 0, &mut metrics);
+        let (log, _) = crossbeam_channel::unbounded();
+        let limits = WorkerLimits {
+            clients: 10,
+            upstream: 10,
+        };
+        WorkerContext::new(0, generation, metrics, log, 1, 1, limits)
+    }
+
+    #[test]
+    fn an_aborted_change_leaves_the_running_generation_and_its_backends_as_they_were() {
+        let context = context();
+        context.prepare(&snapshot(2, true));
+        let now = Instant::now();
+        assert_eq!(
+            context.generation().version,
+            1,
+            "a prepare changes nothing for requests"
+        );
+        context.abort(2);
+        assert!(!context.commit(2), "nothing is left to commit after an abort");
+        let generation = context.generation();
+        assert_eq!(generation.version, 1);
+        assert_eq!(
+            generation.backends[0].admits(now),
+            Admission::Admitted,
+            "the drain was not applied"
+        );
+    }
+
+    #[test]
+    fn a_committed_change_is_installed_with_its_settings() {
+        let context = context();
+        context.prepare(&snapshot(2, true));
+        assert!(!context.commit(3), "only the prepared version commits");
+        assert!(context.commit(2));
+        let generation = context.generation();
+        assert_eq!(generation.version, 2);
+        assert_eq!(generation.backends[0].admits(Instant::now()), Admission::Draining);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::backend::{BackendState, Settings};
 use crate::balance::Balancer;
-use crate::config::Config;
+use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 
@@ -34,8 +34,9 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had (and giving
-    /// them this config's settings).
+    /// Builds the generation for `snapshot`, keeping the state of backends that `previous` already had. Carried
+    /// states keep their settings until [`configure_backends`](Self::configure_backends), so a generation that is
+    /// built and then dropped (an aborted change) leaves them as they were.
     ///
     /// Each worker starts its rotation `worker` picks in, so that N workers do not all send their first request
     /// to the first backend. Both algorithms are periodic, so every window of one period stays exact.
@@ -51,12 +52,8 @@ impl Generation {
             .iter()
             .zip(&snapshot.backend_addrs)
             .map(|(backend, &addr)| {
-                let settings = Settings {
-                    weight: backend.weight,
-                    draining: backend.drain,
-                    fail_timeout: config.upstream.fail_timeout,
-                };
-                let state = previous
+                let settings = settings_for(backend, config);
+                previous
                     .and_then(|previous| {
                         previous
                             .backends
@@ -67,9 +64,7 @@ impl Generation {
                     .unwrap_or_else(|| {
                         let slot = metrics.backend_slot(&backend.id);
                         Rc::new(BackendState::new(backend, addr, slot, settings))
-                    });
-                state.configure(settings);
-                state
+                    })
             })
             .collect();
         let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
@@ -88,5 +83,20 @@ impl Generation {
                 max_headers: config.limits.max_headers,
             },
         }
+    }
+
+    /// Gives every backend this generation's settings; called when it is installed.
+    pub fn configure_backends(&self) {
+        for (state, backend) in self.backends.iter().zip(&self.config.backends) {
+            state.configure(settings_for(backend, &self.config));
+        }
+    }
+}
+
+fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
+    Settings {
+        weight: backend.weight,
+        draining: backend.drain,
+        fail_timeout: config.upstream.fail_timeout,
     }
 }

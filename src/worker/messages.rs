@@ -33,7 +33,13 @@ pub struct WorkerReport {
 
 #[derive(Debug)]
 pub enum ToWorker {
-    Apply(Arc<Snapshot>),
+    /// Build the generation for this snapshot beside the current one and answer `Prepared`; nothing changes for
+    /// requests until `Commit`.
+    Prepare(Arc<Snapshot>),
+    /// Install the generation prepared for this version and answer `Applied`.
+    Commit { version: u64 },
+    /// Drop the generation prepared for this version: the change did not reach every worker.
+    Abort { version: u64 },
     /// Send a [`WorkerReport`] on the given channel.
     Report(crossbeam_channel::Sender<WorkerReport>),
     /// Send a copy of the worker's metrics on the given channel.
@@ -50,6 +56,7 @@ pub enum ToWorker {
 pub enum FromWorker {
     Ready { worker: usize, driver: Driver },
     StartFailed { worker: usize, error: String },
+    Prepared { worker: usize, version: u64 },
     Applied { worker: usize, version: u64 },
     Stopped { worker: usize },
 }

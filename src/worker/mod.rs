@@ -41,6 +41,21 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// A handle to no thread, for tests that play the worker: what is sent arrives on the returned receiver, and
+    /// the returned socket is the worker's end of the wake-up pair (keep it open).
+    pub fn detached(index: usize) -> std::io::Result<(WorkerHandle, Receiver<ToWorker>, StdUnixStream)> {
+        let (inbox, received) = crossbeam_channel::unbounded();
+        let (waker, wake_end) = StdUnixStream::pair()?;
+        waker.set_nonblocking(true)?;
+        let handle = WorkerHandle {
+            index,
+            inbox,
+            waker,
+            thread: None,
+        };
+        Ok((handle, received, wake_end))
+    }
+
     /// Queues a message and wakes the worker. Fails only when the worker has exited.
     pub fn send(&mut self, message: ToWorker) -> Result<(), String> {
         use std::io::Write;
@@ -53,6 +68,11 @@ impl WorkerHandle {
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(error) => Err(format!("worker {} cannot be woken: {error}", self.index)),
         }
+    }
+
+    /// Its inbox is gone: the worker thread has ended.
+    pub fn has_exited(&self) -> bool {
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
     }
 
     pub fn join(&mut self) {
@@ -256,13 +276,22 @@ async fn serve_inbox(
     loop {
         while let Ok(message) = inbox.try_recv() {
             match message {
-                ToWorker::Apply(snapshot) => {
-                    context.apply(&snapshot);
-                    let _ = events.send(FromWorker::Applied {
+                ToWorker::Prepare(snapshot) => {
+                    context.prepare(&snapshot);
+                    let _ = events.send(FromWorker::Prepared {
                         worker: context.index,
                         version: snapshot.version,
                     });
                 }
+                ToWorker::Commit { version } => {
+                    if context.commit(version) {
+                        let _ = events.send(FromWorker::Applied {
+                            worker: context.index,
+                            version,
+                        });
+                    }
+                }
+                ToWorker::Abort { version } => context.abort(version),
                 ToWorker::Report(reply) => {
                     let generation = context.generation();
                     let _ = reply.send(WorkerReport {
