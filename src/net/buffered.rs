@@ -14,6 +14,14 @@ use monoio::net::TcpStream;
 use super::slots::Slot;
 use super::watchdog::{Operation, Watch, Watchdog};
 
+/// TCP states of a connection the peer has finished sending on, or that is gone (Linux `include/net/tcp_states.h`;
+/// libc does not name them).
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+
 /// Initial read buffer of an upstream connection; it grows for large heads and for streaming bodies.
 const INITIAL_CAPACITY: usize = 16 * 1024;
 /// A buffer larger than this is given back when the connection goes idle.
@@ -152,8 +160,10 @@ impl BufferedStream {
         if result != 0 {
             return true;
         }
-        // TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING (include/net/tcp_states.h).
-        matches!(info.tcpi_state, 6..=9 | 11)
+        matches!(
+            info.tcpi_state,
+            TCP_TIME_WAIT | TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+        )
     }
 
     /// Gives back a buffer grown for a large head or body once nothing is buffered.
