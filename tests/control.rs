@@ -526,3 +526,148 @@ fn admin_api_requires_a_token_on_every_address() {
         );
     }
 }
+
+/// Sends one raw control line on a thread of its own and hands back the reply when it comes.
+fn control_in_background(corelb: &Corelb, request: serde_json::Value) -> std::thread::JoinHandle<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(corelb.socket()).unwrap();
+    std::thread::spawn(move || {
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|error| panic!("bad reply {reply:?}: {error}"))
+    })
+}
+
+/// Polls `status` until `condition` holds of it (10 s at most).
+fn status_when(corelb: &Corelb, what: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = corelb.control(json!({"cmd": "status"}));
+        assert_eq!(status["ok"], true, "{status}");
+        if condition(&status["result"]) {
+            return status["result"].clone();
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reads_are_answered_while_a_reload_waits_for_its_file_and_changes_wait_their_turn() {
+    use std::io::Write;
+    let [a, b, _c] = three();
+    let corelb = Corelb::start(&config_for(&[(&a, 1)], 1, "", ""));
+    // The config file becomes a FIFO nobody writes yet: reading it blocks until the test writes.
+    let path = corelb.dir.0.join("corelb.toml");
+    std::fs::remove_file(&path).unwrap();
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    let reload = control_in_background(&corelb, json!({"cmd": "reload"}));
+    status_when(&corelb, "the reload in flight", |status| {
+        status["changes"]["in_flight"] == true
+    });
+    // A change that arrives meanwhile waits behind it, and is applied to what the reload made.
+    let a_id = a.url().trim_start_matches("http://").to_string();
+    let drain = control_in_background(&corelb, json!({"cmd": "backend_drain", "backend": a_id}));
+    status_when(&corelb, "the drain waiting", |status| status["changes"]["waiting"] == 1);
+    // Reads and traffic go on: ctl, /metrics, /health through the admin-less metrics port, and proxying.
+    let (code, out, err) = corelb.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        corelb.scrape().contains("corelb_config_version 1"),
+        "metrics answer on the old version"
+    );
+    assert_eq!(corelb.get("/").status, 200);
+    assert!(
+        !reload.is_finished(),
+        "the reload cannot have ended before its file was written"
+    );
+
+    let config = config_for(&[(&a, 1), (&b, 1)], 1, "", "");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let reloaded = reload.join().unwrap();
+    assert_eq!(reloaded["ok"], true, "{reloaded}");
+    assert_eq!(reloaded["result"]["applied"], true, "{reloaded}");
+    let drained = drain.join().unwrap();
+    assert_eq!(drained["ok"], true, "{drained}");
+    let backends = corelb.control(json!({"cmd": "backends"}));
+    assert_eq!(
+        backends["result"]["backends"].as_array().unwrap().len(),
+        2,
+        "{backends}"
+    );
+    assert_eq!(backends["result"]["backends"][0]["state"], "draining", "{backends}");
+    let served = served_by(&corelb, 20);
+    assert_eq!(
+        served.get("b").copied(),
+        Some(20),
+        "only the new backend serves: {served:?}"
+    );
+}
+
+#[test]
+fn reads_are_answered_while_a_rollout_probe_waits_for_a_slow_backend() {
+    use std::io::{Read, Write};
+    let old = Backend::start("old");
+    let corelb = Corelb::start(&config_for(&[(&old, 1)], 1, "", "[healthcheck]\ntimeout = \"30s\"\n"));
+    // The new backend accepts the probe and answers only when the test says so.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    let (answer_tx, answer) = std::sync::mpsc::channel::<()>();
+    let prober = std::thread::spawn(move || {
+        let (mut stream, _) = silent.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request).unwrap();
+        accepted_tx
+            .send(String::from_utf8_lossy(&request).into_owned())
+            .unwrap();
+        answer.recv().unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+    });
+
+    let started = corelb.control(json!({"cmd": "rollout_start", "to": [url], "interval": "50ms"}));
+    assert_eq!(started["ok"], true, "{started}");
+    let probe = accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the probe reaches the new backend");
+    assert!(probe.starts_with("GET /health HTTP/1.1"), "{probe}");
+    // While the probe waits: ctl, /metrics and traffic are answered, and the rollout says what it waits for.
+    let status = status_when(&corelb, "the probe in flight", |status| {
+        status["changes"]["in_flight"] == true
+    });
+    assert_eq!(
+        status["rollout"]["awaiting_health"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    let (code, out, err) = corelb.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(corelb.scrape().contains("corelb_config_version"));
+    assert_eq!(corelb.get("/").backend_id(), "old");
+
+    answer_tx.send(()).unwrap();
+    prober.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = corelb.control(json!({"cmd": "rollout_status"}));
+        if status["result"]["state"] == "done" {
+            let old_id = old.url().trim_start_matches("http://").to_string();
+            assert_eq!(status["result"]["removed"][0], old_id.as_str(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollout never finished: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -120,8 +120,16 @@ fn a_failed_rollout_step_is_retried_not_skipped() {
         "the failed step is still pending"
     );
     corelb.control(json!({"cmd": "rollout_resume"}));
-    std::thread::sleep(Duration::from_millis(300));
-    let status = corelb.control(json!({"cmd": "rollout_status"}));
+    // Resuming clears the last error; the retried step, failing again, sets it anew.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = corelb.control(json!({"cmd": "rollout_status"}));
+        if !status["result"]["last_error"].is_null() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the resumed step never ended: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status["result"]["state"], "paused", "{status}");
     assert_eq!(
         status["result"]["draining"].as_array().unwrap().len(),

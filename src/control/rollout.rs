@@ -1,7 +1,8 @@
 //! Rolling replacement of the backend set: add a batch of new backends, check they answer their health path, drain
-//! a batch of old ones, remove them on the next step, and repeat every `interval`. Every step is an ordinary commit,
-//! so it is validated, versioned and acknowledged by every worker like any other change. Abort returns to the
-//! backend set the rollout started from.
+//! a batch of old ones, remove them on the next step, and repeat every `interval`. Every step is an ordinary change
+//! (`change`), so it is validated, versioned and acknowledged by every worker like any other, and waits its turn
+//! behind the change in flight; the health probe runs on a helper thread (`jobs`). Abort returns to the backend set
+//! the rollout started from.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -11,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use super::change::{Asker, Then, Ticket};
 use super::command::{CommandError, ErrorKind, Source};
 use super::history::rfc3339;
-use super::{resolve_backends, Control};
+use super::Control;
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +91,33 @@ fn normalise(url: &str) -> &str {
     url.strip_suffix('/').unwrap_or(url)
 }
 
-/// `GET path` against a backend; healthy means a 2xx status within `timeout`.
-fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
+/// A backend a rollout added, as its health probe needs it.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub id: String,
+    pub address: SocketAddr,
+    /// The `Host` header: the backend's authority.
+    pub host: String,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// `GET path` against a backend; healthy means a 2xx status, each of connect, send and read within `timeout`.
+/// Blocking: runs on a helper thread (`jobs`), never on the control loop.
+pub fn probe(target: &ProbeTarget) -> Result<(), String> {
+    let ProbeTarget {
+        address,
+        host,
+        path,
+        timeout,
+        ..
+    } = target;
+    let mut stream = TcpStream::connect_timeout(address, *timeout).map_err(|error| error.to_string())?;
     stream
-        .set_read_timeout(Some(timeout))
+        .set_read_timeout(Some(*timeout))
         .map_err(|error| error.to_string())?;
     stream
-        .set_write_timeout(Some(timeout))
+        .set_write_timeout(Some(*timeout))
         .map_err(|error| error.to_string())?;
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-rollout\r\n\r\n");
@@ -112,6 +133,20 @@ fn probe(address: SocketAddr, host: &str, path: &str, timeout: Duration) -> Resu
     } else {
         Err(format!("{path} answered {:?}", line.lines().next().unwrap_or("")))
     }
+}
+
+/// One step of a rollout. It is begun on a tick and its bookkeeping is done when its change (or probe) has
+/// ended, so that a failed step leaves the rollout's queues as they were and can be resumed.
+#[derive(Debug)]
+pub enum Step {
+    /// Remove the backends the previous step drained.
+    Remove(Vec<String>),
+    /// The backends the previous step added must answer their health path before any old one is drained.
+    Prove,
+    /// Add the next batch of URLs, which became the backends `ids`.
+    Add { urls: Vec<String>, ids: Vec<String> },
+    /// Drain the next batch of old backends.
+    Drain(Vec<String>),
 }
 
 impl Control {
@@ -189,89 +224,76 @@ impl Control {
         Ok(status)
     }
 
-    pub(super) fn rollout_abort(&mut self) -> Result<Value, CommandError> {
+    pub(super) fn rollout_abort(&mut self, asker: Asker) {
         let original = match self.rollout.as_ref() {
             Some(rollout) if rollout.is_active() => Arc::clone(&rollout.original),
-            _ => return Err(CommandError::new(ErrorKind::NotFound, "no rollout in progress")),
+            _ => return asker.tell(Err(CommandError::new(ErrorKind::NotFound, "no rollout in progress"))),
         };
         let mut restored = (*self.config).clone();
         restored.backends = original.backends.clone();
-        let result = self.commit(
-            restored,
-            &Source::Rollout,
-            Some("rollout aborted: starting backend set restored".into()),
-        );
-        if result.is_ok() {
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.state = State::Aborted;
-            }
-            tracing::warn!("rollout aborted");
-        }
-        result
+        let ticket = Ticket {
+            source: Source::Rollout,
+            label: Some("rollout aborted: starting backend set restored".into()),
+            reload: false,
+            then: Then::RolloutAborted(asker),
+        };
+        self.propose(restored, ticket);
     }
 
-    /// Takes the next rollout step when one is due.
+    /// The starting backend set is back.
+    pub(super) fn rollout_aborted(&mut self) {
+        if let Some(rollout) = self.rollout.as_mut() {
+            rollout.state = State::Aborted;
+        }
+        tracing::warn!("rollout aborted");
+    }
+
+    /// Begins the next rollout step when one is due and no other change is in flight.
     pub(super) fn rollout_tick(&mut self) {
         let due = self
             .rollout
             .as_ref()
             .is_some_and(|rollout| rollout.state == State::Running && Instant::now() >= rollout.next_step);
-        if !due {
-            return;
-        }
-        if let Err(error) = self.rollout_step() {
-            tracing::error!(error = %error, "rollout paused");
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.state = State::Paused;
-                rollout.last_error = Some(error);
-            }
-        }
-        if let Some(rollout) = self.rollout.as_mut() {
-            rollout.next_step = Instant::now() + rollout.interval;
+        if due && !self.changes.busy() {
+            self.rollout_begin();
         }
     }
 
-    fn rollout_step(&mut self) -> Result<(), String> {
+    fn rollout_begin(&mut self) {
         let Some(rollout) = self.rollout.as_mut() else {
-            return Ok(());
+            return;
         };
-        // 1. Remove what the previous step drained.
+        let step_change = |label: String, step: Step| Ticket {
+            source: Source::Rollout,
+            label: Some(label),
+            reload: false,
+            then: Then::RolloutStep(step),
+        };
         if !rollout.draining.is_empty() {
-            // Work leaves the rollout's queues only once its commit succeeded, so a failed step can be resumed.
             let ids = rollout.draining.clone();
             let mut candidate = (*self.config).clone();
             candidate.backends.retain(|backend| !ids.contains(&backend.id));
-            self.commit(
-                candidate,
-                &Source::Rollout,
-                Some(format!("rollout: removed {}", ids.join(", "))),
-            )
-            .map_err(|error| error.message)?;
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.draining.clear();
-                rollout.removed.extend(ids);
-            }
-            return Ok(());
+            let label = format!("rollout: removed {}", ids.join(", "));
+            return self.propose(candidate, step_change(label, Step::Remove(ids)));
         }
-        // 2. New backends must answer their health path before any old one is drained.
         if !rollout.unproven.is_empty() {
-            let unproven = rollout.unproven.clone();
             let health = &self.config.healthcheck;
-            for id in &unproven {
-                let Some(index) = self.config.backends.iter().position(|backend| &backend.id == id) else {
-                    continue;
-                };
-                let backend = &self.config.backends[index];
-                let address = self.snapshot.backend_addrs[index];
-                probe(address, &backend.authority(), &health.path, health.timeout)
-                    .map_err(|reason| format!("new backend {id} is not healthy: {reason}"))?;
-            }
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.unproven.clear();
-            }
-            return self.rollout_drain_next();
+            let targets = rollout
+                .unproven
+                .iter()
+                .filter_map(|id| {
+                    let index = self.config.backends.iter().position(|backend| &backend.id == id)?;
+                    Some(ProbeTarget {
+                        id: id.clone(),
+                        address: self.snapshot.backend_addrs[index],
+                        host: self.config.backends[index].authority(),
+                        path: health.path.clone(),
+                        timeout: health.timeout,
+                    })
+                })
+                .collect();
+            return self.probe(targets, Step::Prove);
         }
-        // 3. Add the next batch.
         if !rollout.to_add.is_empty() {
             let count = rollout.batch.min(rollout.to_add.len());
             let urls: Vec<String> = rollout.to_add.iter().take(count).cloned().collect();
@@ -279,42 +301,31 @@ impl Control {
             for url in &urls {
                 text.push_str(&format!("\n[[backends]]\nurl = {}\n", toml::Value::String(url.clone())));
             }
-            let candidate =
-                crate::config::parse_config(&text).map_err(|errors| errors.to_string().replace('\n', "; "))?;
-            resolve_backends(&candidate).map_err(|error| error.to_string())?;
+            let candidate = match crate::config::parse_config(&text) {
+                Ok(candidate) => candidate,
+                Err(errors) => return self.rollout_failed(errors.to_string().replace('\n', "; ")),
+            };
             let ids: Vec<String> = candidate.backends[self.config.backends.len()..]
                 .iter()
                 .map(|backend| backend.id.clone())
                 .collect();
-            self.commit(
-                candidate,
-                &Source::Rollout,
-                Some(format!("rollout: added {}", urls.join(", "))),
-            )
-            .map_err(|error| error.message)?;
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.to_add.drain(..count);
-                rollout.added.extend(ids.iter().cloned());
-                rollout.unproven = ids;
-            }
-            return Ok(());
+            let label = format!("rollout: added {}", urls.join(", "));
+            return self.propose(candidate, step_change(label, Step::Add { urls, ids }));
         }
-        // 4. Only old backends left to retire.
         if !rollout.to_remove.is_empty() {
             return self.rollout_drain_next();
         }
         rollout.state = State::Done;
         tracing::info!(added = ?rollout.added, removed = ?rollout.removed, "rollout done");
-        Ok(())
     }
 
-    fn rollout_drain_next(&mut self) -> Result<(), String> {
+    fn rollout_drain_next(&mut self) {
         let Some(rollout) = self.rollout.as_mut() else {
-            return Ok(());
+            return;
         };
         let count = rollout.batch.min(rollout.to_remove.len());
         if count == 0 {
-            return Ok(());
+            return;
         }
         let ids: Vec<String> = rollout.to_remove.iter().take(count).cloned().collect();
         let mut candidate = (*self.config).clone();
@@ -323,16 +334,51 @@ impl Control {
                 backend.drain = true;
             }
         }
-        self.commit(
-            candidate,
-            &Source::Rollout,
-            Some(format!("rollout: draining {}", ids.join(", "))),
-        )
-        .map_err(|error| error.message)?;
-        if let Some(rollout) = self.rollout.as_mut() {
-            rollout.to_remove.drain(..count);
-            rollout.draining = ids;
+        let ticket = Ticket {
+            source: Source::Rollout,
+            label: Some(format!("rollout: draining {}", ids.join(", "))),
+            reload: false,
+            then: Then::RolloutStep(Step::Drain(ids)),
+        };
+        self.propose(candidate, ticket);
+    }
+
+    /// A step's change or probe has ended. Work leaves the rollout's queues only once it succeeded.
+    pub(super) fn rollout_step_done(&mut self, step: Step, result: Result<(), String>) {
+        if let Err(error) = result {
+            return self.rollout_failed(error);
         }
-        Ok(())
+        let Some(rollout) = self.rollout.as_mut() else {
+            return;
+        };
+        rollout.next_step = Instant::now() + rollout.interval;
+        match step {
+            Step::Remove(ids) => {
+                rollout.draining.clear();
+                rollout.removed.extend(ids);
+            }
+            Step::Prove => {
+                rollout.unproven.clear();
+                self.rollout_drain_next();
+            }
+            Step::Add { urls, ids } => {
+                rollout.to_add.drain(..urls.len());
+                rollout.added.extend(ids.iter().cloned());
+                rollout.unproven = ids;
+            }
+            Step::Drain(ids) => {
+                rollout.to_remove.drain(..ids.len());
+                rollout.draining = ids;
+            }
+        }
+    }
+
+    fn rollout_failed(&mut self, error: String) {
+        tracing::error!(error = %error, "rollout paused");
+        if let Some(rollout) = self.rollout.as_mut() {
+            rollout.state = State::Paused;
+            rollout.last_error = Some(error);
+            rollout.next_step = Instant::now() + rollout.interval;
+        }
     }
 }

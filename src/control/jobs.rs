@@ -1,0 +1,244 @@
+//! Blocking work the control thread hands off, so that it keeps answering `/metrics`, `/health` and `ctl` while a
+//! DNS lookup, a config-file read or a rollout's health probe takes its time. Each job runs on a thread of its own
+//! and sends its result back on a channel the control loop selects on, tagged with the job's id.
+//!
+//! Every job has a deadline. A job past it is given up: the control thread answers the change that waited for it
+//! and forgets the id, so the result that may still come is dropped. A thread stuck in a call that never returns
+//! (a config path that is a FIFO nobody writes) cannot be killed, so the number of such threads is bounded: past
+//! [`MAX_STUCK`], new jobs are refused until one of them ends.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::resolve::{resolve_backends, ResolveError};
+use super::rollout::{probe, ProbeTarget};
+use crate::config::{load_config, Config, LoadError};
+
+/// How many given-up job threads may still be running before new jobs are refused.
+pub const MAX_STUCK: usize = 4;
+
+/// A piece of blocking work.
+pub enum Work {
+    /// Read and check the config file (`reload`, SIGHUP).
+    ReadConfig(PathBuf),
+    /// Resolve every backend of a candidate config; the candidate comes back with the addresses.
+    Resolve(Box<Config>),
+    /// `GET` the health path of backends a rollout added.
+    Probe(Vec<ProbeTarget>),
+}
+
+impl Work {
+    fn describe(&self) -> &'static str {
+        match self {
+            Work::ReadConfig(_) => "reading the config file",
+            Work::Resolve(_) => "resolving the backends",
+            Work::Probe(_) => "probing the new backends",
+        }
+    }
+
+    fn run(self) -> Finished {
+        match self {
+            Work::ReadConfig(path) => Finished::ReadConfig(load_config(&path).map(Box::new)),
+            Work::Resolve(candidate) => {
+                let addresses = resolve_backends(&candidate);
+                Finished::Resolve(candidate, addresses)
+            }
+            Work::Probe(targets) => {
+                Finished::Probe(targets.iter().try_for_each(|target| {
+                    probe(target).map_err(|reason| format!("new backend {}: {reason}", target.id))
+                }))
+            }
+        }
+    }
+}
+
+/// What a job found.
+#[derive(Debug)]
+pub enum Finished {
+    ReadConfig(Result<Box<Config>, LoadError>),
+    Resolve(Box<Config>, Result<Vec<SocketAddr>, ResolveError>),
+    Probe(Result<(), String>),
+}
+
+/// Why a job could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0} earlier jobs that were given up are still blocked; try again later")]
+    TooManyStuck(usize),
+    #[error("cannot start a helper thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// A job's result, as it arrives on [`Jobs::results`].
+pub struct Done {
+    pub id: u64,
+    pub finished: Finished,
+}
+
+/// The control thread's helper threads.
+pub struct Jobs {
+    sender: Sender<Done>,
+    results: Receiver<Done>,
+    next_id: u64,
+    /// Threads of jobs that are running or were given up and have not ended yet.
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        let (sender, results) = crossbeam_channel::unbounded();
+        Jobs {
+            sender,
+            results,
+            next_id: 1,
+            threads: Vec::new(),
+        }
+    }
+}
+
+impl Jobs {
+    /// Where results arrive.
+    pub fn results(&self) -> &Receiver<Done> {
+        &self.results
+    }
+
+    /// Starts `work` on a thread of its own and returns the id its result will carry.
+    pub fn start(&mut self, work: Work) -> Result<Job, JobError> {
+        self.threads.retain(|thread| !thread.is_finished());
+        if self.threads.len() >= MAX_STUCK {
+            return Err(JobError::TooManyStuck(self.threads.len()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let what = work.describe();
+        let sender = self.sender.clone();
+        let thread = std::thread::Builder::new().name("corelb-job".into()).spawn(move || {
+            let finished = work.run();
+            // The control thread may have given this job up, or stopped: nobody to tell.
+            let _ = sender.send(Done { id, finished });
+        })?;
+        self.threads.push(thread);
+        Ok(Job { id, what })
+    }
+}
+
+/// A started job, as the control thread remembers it.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub id: u64,
+    /// What it does, for the message when it is given up.
+    pub what: &'static str,
+}
+
+impl Job {
+    pub fn timed_out(&self, after: Duration) -> String {
+        format!("gave up {} after {} s; nothing was applied", self.what, after.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn wait(jobs: &Jobs) -> Done {
+        jobs.results()
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a job result")
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_checked_on_the_helper() {
+        let folder = std::env::temp_dir().join(format!("corelb-jobs-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("bad.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"[server]\nworkers = \"many\"\n")
+            .unwrap();
+        let mut jobs = Jobs::default();
+        let job = jobs.start(Work::ReadConfig(path)).unwrap();
+        let done = wait(&jobs);
+        assert_eq!(done.id, job.id);
+        match done.finished {
+            Finished::ReadConfig(Err(error)) => assert!(error.to_string().contains("server.workers"), "{error}"),
+            other => panic!("expected a refused config, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    #[test]
+    fn a_probe_reports_the_backend_that_failed() {
+        // A listener that answers 503 to whatever it is sent.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let answering = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        });
+        let mut jobs = Jobs::default();
+        jobs.start(Work::Probe(vec![ProbeTarget {
+            id: "b9".into(),
+            address,
+            host: address.to_string(),
+            path: "/health".into(),
+            timeout: Duration::from_secs(10),
+        }]))
+        .unwrap();
+        match wait(&jobs).finished {
+            Finished::Probe(Err(reason)) => {
+                assert!(reason.starts_with("new backend b9:"), "{reason}");
+                assert!(reason.contains("503"), "{reason}");
+            }
+            other => panic!("expected a failed probe, got {other:?}"),
+        }
+        answering.join().unwrap();
+    }
+
+    #[test]
+    fn jobs_that_never_end_are_bounded() {
+        // Each of these jobs probes a listener that never accepts its connection's request nor answers: it stays
+        // blocked until its (long) timeout, like a given-up job.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut jobs = Jobs::default();
+        let stuck = || {
+            Work::Probe(vec![ProbeTarget {
+                id: "slow".into(),
+                address,
+                host: address.to_string(),
+                path: "/".into(),
+                timeout: Duration::from_secs(60),
+            }])
+        };
+        for _ in 0..MAX_STUCK {
+            jobs.start(stuck()).unwrap();
+        }
+        match jobs.start(stuck()) {
+            Err(JobError::TooManyStuck(count)) => assert_eq!(count, MAX_STUCK),
+            other => panic!("expected a refusal, got {:?}", other.map(|job| job.id)),
+        }
+        // Ending the listener ends every stuck probe; then jobs start again.
+        drop(listener);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match jobs.start(stuck()) {
+                Ok(_) => break,
+                Err(JobError::TooManyStuck(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(error) => panic!("jobs never started again: {error}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What the control thread answers without changing anything: `status`, `backends`, `/health`, `/metrics` and the
+//! metrics summary, each from figures gathered from every worker (`fleet::Fleet::gather`).
+
+use serde_json::{json, Value};
+
+use super::rollout::Rollout;
+use super::{Control, REPORT_TIMEOUT};
+use crate::metrics::render::{render, ControlFigures};
+use crate::metrics::{Merged, WorkerMetrics};
+use crate::worker::{Driver, ToWorker, WorkerReport};
+
+impl Control {
+    /// Every worker's metrics, copied by each worker between two events of its loop.
+    pub(super) fn collect_metrics(&mut self) -> Vec<WorkerMetrics> {
+        self.fleet.gather(ToWorker::CollectMetrics, REPORT_TIMEOUT).answers
+    }
+
+    pub(super) fn metrics_text(&mut self) -> String {
+        let merged = Merged::merge(&self.collect_metrics());
+        let epoll = self.drivers.contains(&Driver::Epoll);
+        let figures = ControlFigures {
+            config_version: self.snapshot.version,
+            last_reload_successful: self.last_reload.0,
+            last_reload_unix_seconds: self
+                .last_reload
+                .1
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
+            io_driver: if epoll { "epoll" } else { "io_uring" }.to_string(),
+        };
+        render(&merged, &figures)
+    }
+
+    pub(super) fn metrics_summary(&mut self) -> Value {
+        let merged = Merged::merge(&self.collect_metrics());
+        let mut duration = crate::metrics::Histogram::default();
+        for series in merged.frontends.values() {
+            duration.merge(&series.duration);
+        }
+        let mut per_backend = serde_json::Map::new();
+        for (id, series) in &merged.backends {
+            let requests: u64 = series.requests.iter().sum();
+            if requests > 0 || id != crate::metrics::NO_BACKEND {
+                per_backend.insert(
+                    id.clone(),
+                    json!({
+                        "requests": requests,
+                        "upstream_p50_seconds": series.upstream.quantile(0.5),
+                        "upstream_p99_seconds": series.upstream.quantile(0.99),
+                        "connections_new": series.connections_new,
+                        "connections_reused": series.connections_reused,
+                    }),
+                );
+            }
+        }
+        json!({
+            "requests": merged.total_requests(),
+            "errors": merged.errors.values().sum::<u64>(),
+            "errors_by_category": merged.errors,
+            "retries": merged.retries,
+            "p50_seconds": duration.quantile(0.5),
+            "p99_seconds": duration.quantile(0.99),
+            "per_worker": merged.worker_requests.iter().map(|(worker, count)| json!({"worker": worker, "requests": count})).collect::<Vec<_>>(),
+            "backends": per_backend,
+        })
+    }
+
+    pub(super) fn health(&mut self) -> Value {
+        let reports = self.reports();
+        let healthy = self
+            .config
+            .backends
+            .iter()
+            .filter(|backend| !backend.drain)
+            .filter(|backend| {
+                reports
+                    .iter()
+                    .any(|report| report.backends.iter().any(|seen| seen.id == backend.id && !seen.down))
+            })
+            .count();
+        json!({
+            "status": if healthy > 0 { "ok" } else { "unavailable" },
+            "healthy_backends": healthy,
+            "backends": self.config.backends.len(),
+        })
+    }
+
+    /// Live per-worker figures, gathered without stopping any worker for longer than a copy.
+    pub(super) fn reports(&mut self) -> Vec<WorkerReport> {
+        self.fleet.gather(ToWorker::Report, REPORT_TIMEOUT).answers
+    }
+
+    pub(super) fn backends_json(&mut self) -> Vec<Value> {
+        let reports = self.reports();
+        self.config
+            .backends
+            .iter()
+            .zip(&self.snapshot.backend_addrs)
+            .map(|(backend, address)| {
+                let mut in_flight = 0;
+                let mut idle = 0;
+                let mut down_on = 0;
+                for report in &reports {
+                    if let Some(seen) = report.backends.iter().find(|seen| seen.id == backend.id) {
+                        in_flight += seen.in_flight;
+                        idle += seen.idle_connections;
+                        down_on += usize::from(seen.down);
+                    }
+                }
+                let health = if down_on == 0 {
+                    "up"
+                } else if down_on == reports.len() {
+                    "down"
+                } else {
+                    "degraded"
+                };
+                json!({
+                    "id": backend.id,
+                    "url": backend.url,
+                    "address": address.to_string(),
+                    "weight": backend.weight,
+                    "state": if backend.drain { "draining" } else { "active" },
+                    "health": health,
+                    "in_flight": in_flight,
+                    "idle_connections": idle,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn status(&mut self) -> Value {
+        let backends = self.backends_json();
+        json!({
+            "version": self.snapshot.version,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config_file": self.config_path.display().to_string(),
+            "workers": self.drivers.iter().enumerate().map(|(index, driver)| json!({"index": index, "driver": driver.as_str()})).collect::<Vec<_>>(),
+            "frontends": self.config.frontends.iter().zip(&self.snapshot.frontend_addrs).map(|(frontend, address)| json!({"name": frontend.name, "address": address.to_string()})).collect::<Vec<_>>(),
+            "algorithm": format!("{:?}", self.config.balancer.algorithm),
+            "backends": backends,
+            "rollout": self.rollout.as_ref().map(Rollout::status),
+            "changes": {
+                "in_flight": self.changes.busy(),
+                "waiting": self.changes.waiting(),
+            },
+            "descriptors": {
+                "limit": self.budget.limit,
+                "reserve": self.budget.reserve,
+                "max_connections": self.budget.clients,
+                "max_upstream_connections": self.budget.upstream,
+            },
+        })
+    }
+}
