@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::config::duration::parse_duration;
 use crate::config::load_config;
+use crate::control::command::Command;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -124,43 +126,40 @@ fn target_urls(to: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn request_for(verb: &Verb) -> Result<Value, String> {
+/// The command a verb sends: the control plane's own type, so `ctl` cannot spell a name or field differently.
+fn request_for(verb: &Verb) -> Result<Command, String> {
     Ok(match verb {
-        Verb::Status => json!({"cmd": "status"}),
-        Verb::Config(ConfigVerb::Show) => json!({"cmd": "config_show"}),
-        Verb::Config(ConfigVerb::Apply { file }) => {
-            json!({"cmd": "config_apply", "toml": read_file(file)?})
-        }
-        Verb::Config(ConfigVerb::Diff { file }) => {
-            json!({"cmd": "config_diff", "toml": read_file(file)?})
-        }
-        Verb::Reload => json!({"cmd": "reload"}),
-        Verb::Backends => json!({"cmd": "backends"}),
-        Verb::Backend(BackendVerb::Add { url, weight, id }) => {
-            json!({"cmd": "backend_add", "url": url, "weight": weight, "id": id})
-        }
-        Verb::Backend(BackendVerb::Remove { id }) => {
-            json!({"cmd": "backend_remove", "backend": id})
-        }
-        Verb::Backend(BackendVerb::Set { id, weight }) => {
-            json!({"cmd": "backend_set", "backend": id, "weight": weight})
-        }
-        Verb::Backend(BackendVerb::Drain { id }) => json!({"cmd": "backend_drain", "backend": id}),
-        Verb::Versions => json!({"cmd": "versions"}),
-        Verb::Rollback { version } => json!({"cmd": "rollback", "version": version}),
-        Verb::LogLevel { level } => json!({"cmd": "log_level", "level": level}),
-        Verb::Metrics { .. } => json!({"cmd": "metrics_summary"}),
+        Verb::Status => Command::Status,
+        Verb::Config(ConfigVerb::Show) => Command::ConfigShow,
+        Verb::Config(ConfigVerb::Apply { file }) => Command::ConfigApply { toml: read_file(file)? },
+        Verb::Config(ConfigVerb::Diff { file }) => Command::ConfigDiff { toml: read_file(file)? },
+        Verb::Reload => Command::Reload,
+        Verb::Backends => Command::Backends,
+        Verb::Backend(BackendVerb::Add { url, weight, id }) => Command::BackendAdd {
+            url: url.clone(),
+            weight: *weight,
+            id: id.clone(),
+        },
+        Verb::Backend(BackendVerb::Remove { id }) => Command::BackendRemove { id: id.clone() },
+        Verb::Backend(BackendVerb::Set { id, weight }) => Command::BackendSet {
+            id: id.clone(),
+            weight: *weight,
+        },
+        Verb::Backend(BackendVerb::Drain { id }) => Command::BackendDrain { id: id.clone() },
+        Verb::Versions => Command::Versions,
+        Verb::Rollback { version } => Command::Rollback { version: *version },
+        Verb::LogLevel { level } => Command::LogLevel { level: level.clone() },
+        Verb::Metrics { .. } => Command::MetricsSummary,
         Verb::Rollout(args) => match (&args.to, args.action.as_deref()) {
-            (Some(to), None | Some("start")) => json!({
-                "cmd": "rollout_start",
-                "to": target_urls(to)?,
-                "batch": args.batch,
-                "interval": args.interval,
-            }),
-            (None, None | Some("status")) => json!({"cmd": "rollout_status"}),
-            (None, Some(action @ ("pause" | "resume" | "abort"))) => {
-                json!({"cmd": format!("rollout_{action}")})
-            }
+            (Some(to), None | Some("start")) => Command::RolloutStart {
+                to: target_urls(to)?,
+                batch: args.batch.max(1),
+                interval: parse_duration(&args.interval).map_err(|reason| format!("--interval: {reason}"))?,
+            },
+            (None, None | Some("status")) => Command::RolloutStatus,
+            (None, Some("pause")) => Command::RolloutPause,
+            (None, Some("resume")) => Command::RolloutResume,
+            (None, Some("abort")) => Command::RolloutAbort,
             (_, Some(other)) => {
                 return Err(format!(
                     "unknown rollout action {other:?} (status, pause, resume, abort)"
@@ -199,7 +198,7 @@ pub fn run(args: &CtlArgs) -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let request = match request_for(&args.verb) {
-        Ok(request) => request,
+        Ok(command) => command.to_json(),
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(EXIT_UNREACHABLE);

@@ -3,9 +3,10 @@
 //! <token>`. This module turns received bytes into a command and a result into response bytes; the connections
 //! themselves are served by the shared loop in [`super::listeners`].
 
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
-use super::command::{command_from_json, reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
+use super::command::{reply_json, Command, CommandError, ErrorKind, Source, MAX_REQUEST_BYTES};
 use crate::http::head::{parse_request, HeadLimits};
 use crate::http::BodyFraming;
 
@@ -169,38 +170,59 @@ fn parse_api_request(input: &[u8]) -> Result<Option<ApiRequest>, CommandError> {
     }))
 }
 
-fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, CommandError> {
-    if body.is_empty() {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(CommandError::invalid_request("the body must be a JSON object")),
-        Err(error) => Err(CommandError::invalid_request(format!("malformed JSON: {error}"))),
-    }
+/// The body of `POST /api/v1/backends`.
+#[derive(Deserialize)]
+struct NewBackend {
+    url: String,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The body of `PUT /api/v1/backends/{id}`: a new weight, or `"drain": true`.
+#[derive(Deserialize)]
+struct BackendChange {
+    #[serde(default)]
+    drain: bool,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+/// The body of `POST /api/v1/rollback` (empty for the previous version).
+#[derive(Deserialize)]
+struct RollbackTo {
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// A JSON body read into `T`; an empty body is read as `{}`.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CommandError> {
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|error| CommandError::invalid_request(format!("bad request body: {error}")))
 }
 
 /// Maps a method and path to a command, the same command the socket would run.
 fn route(request: &ApiRequest) -> Result<Command, CommandError> {
     let path = request.path.split('?').next().unwrap_or("");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let object = || json_body(&request.body);
-    let with = |object: Result<serde_json::Map<String, Value>, CommandError>, name: &str| {
-        let mut object = object?;
-        object.insert("cmd".to_string(), json!(name));
-        command_from_json(&object)
-    };
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v1", "status"]) => Ok(Command::Status),
         ("GET", ["api", "v1", "backends"]) => Ok(Command::Backends),
-        ("POST", ["api", "v1", "backends"]) => with(object(), "backend_add"),
+        ("POST", ["api", "v1", "backends"]) => {
+            let NewBackend { url, weight, id } = json_body(&request.body)?;
+            Ok(Command::BackendAdd { url, weight, id })
+        }
         ("PUT", ["api", "v1", "backends", id]) => {
-            let mut object = object()?;
-            if object.get("drain").and_then(Value::as_bool).unwrap_or(false) {
-                Ok(Command::BackendDrain { id: id.to_string() })
-            } else {
-                object.insert("backend".to_string(), json!(id));
-                with(Ok(object), "backend_set")
+            let id = id.to_string();
+            match json_body(&request.body)? {
+                BackendChange { drain: true, .. } => Ok(Command::BackendDrain { id }),
+                BackendChange {
+                    weight: Some(weight), ..
+                } => Ok(Command::BackendSet { id, weight }),
+                BackendChange { weight: None, .. } => Err(CommandError::invalid_request(
+                    "the body needs \"weight\" or \"drain\": true",
+                )),
             }
         }
         ("DELETE", ["api", "v1", "backends", id]) => Ok(Command::BackendRemove { id: id.to_string() }),
@@ -211,7 +233,10 @@ fn route(request: &ApiRequest) -> Result<Command, CommandError> {
             Ok(Command::ConfigApply { toml })
         }
         ("GET", ["api", "v1", "versions"]) => Ok(Command::Versions),
-        ("POST", ["api", "v1", "rollback"]) => with(object(), "rollback"),
+        ("POST", ["api", "v1", "rollback"]) => {
+            let RollbackTo { version } = json_body(&request.body)?;
+            Ok(Command::Rollback { version })
+        }
         _ => Err(CommandError::new(
             ErrorKind::NotFound,
             format!("no such endpoint: {} {path}", request.method),

@@ -1,17 +1,19 @@
 //! The control plane's vocabulary. Socket lines, REST calls, file reloads and SIGHUP all become a [`Command`]; every
-//! edit goes through one pure reducer (`control::state::apply`) and one `Control::commit`, so every path validates
-//! and applies a change the same way.
+//! edit goes through one pure reducer (`control::state::apply`) and one way of a change (`control::change`), so
+//! every path validates and applies a change the same way.
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
-
-use crate::config::duration::parse_duration;
 
 /// Longest control request line or REST body accepted.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq)]
+/// A control command, as `ctl`, the socket server and the admin API all speak it: one type, serialised by serde, so
+/// each command's name and fields are spelled here only (`{"cmd": "backend_add", "url": ...}` on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     Status,
     ConfigShow,
@@ -25,21 +27,29 @@ pub enum Command {
     Backends,
     BackendAdd {
         url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<u32>,
+        /// The new backend's id. On the wire it shares its key with the request id replies echo, so a value
+        /// that is not a string is a request id only.
+        #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "string_only")]
         id: Option<String>,
     },
     BackendRemove {
+        #[serde(rename = "backend")]
         id: String,
     },
     BackendSet {
+        #[serde(rename = "backend")]
         id: String,
         weight: u32,
     },
     BackendDrain {
+        #[serde(rename = "backend")]
         id: String,
     },
     Versions,
     Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
     },
     LogLevel {
@@ -47,7 +57,10 @@ pub enum Command {
     },
     RolloutStart {
         to: Vec<String>,
+        /// Backends replaced per step (0 is taken as 1).
+        #[serde(default = "one", deserialize_with = "at_least_one")]
         batch: usize,
+        #[serde(default = "five_seconds", with = "duration_text")]
         interval: Duration,
     },
     RolloutStatus,
@@ -62,32 +75,52 @@ pub enum Command {
     Health,
 }
 
+fn one() -> usize {
+    1
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    Ok(usize::deserialize(deserializer)?.max(1))
+}
+
+fn string_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Value>::deserialize(deserializer)?.and_then(|value| value.as_str().map(str::to_owned)))
+}
+
+/// Durations travel in the config file's spelling ("5s", "250ms").
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::config::duration::{format_duration, parse_duration};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map_err(D::Error::custom)
+    }
+}
+
 impl Command {
-    /// The command's name on the wire (`{"cmd": "backend_add", ...}`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Status => "status",
-            Command::ConfigShow => "config_show",
-            Command::ConfigApply { .. } => "config_apply",
-            Command::ConfigDiff { .. } => "config_diff",
-            Command::Reload => "reload",
-            Command::Backends => "backends",
-            Command::BackendAdd { .. } => "backend_add",
-            Command::BackendRemove { .. } => "backend_remove",
-            Command::BackendSet { .. } => "backend_set",
-            Command::BackendDrain { .. } => "backend_drain",
-            Command::Versions => "versions",
-            Command::Rollback { .. } => "rollback",
-            Command::LogLevel { .. } => "log_level",
-            Command::RolloutStart { .. } => "rollout_start",
-            Command::RolloutStatus => "rollout_status",
-            Command::RolloutPause => "rollout_pause",
-            Command::RolloutResume => "rollout_resume",
-            Command::RolloutAbort => "rollout_abort",
-            Command::Metrics => "metrics",
-            Command::MetricsSummary => "metrics_summary",
-            Command::Health => "health",
-        }
+    /// The command's name on the wire, as serde spells it.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.get("cmd")?.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The request line for this command, as `ctl` sends it.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// Commands that change nothing may run while a rollout is in progress or be retried freely.
@@ -200,99 +233,11 @@ impl CommandError {
     }
 }
 
-fn string_field(object: &Map<String, Value>, key: &str) -> Result<String, CommandError> {
-    match object.get(key) {
-        Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(CommandError::invalid_request(format!(
-            "{key:?} must be a string, got {other}"
-        ))),
-        None => Err(CommandError::invalid_request(format!("missing {key:?}"))),
-    }
-}
-
-fn optional_u64(object: &Map<String, Value>, key: &str) -> Result<Option<u64>, CommandError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            CommandError::invalid_request(format!("{key:?} must be a non-negative integer, got {value}"))
-        }),
-    }
-}
-
-fn weight_field(object: &Map<String, Value>) -> Result<Option<u32>, CommandError> {
-    optional_u64(object, "weight")?
-        .map(|weight| u32::try_from(weight).map_err(|_| CommandError::invalid_request("\"weight\" is too large")))
-        .transpose()
-}
-
-/// Reads a command from a JSON object such as `{"cmd": "backend_add", "url": "http://127.0.0.1:9004"}`.
+/// Reads a command from a JSON object such as `{"cmd": "backend_add", "url": "http://127.0.0.1:9004"}`. Keys a
+/// command does not use (the request `id`) are ignored.
 pub fn command_from_json(object: &Map<String, Value>) -> Result<Command, CommandError> {
-    let name = string_field(object, "cmd")?;
-    let command = match name.as_str() {
-        "status" => Command::Status,
-        "config_show" => Command::ConfigShow,
-        "config_apply" => Command::ConfigApply {
-            toml: string_field(object, "toml")?,
-        },
-        "config_diff" => Command::ConfigDiff {
-            toml: string_field(object, "toml")?,
-        },
-        "reload" => Command::Reload,
-        "backends" => Command::Backends,
-        "backend_add" => Command::BackendAdd {
-            url: string_field(object, "url")?,
-            weight: weight_field(object)?,
-            id: object.get("id").and_then(Value::as_str).map(str::to_owned),
-        },
-        "backend_remove" => Command::BackendRemove {
-            id: string_field(object, "backend")?,
-        },
-        "backend_set" => Command::BackendSet {
-            id: string_field(object, "backend")?,
-            weight: weight_field(object)?.ok_or_else(|| CommandError::invalid_request("missing \"weight\""))?,
-        },
-        "backend_drain" => Command::BackendDrain {
-            id: string_field(object, "backend")?,
-        },
-        "versions" => Command::Versions,
-        "rollback" => Command::Rollback {
-            version: optional_u64(object, "version")?,
-        },
-        "log_level" => Command::LogLevel {
-            level: string_field(object, "level")?,
-        },
-        "rollout_start" => {
-            let to = match object.get("to") {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .map(|item| item.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<String>>>()
-                    .ok_or_else(|| CommandError::invalid_request("\"to\" must be a list of backend URLs"))?,
-                _ => return Err(CommandError::invalid_request("\"to\" must be a list of backend URLs")),
-            };
-            let batch = optional_u64(object, "batch")?.unwrap_or(1).max(1) as usize;
-            let interval = match object.get("interval") {
-                None => Duration::from_secs(5),
-                Some(Value::String(text)) => parse_duration(text)
-                    .map_err(|reason| CommandError::invalid_request(format!("\"interval\": {reason}")))?,
-                Some(other) => {
-                    return Err(CommandError::invalid_request(format!(
-                        "\"interval\" must be a duration string, got {other}"
-                    )))
-                }
-            };
-            Command::RolloutStart { to, batch, interval }
-        }
-        "rollout_status" => Command::RolloutStatus,
-        "metrics" => Command::Metrics,
-        "metrics_summary" => Command::MetricsSummary,
-        "health" => Command::Health,
-        "rollout_pause" => Command::RolloutPause,
-        "rollout_resume" => Command::RolloutResume,
-        "rollout_abort" => Command::RolloutAbort,
-        other => return Err(CommandError::invalid_request(format!("unknown command {other:?}"))),
-    };
-    Ok(command)
+    serde_json::from_value(Value::Object(object.clone()))
+        .map_err(|error| CommandError::invalid_request(format!("bad request: {error}")))
 }
 
 /// The reply line for a request with optional `id`.
@@ -360,6 +305,65 @@ mod tests {
             let (_, command) = parse_request_line(line);
             assert_eq!(command.unwrap_err().kind, ErrorKind::InvalidRequest, "{line}");
         }
+    }
+
+    #[test]
+    fn every_command_reads_back_as_itself() {
+        let commands = [
+            Command::Status,
+            Command::ConfigApply { toml: "x = 1".into() },
+            Command::BackendAdd {
+                url: "http://127.0.0.1:1".into(),
+                weight: None,
+                id: Some("b".into()),
+            },
+            Command::BackendSet {
+                id: "b".into(),
+                weight: 7,
+            },
+            Command::Rollback { version: None },
+            Command::RolloutStart {
+                to: vec!["http://127.0.0.1:2".into()],
+                batch: 2,
+                interval: Duration::from_millis(250),
+            },
+            Command::RolloutAbort,
+            Command::MetricsSummary,
+        ];
+        for command in commands {
+            let wire = command.to_json();
+            let object = wire.as_object().unwrap();
+            assert_eq!(command_from_json(object).unwrap(), command, "{wire}");
+            assert_eq!(object["cmd"], command.name().as_str());
+        }
+        assert_eq!(
+            Command::BackendDrain { id: "b".into() }.to_json(),
+            json!({"cmd": "backend_drain", "backend": "b"})
+        );
+        assert_eq!(
+            Command::RolloutStart {
+                to: vec![],
+                batch: 1,
+                interval: Duration::from_secs(5)
+            }
+            .to_json()["interval"],
+            "5s"
+        );
+    }
+
+    #[test]
+    fn defaults_fill_what_a_request_leaves_out() {
+        let (_, command) = parse_request_line(r#"{"cmd": "rollout_start", "to": ["http://127.0.0.1:2"], "batch": 0}"#);
+        assert_eq!(
+            command.unwrap(),
+            Command::RolloutStart {
+                to: vec!["http://127.0.0.1:2".into()],
+                batch: 1,
+                interval: Duration::from_secs(5)
+            }
+        );
+        let (_, bad) = parse_request_line(r#"{"cmd": "rollout_start", "to": [], "interval": "soon"}"#);
+        assert_eq!(bad.unwrap_err().kind, ErrorKind::InvalidRequest);
     }
 
     #[test]
