@@ -97,16 +97,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
             Workers::Auto
         }
     };
-    let io_driver = section.choice(
-        "io_driver",
-        IoDriverChoice::Auto,
-        &[
-            ("auto", IoDriverChoice::Auto),
-            ("io_uring", IoDriverChoice::IoUring),
-            ("epoll", IoDriverChoice::Epoll),
-        ],
-        errors,
-    );
+    let io_driver = section.choice("io_driver", IoDriverChoice::Auto, errors);
     let pin_workers = section.or("pin_workers", true, errors);
     let shutdown_grace = section.positive_duration("shutdown_grace", Duration::from_secs(10), errors);
     let expose_worker_header = section.or("expose_worker_header", false, errors);
@@ -268,15 +259,7 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
 
 fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
     let mut section = top.section("balancer", errors);
-    let algorithm = section.choice(
-        "algorithm",
-        Algorithm::RoundRobin,
-        &[
-            ("round_robin", Algorithm::RoundRobin),
-            ("weighted_round_robin", Algorithm::WeightedRoundRobin),
-        ],
-        errors,
-    );
+    let algorithm = section.choice("algorithm", Algorithm::RoundRobin, errors);
     section.finish(errors);
     BalancerConfig { algorithm }
 }
@@ -358,16 +341,7 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
         cert: section.optional::<String>("cert", errors).map(PathBuf::from),
         key: section.optional::<String>("key", errors).map(PathBuf::from),
         ca: section.optional::<String>("ca", errors).map(PathBuf::from),
-        client_auth: section.choice(
-            "client_auth",
-            ClientAuth::None,
-            &[
-                ("none", ClientAuth::None),
-                ("optional", ClientAuth::Optional),
-                ("required", ClientAuth::Required),
-            ],
-            errors,
-        ),
+        client_auth: section.choice("client_auth", ClientAuth::None, errors),
     };
     refuse_unimplemented(&section, config.enabled, "TLS termination", errors);
     section.finish(errors);
@@ -403,24 +377,8 @@ fn ratelimit(top: &mut Section, errors: &mut ConfigErrors) -> RateLimitConfig {
         enabled: section.or("enabled", false, errors),
         rate,
         burst: section.integer_in("burst", 100, 1, 10_000_000, errors) as u32,
-        algorithm: section.choice(
-            "algorithm",
-            RateLimitAlgorithm::TokenBucket,
-            &[
-                ("token_bucket", RateLimitAlgorithm::TokenBucket),
-                ("sliding_window", RateLimitAlgorithm::SlidingWindow),
-            ],
-            errors,
-        ),
-        scope: section.choice(
-            "scope",
-            RateLimitScope::Global,
-            &[
-                ("global", RateLimitScope::Global),
-                ("client_ip", RateLimitScope::ClientIp),
-            ],
-            errors,
-        ),
+        algorithm: section.choice("algorithm", RateLimitAlgorithm::TokenBucket, errors),
+        scope: section.choice("scope", RateLimitScope::Global, errors),
         max_clients: section.integer_in("max_clients", 10_000, 1, 10_000_000, errors) as usize,
         allow,
         overrides,
@@ -457,24 +415,8 @@ fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreake
 fn logging(top: &mut Section, errors: &mut ConfigErrors) -> LoggingConfig {
     let mut section = top.section("logging", errors);
     let config = LoggingConfig {
-        level: section.choice(
-            "level",
-            LogLevel::Info,
-            &[
-                ("error", LogLevel::Error),
-                ("warn", LogLevel::Warn),
-                ("info", LogLevel::Info),
-                ("debug", LogLevel::Debug),
-                ("trace", LogLevel::Trace),
-            ],
-            errors,
-        ),
-        format: section.choice(
-            "format",
-            LogFormat::Text,
-            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            errors,
-        ),
+        level: section.choice("level", LogLevel::Info, errors),
+        format: section.choice("format", LogFormat::Text, errors),
     };
     section.finish(errors);
     config
@@ -508,12 +450,7 @@ fn control(top: &mut Section, errors: &mut ConfigErrors) -> ControlConfig {
 fn access_log(top: &mut Section, errors: &mut ConfigErrors) -> AccessLogConfig {
     let mut section = top.section("access_log", errors);
     let enabled = section.or("enabled", false, errors);
-    let format = section.choice(
-        "format",
-        AccessLogFormat::Json,
-        &[("json", AccessLogFormat::Json), ("combined", AccessLogFormat::Combined)],
-        errors,
-    );
+    let format = section.choice("format", AccessLogFormat::Json, errors);
     let path = section.or("path", "stderr".to_string(), errors);
     if path.is_empty() {
         errors.push(section.key_path("path"), "must be \"stderr\" or a file path");

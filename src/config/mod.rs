@@ -4,6 +4,7 @@
 mod build;
 pub mod duration;
 mod error;
+pub mod names;
 mod network;
 mod reader;
 mod render;
@@ -80,6 +81,14 @@ pub enum IoDriverChoice {
 pub struct FrontendConfig {
     pub name: String,
     pub listen: SocketAddr,
+}
+
+impl FrontendConfig {
+    /// The scheme clients use to reach this frontend, as `X-Forwarded-Proto` tells backends: decided by the
+    /// frontend, so the TLS frontends of issue 15 say `https` without the request path knowing about TLS.
+    pub fn scheme(&self) -> &'static str {
+        "http"
+    }
 }
 
 /// One origin server.
@@ -259,14 +268,9 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
+    /// The level's name, from its table in `names`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
+        names::Choice::name(self)
     }
 }
 

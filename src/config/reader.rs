@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::duration::parse_duration;
 use super::error::ConfigErrors;
+use super::names::Choice;
 
 /// A value type that can be read from one TOML value, with a reason when it cannot.
 pub trait FromToml: Sized {
@@ -187,27 +188,17 @@ impl<'a> Section<'a> {
     }
 
     /// Reads a string that must be one of `choices`, mapping it to its value.
-    pub fn choice<T: Copy>(
-        &mut self,
-        key: &'static str,
-        default: T,
-        choices: &[(&str, T)],
-        errors: &mut ConfigErrors,
-    ) -> T {
+    pub fn choice<T: Choice>(&mut self, key: &'static str, default: T, errors: &mut ConfigErrors) -> T {
         let Some(text) = self.optional::<String>(key, errors) else {
             return default;
         };
-        match choices.iter().find(|(name, _)| *name == text) {
-            Some((_, value)) => *value,
-            None => {
-                let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
-                errors.push(
-                    self.key_path(key),
-                    format!("must be one of {}, got {text:?}", names.join(", ")),
-                );
-                default
-            }
-        }
+        T::from_name(&text).unwrap_or_else(|| {
+            errors.push(
+                self.key_path(key),
+                format!("must be one of {}, got {text:?}", T::listed()),
+            );
+            default
+        })
     }
 
     /// A nested table; an absent one reads as empty so every key takes its default.

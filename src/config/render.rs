@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::duration::format_duration;
+use super::names::Choice;
 use super::*;
 
 fn quote(text: &str) -> String {
@@ -12,13 +13,6 @@ fn quote(text: &str) -> String {
 
 fn path(path: &Option<PathBuf>) -> Option<String> {
     path.as_ref().map(|path| quote(&path.display().to_string()))
-}
-
-fn algorithm_name(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::RoundRobin => "round_robin",
-        Algorithm::WeightedRoundRobin => "weighted_round_robin",
-    }
 }
 
 /// Writes `config` as TOML.
@@ -42,11 +36,7 @@ pub fn to_toml(config: &Config) -> String {
         Workers::Auto => "\"auto\"".to_string(),
         Workers::Count(count) => count.to_string(),
     };
-    let driver = match server.io_driver {
-        IoDriverChoice::Auto => "auto",
-        IoDriverChoice::IoUring => "io_uring",
-        IoDriverChoice::Epoll => "epoll",
-    };
+    let driver = server.io_driver.name();
     let _ = writeln!(
         out,
         "[server]\nworkers = {workers}\nio_driver = \"{driver}\"\npin_workers = {}\nshutdown_grace = \"{}\"\nexpose_worker_header = {}\nsplice_bodies = {}\nmax_connections = {}\n",
@@ -70,7 +60,7 @@ pub fn to_toml(config: &Config) -> String {
     let _ = writeln!(
         out,
         "[balancer]\nalgorithm = \"{}\"\n",
-        algorithm_name(config.balancer.algorithm)
+        config.balancer.algorithm.name()
     );
     for backend in &config.backends {
         let _ = writeln!(
@@ -134,11 +124,7 @@ pub fn to_toml(config: &Config) -> String {
             let _ = writeln!(out, "{key} = {value}");
         }
     }
-    let client_auth = match tls.client_auth {
-        ClientAuth::None => "none",
-        ClientAuth::Optional => "optional",
-        ClientAuth::Required => "required",
-    };
+    let client_auth = tls.client_auth.name();
     let _ = writeln!(out, "client_auth = \"{client_auth}\"\n");
     let limit = &config.ratelimit;
     let allow: Vec<String> = limit.allow.iter().map(|block| quote(&block.to_string())).collect();
@@ -148,14 +134,8 @@ pub fn to_toml(config: &Config) -> String {
         limit.enabled,
         limit.rate,
         limit.burst,
-        match limit.algorithm {
-            RateLimitAlgorithm::TokenBucket => "token_bucket",
-            RateLimitAlgorithm::SlidingWindow => "sliding_window",
-        },
-        match limit.scope {
-            RateLimitScope::Global => "global",
-            RateLimitScope::ClientIp => "client_ip",
-        },
+        limit.algorithm.name(),
+        limit.scope.name(),
         limit.max_clients,
         allow.join(", ")
     );
@@ -181,11 +161,8 @@ pub fn to_toml(config: &Config) -> String {
     let _ = writeln!(
         out,
         "[logging]\nlevel = \"{}\"\nformat = \"{}\"\n",
-        config.logging.level.as_str(),
-        match config.logging.format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
+        config.logging.level.name(),
+        config.logging.format.name()
     );
     let _ = writeln!(
         out,
@@ -214,10 +191,7 @@ pub fn to_toml(config: &Config) -> String {
         out,
         "\n[access_log]\nenabled = {}\nformat = \"{}\"\npath = {}",
         access.enabled,
-        match access.format {
-            AccessLogFormat::Json => "json",
-            AccessLogFormat::Combined => "combined",
-        },
+        access.format.name(),
         access
             .path
             .as_ref()

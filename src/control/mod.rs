@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use signal_hook::consts::{SIGHUP, SIGUSR1};
 
 use crate::access_log::LogMessage;
+use crate::config::names::Choice;
 use crate::config::{diff, Config, LogLevel};
 use crate::net::descriptors::DescriptorBudget;
 use crate::worker::{Driver, FromWorker, Snapshot, ToWorker};
@@ -147,18 +148,9 @@ const ROUND_ROBIN_WEIGHT_NOTE: &str =
 
 /// `log_level`: the diagnostic log's level, changed live.
 fn set_log_level(level: &str, source: &Source) -> Result<Value, CommandError> {
-    let parsed = match level {
-        "error" => LogLevel::Error,
-        "warn" => LogLevel::Warn,
-        "info" => LogLevel::Info,
-        "debug" => LogLevel::Debug,
-        "trace" => LogLevel::Trace,
-        other => {
-            return Err(CommandError::invalid_request(format!(
-                "unknown level {other:?} (use error, warn, info, debug or trace)"
-            )))
-        }
-    };
+    let parsed = LogLevel::from_name(level).ok_or_else(|| {
+        CommandError::invalid_request(format!("unknown level {level:?} (use one of {})", LogLevel::listed()))
+    })?;
     crate::logging::set_level(parsed).map_err(|error| CommandError::new(ErrorKind::Unavailable, error))?;
     tracing::warn!(level = parsed.as_str(), source = %source.describe(), "log level changed");
     Ok(json!({ "level": parsed.as_str() }))
