@@ -1,26 +1,17 @@
-//! A TCP stream with an owned read buffer, in the shape io_uring wants: buffers are handed to the kernel and handed
+//! A stream (a [`Transport`]: TCP, later TLS, a local pair in tests) with an owned read buffer, in the shape io_uring wants: buffers are handed to the kernel and handed
 //! back, so every operation here takes the buffer out, runs, and puts it back. Every operation has a timeout, kept
 //! by the worker's [`Watchdog`]; after a timeout the stream fails every operation and must be closed, never reused.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
 use super::slots::Slot;
+use super::transport::Transport;
 use super::watchdog::{Operation, Watch, Watchdog};
-
-/// TCP states of a connection the peer has finished sending on, or that is gone (Linux `include/net/tcp_states.h`;
-/// libc does not name them).
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_CLOSE: u8 = 7;
-const TCP_CLOSE_WAIT: u8 = 8;
-const TCP_LAST_ACK: u8 = 9;
-const TCP_CLOSING: u8 = 11;
 
 /// Initial read buffer of an upstream connection; it grows for large heads and for streaming bodies.
 const INITIAL_CAPACITY: usize = 16 * 1024;
@@ -55,7 +46,7 @@ pub enum Readable {
 pub struct BufferedStream {
     // Declared before `stream`: the watch must let go of the descriptor before the socket is closed.
     watch: Watch,
-    stream: TcpStream,
+    stream: Transport,
     buf: Vec<u8>,
     start: usize,
     /// Whether the socket is known to be in non-blocking mode (see [`prepare_splice`](Self::prepare_splice)).
@@ -65,15 +56,16 @@ pub struct BufferedStream {
 }
 
 impl BufferedStream {
-    pub fn new(stream: TcpStream, watchdog: &Rc<Watchdog>) -> BufferedStream {
+    pub fn new(stream: impl Into<Transport>, watchdog: &Rc<Watchdog>) -> BufferedStream {
         BufferedStream::with_capacity(stream, watchdog, INITIAL_CAPACITY)
     }
 
     /// A stream whose read buffer starts at `capacity` bytes: small for client connections, which mostly sit idle
     /// between small requests, so that ten thousand of them cost little memory.
-    pub fn with_capacity(stream: TcpStream, watchdog: &Rc<Watchdog>, capacity: usize) -> BufferedStream {
+    pub fn with_capacity(stream: impl Into<Transport>, watchdog: &Rc<Watchdog>, capacity: usize) -> BufferedStream {
+        let stream = stream.into();
         BufferedStream {
-            watch: watchdog.watch(stream.as_raw_fd()),
+            watch: watchdog.watch(stream.fd()),
             stream,
             buf: Vec::with_capacity(capacity),
             start: 0,
@@ -101,7 +93,7 @@ impl BufferedStream {
     /// Drops whatever the peer has sent and the kernel holds, without waiting. Returns how many bytes; for a
     /// socket whose reads ended, where the event loop's reads fail at once.
     pub fn discard_received(&mut self) -> usize {
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         let mut scratch = [0u8; 4096];
         let mut discarded = 0;
         loop {
@@ -126,7 +118,7 @@ impl BufferedStream {
         // the data queued.
         let count = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.fd(),
                 byte.as_mut_ptr().cast(),
                 byte.len(),
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -142,28 +134,14 @@ impl BufferedStream {
         }
     }
 
-    /// Whether the peer has closed its sending side (its FIN arrived), from the kernel's TCP state.
+    /// Whether the peer has closed its sending side (for TCP: its FIN arrived).
     pub fn peer_finished_sending(&self) -> bool {
-        // SAFETY: a zeroed tcp_info is a valid value of a plain C struct.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` and `length` describe a writable buffer of the right size.
-        let result = unsafe {
-            libc::getsockopt(
-                self.stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut length,
-            )
-        };
-        if result != 0 {
-            return true;
-        }
-        matches!(
-            info.tcpi_state,
-            TCP_TIME_WAIT | TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
-        )
+        self.stream.peer_finished_sending()
+    }
+
+    /// Whether bodies may be spliced to or from this stream (plain TCP only; see [`Transport::spliceable`]).
+    pub fn spliceable(&self) -> bool {
+        self.stream.spliceable()
     }
 
     /// Gives back a buffer grown for a large head or body once nothing is buffered.
@@ -275,7 +253,7 @@ impl BufferedStream {
     /// connection's life: monoio reads and writes sockets with IORING_OP_RECV/SEND, which go by their own message
     /// flags and ignore it (IORING_OP_READ/WRITE would not). Returns the descriptor.
     pub fn prepare_splice(&mut self) -> io::Result<RawFd> {
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         if !self.nonblocking {
             // SAFETY: fcntl on the descriptor this stream owns.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -292,7 +270,7 @@ impl BufferedStream {
     /// event loop's own operations (splice).
     pub async fn wait_readable(&mut self, timeout: Duration) -> io::Result<()> {
         self.watch.arm(timeout, Operation::Read);
-        let result = self.stream.readable(false).await;
+        let result = self.stream.readable().await;
         if self.watch.disarm() {
             return Err(timed_out());
         }
@@ -305,8 +283,8 @@ impl BufferedStream {
     pub async fn wait_readable_unless(&mut self, other: &BufferedStream, timeout: Duration) -> io::Result<Readable> {
         self.watch.arm(timeout, Operation::Read);
         let result = monoio::select! {
-            result = self.stream.readable(false) => result.map(|()| Readable::This),
-            result = other.stream.readable(false) => result.map(|()| Readable::Other),
+            result = self.stream.readable() => result.map(|()| Readable::This),
+            result = other.stream.readable() => result.map(|()| Readable::Other),
         };
         if self.watch.disarm() {
             return Err(timed_out());
@@ -317,7 +295,7 @@ impl BufferedStream {
     /// Waits until the socket's send buffer has room, at most `timeout`.
     pub async fn wait_writable(&mut self, timeout: Duration) -> io::Result<()> {
         self.watch.arm(timeout, Operation::Write);
-        let result = self.stream.writable(false).await;
+        let result = self.stream.writable().await;
         if self.watch.disarm() {
             return Err(timed_out());
         }

@@ -6,6 +6,7 @@ pub mod descriptors;
 pub mod listener;
 pub mod slots;
 pub mod splice;
+pub mod transport;
 pub mod watchdog;
 
 pub use buffered::{BufferedStream, PendingInput, Readable};

@@ -304,8 +304,8 @@ async fn copy_until_close(
     Ok(delivered)
 }
 
-/// Splices the rest of a body (see [`splice_body`]) when splicing is on and a pipe is to be had; `None` means the
-/// caller copies instead.
+/// Splices the rest of a body (see [`splice_body`]) when splicing is on, both sides are plain TCP and a pipe is to
+/// be had; `None` means the caller copies instead.
 async fn try_splice(
     src: &mut BufferedStream,
     dst: &mut BufferedStream,
@@ -315,6 +315,9 @@ async fn try_splice(
     role: BodyRole,
 ) -> Option<Result<u64, BodyError>> {
     let pool = pipes?;
+    if !src.spliceable() || !dst.spliceable() {
+        return None;
+    }
     let mut pipe = pool.take()?;
     let spliced = splice_body(src, dst, &mut pipe, pool, limit, timeouts, role).await;
     pool.give_back(pipe);

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
-
 use super::error::{ProxyError, Side};
 use super::forward::{forward, Disposition, ExchangeStats, Request};
 use super::linger::linger_close;
@@ -15,6 +13,7 @@ use super::local::{answer_health, is_health_request, respond_rate_limited, respo
 use super::record::{finish, Outcome};
 use crate::http::head::{parse_request, RequestHead, Version};
 use crate::http::Method;
+use crate::net::transport::Transport;
 use crate::net::BufferedStream;
 use crate::shard::request_id::is_well_formed;
 use crate::shard::{Generation, WorkerContext};
@@ -31,6 +30,8 @@ struct Connection {
     /// `peer`'s address as text, for `X-Forwarded-For`, formatted once.
     peer_ip: String,
     frontend: usize,
+    /// `http` or `https`, as the frontend says (`FrontendConfig::scheme`).
+    scheme: &'static str,
     /// The current request's head, copied out of the read buffer.
     head_bytes: Vec<u8>,
     /// Heads being written, and body bytes on their way.
@@ -96,16 +97,23 @@ fn next_step(ended: Ended, now: Circumstances) -> Next {
 /// connections cost what their waits cost).
 pub async fn serve_client(
     context: Rc<WorkerContext>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     frontend: usize,
     slot: crate::net::slots::Slot,
 ) {
     let _guard = context.connection_opened(frontend, slot);
-    let _ = stream.set_nodelay(true);
     let mut client = BufferedStream::with_capacity(stream, &context.watchdog, CLIENT_BUFFER);
+    // Frontends change only with a restart, so the scheme holds for the connection's life.
+    let scheme = context
+        .generation()
+        .config
+        .frontends
+        .get(frontend)
+        .map_or("http", |config| config.scheme());
     let mut connection = Connection {
         peer_ip: peer.ip().to_string(),
+        scheme,
         context,
         peer,
         frontend,
@@ -190,6 +198,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         peer,
         peer_ip,
         frontend,
+        scheme,
         head_bytes,
         scratch,
         request_id,
@@ -263,6 +272,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         head: &head,
         peer,
         peer_ip,
+        scheme,
         request_id,
         started,
     };

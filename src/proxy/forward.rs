@@ -49,6 +49,8 @@ pub struct Request<'a> {
     pub peer: SocketAddr,
     /// `peer`'s address as text, formatted once per connection.
     pub peer_ip: &'a str,
+    /// `X-Forwarded-Proto`: the frontend's scheme.
+    pub scheme: &'static str,
     pub request_id: &'a str,
     /// When the request's head was read: the start of its body's time budget.
     pub started: Instant,
@@ -303,7 +305,7 @@ pub async fn forward(
         context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
         let client_side = ClientSide {
             address: request.peer_ip.as_bytes(),
-            scheme: "http",
+            scheme: request.scheme,
             fallback_host: &backend.authority,
             request_id: request.request_id.as_bytes(),
         };

@@ -9,6 +9,8 @@ pub mod linger;
 pub mod local;
 pub mod record;
 pub mod retry;
+#[cfg(test)]
+mod stages;
 
 pub use client::serve_client;
 pub use error::ProxyError;

@@ -353,9 +353,10 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let slot = context.client_slots.take();
+                let _ = stream.set_nodelay(true);
                 monoio::spawn(Contained::new(serve_client(
                     Rc::clone(&context),
-                    stream,
+                    stream.into(),
                     peer,
                     frontend,
                     slot,
