@@ -1,6 +1,7 @@
 //! `corelb-backend`: the example origin server for demos and tests. Answers every path with its id, echoes requests
 //! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, and can be made slow,
-//! failing or unhealthy from flags or from requests, so tests and demos can misbehave it at will.
+//! failing or unhealthy from flags or from requests, so tests and demos can misbehave it at will. It reads HTTP
+//! with its own framing (`wire`), not corelb's parser, so the two check each other.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -11,11 +12,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use corelb::config::duration::parse_duration;
-use corelb::http::chunked::{write_chunk, LAST_CHUNK};
-use corelb::http::head::{parse_request, HeadLimits, RequestHead, Version};
-use corelb::http::{BodyFraming, ChunkedDecoder, Method};
 use corelb::net::{BufferedStream, Watchdog};
 use monoio::net::{TcpListener, TcpStream};
+use wire::{parse_head, write_chunk, Body, ChunkedReader, Head, LAST_CHUNK};
+
+mod wire;
 
 #[derive(Debug, Parser)]
 #[command(name = "corelb-backend", about = "Example backend for corelb demos and tests")]
@@ -60,11 +61,6 @@ struct Backend {
     watchdog: Rc<Watchdog>,
 }
 
-const LIMITS: HeadLimits = HeadLimits {
-    max_head_bytes: 64 * 1024,
-    max_request_line: 16 * 1024,
-    max_headers: 256,
-};
 const IDLE: Duration = Duration::from_secs(120);
 
 fn main() -> ExitCode {
@@ -145,7 +141,7 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.get();
     loop {
         let head = loop {
-            match parse_request(connection.buffered(), &LIMITS) {
+            match parse_head(connection.buffered()) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(error) => {
@@ -165,49 +161,36 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
                 Ok(_) => {}
             }
         };
-        let head_bytes = connection.buffered()[..head.len].to_vec();
         connection.consume(head.len);
-        let body_length = match read_body(&mut connection, head.framing).await {
+        let body_length = match read_body(&mut connection, head.body).await {
             Some(length) => length,
             None => return,
         };
         backend.requests.set(backend.requests.get() + 1);
-        let target = String::from_utf8_lossy(&head_bytes[head.target.clone()]).into_owned();
-        let method = String::from_utf8_lossy(&head_bytes[head.method_range.clone()]).into_owned();
+        let (target, method) = (&head.target, &head.method);
         if !backend.quiet {
             eprintln!("backend {} {method} {target} body={body_length}", backend.id);
         }
         let mut delay = backend.latency;
-        if let Some(extra) = query_param(&target, "delay").and_then(|value| parse_duration(value).ok()) {
+        if let Some(extra) = query_param(target, "delay").and_then(|value| parse_duration(value).ok()) {
             delay = Some(extra);
         }
         if let Some(delay) = delay {
             monoio::time::sleep(delay).await;
         }
         let close = head.close || target.starts_with("/close");
-        let keep_going = answer(
-            &backend,
-            &mut connection,
-            &head,
-            &head_bytes,
-            &target,
-            &method,
-            body_length,
-            close,
-            &mut seed,
-        )
-        .await;
+        let keep_going = answer(&backend, &mut connection, &head, body_length, close, &mut seed).await;
         if !keep_going || close {
             return;
         }
     }
 }
 
-/// Reads and counts a request body. `None` when the connection failed.
-async fn read_body(connection: &mut BufferedStream, framing: BodyFraming) -> Option<u64> {
-    match framing {
-        BodyFraming::None | BodyFraming::UntilClose => Some(0),
-        BodyFraming::Length(length) => {
+/// Reads and counts a request body. `None` when the connection failed or the body is malformed.
+async fn read_body(connection: &mut BufferedStream, body: Body) -> Option<u64> {
+    match body {
+        Body::None => Some(0),
+        Body::Length(length) => {
             let mut remaining = length;
             connection.reserve_for_body();
             while remaining > 0 {
@@ -220,17 +203,14 @@ async fn read_body(connection: &mut BufferedStream, framing: BodyFraming) -> Opt
             }
             Some(length)
         }
-        BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
-            let mut total = 0u64;
+        Body::Chunked => {
+            let mut reader = ChunkedReader::default();
             connection.reserve_for_body();
             loop {
-                let used = decoder
-                    .decode(connection.buffered(), |data| total += data.len() as u64)
-                    .ok()?;
+                let used = reader.read(connection.buffered()).ok()?;
                 connection.consume(used);
-                if decoder.is_done() {
-                    return Some(total);
+                if reader.is_done() {
+                    return Some(reader.data);
                 }
                 if connection.fill(IDLE).await.ok()? == 0 {
                     return None;
@@ -273,19 +253,16 @@ fn json_string(text: &str) -> String {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     backend: &Backend,
     connection: &mut BufferedStream,
-    head: &RequestHead,
-    head_bytes: &[u8],
-    target: &str,
-    method: &str,
+    head: &Head,
     body_length: u64,
     close: bool,
     seed: &mut u64,
 ) -> bool {
     let id = &backend.id;
+    let (target, method) = (head.target.as_str(), head.method.as_str());
     let path = target.split('?').next().unwrap_or("/");
     let forced_status = query_param(target, "status").and_then(|value| value.parse::<u16>().ok());
     let response = if path == "/health" {
@@ -312,18 +289,9 @@ async fn answer(
         let headers: Vec<String> = head
             .fields
             .iter()
-            .map(|field| {
-                format!(
-                    "[{},{}]",
-                    json_string(&String::from_utf8_lossy(&head_bytes[field.name.clone()])),
-                    json_string(&String::from_utf8_lossy(&head_bytes[field.value.clone()]))
-                )
-            })
+            .map(|(name, value)| format!("[{},{}]", json_string(name), json_string(value)))
             .collect();
-        let version = match head.version {
-            Version::Http10 => "HTTP/1.0",
-            Version::Http11 => "HTTP/1.1",
-        };
+        let version = head.version;
         let body = format!(
             "{{\"id\":{},\"method\":{},\"path\":{},\"version\":\"{version}\",\"headers\":[{}],\"body_length\":{body_length}}}\n",
             json_string(id),
@@ -359,7 +327,7 @@ async fn answer(
             .and_then(|value| value.parse().ok())
             .unwrap_or(0);
         let chunked = query_param(target, "chunked") == Some("1");
-        return send_bytes(id, connection, length, chunked, head.method == Method::Head, close).await;
+        return send_bytes(id, connection, length, chunked, head.method == "HEAD", close).await;
     } else {
         let body = format!("backend {id}\n");
         respond(

@@ -15,24 +15,21 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
-use super::admin::{self, Answer, Exchange};
-use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
-use super::socket::{self, Line};
-use super::ControlRequest;
+use super::super::admin::{self, Answer, Exchange};
+use super::super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
+use super::super::socket::{self, Line};
+use super::super::ControlRequest;
 use crate::net::descriptors::out_of_descriptors;
+use connection::{Connection, Phase, Reply, REQUEST_DEADLINE};
+use sockets::{Acceptor, Entry, Peer, Service};
+
+mod connection;
+mod sockets;
 
 /// Connections one listener holds at most; past it the oldest one still sending its request is closed.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 64;
-/// Time an HTTP client has to send its whole request, and a control client to finish a line it has begun.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// Time a control-socket connection may sit idle between requests.
-const CONTROL_IDLE: Duration = Duration::from_secs(60);
-/// Time a client has to take its reply.
-const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a listener rests after accept fails (out of descriptors, say) before it is polled again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-const READ_CHUNK: usize = 16 * 1024;
-
 /// The listeners to serve, bound by the caller.
 pub struct Listeners {
     pub control: UnixListener,
@@ -66,139 +63,6 @@ pub fn serve(listeners: Listeners, requests: Sender<ControlRequest>) -> io::Resu
         .name("corelb-control-io".into())
         .spawn(move || server.run())?;
     Ok(())
-}
-
-/// What a listener serves.
-enum Service {
-    Control,
-    Metrics,
-    Admin { token: Option<String> },
-}
-
-enum Acceptor {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-struct Entry {
-    service: Service,
-    acceptor: Acceptor,
-    /// Accepting rests until then after an accept error.
-    resting_until: Option<Instant>,
-}
-
-impl Entry {
-    fn new(service: Service, acceptor: Acceptor) -> io::Result<Entry> {
-        match &acceptor {
-            Acceptor::Unix(listener) => listener.set_nonblocking(true)?,
-            Acceptor::Tcp(listener) => listener.set_nonblocking(true)?,
-        }
-        Ok(Entry {
-            service,
-            acceptor,
-            resting_until: None,
-        })
-    }
-
-    fn fd(&self) -> RawFd {
-        match &self.acceptor {
-            Acceptor::Unix(listener) => listener.as_raw_fd(),
-            Acceptor::Tcp(listener) => listener.as_raw_fd(),
-        }
-    }
-
-    fn accept(&self) -> io::Result<(Stream, Peer)> {
-        match &self.acceptor {
-            Acceptor::Unix(listener) => {
-                let (stream, _) = listener.accept()?;
-                let uid = socket::peer_uid(&stream);
-                Ok((Stream::Unix(stream), Peer::Uid(uid)))
-            }
-            Acceptor::Tcp(listener) => {
-                let (stream, address) = listener.accept()?;
-                Ok((Stream::Tcp(stream), Peer::Address(address.to_string())))
-            }
-        }
-    }
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(std::net::TcpStream),
-}
-
-impl Stream {
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Unix(stream) => stream.as_raw_fd(),
-            Stream::Tcp(stream) => stream.as_raw_fd(),
-        }
-    }
-
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Stream::Unix(stream) => stream.set_nonblocking(true),
-            Stream::Tcp(stream) => stream.set_nonblocking(true),
-        }
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(stream) => stream.read(buf),
-            Stream::Tcp(stream) => stream.read(buf),
-        }
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(stream) => stream.write(buf),
-            Stream::Tcp(stream) => stream.write(buf),
-        }
-    }
-}
-
-enum Peer {
-    Uid(Option<u32>),
-    Address(String),
-}
-
-/// Where one connection is in its exchange.
-enum Phase {
-    /// Receiving a request.
-    Reading,
-    /// The control thread has the command; its result will come on this channel.
-    Waiting {
-        result: Receiver<Result<Value, CommandError>>,
-        reply: Reply,
-    },
-    /// Sending `output[written..]`; then read the next request or close.
-    Writing { close_after: bool },
-}
-
-/// How a result is rendered for the client that asked.
-enum Reply {
-    /// A control-socket line, echoing the request's id.
-    Line {
-        id: Option<Value>,
-    },
-    Http(Answer),
-}
-
-struct Connection {
-    listener: usize,
-    stream: Stream,
-    peer: Peer,
-    accepted: Instant,
-    phase: Phase,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    written: usize,
-    /// Skipping the tail of an over-long control line.
-    skipping: bool,
-    /// The client has finished sending (EOF or a half-close).
-    input_closed: bool,
-    /// When the phase must have ended.
-    deadline: Instant,
 }
 
 /// What the framing of the bytes received calls for.
@@ -537,72 +401,6 @@ impl Server {
         {
             tracing::warn!(%error, "{message}");
             self.last_warning = Some(Instant::now());
-        }
-    }
-}
-
-impl Connection {
-    /// Reads what is there; false on an error. End of input is noted in `input_closed`: what came before it is
-    /// still answered.
-    fn read_some(&mut self) -> bool {
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    self.input_closed = true;
-                    return true;
-                }
-                Ok(read) => {
-                    self.input.extend_from_slice(&chunk[..read]);
-                    if read < chunk.len() {
-                        return true;
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    fn start_writing(&mut self, bytes: Vec<u8>, close_after: bool, now: Instant) {
-        self.output = bytes;
-        self.written = 0;
-        self.phase = Phase::Writing { close_after };
-        self.deadline = now + WRITE_DEADLINE;
-    }
-
-    /// Writes what the socket takes; false when the connection is done or broken.
-    fn write_some(&mut self) -> bool {
-        while self.written < self.output.len() {
-            match self.stream.write(&self.output[self.written..]) {
-                Ok(0) => return false,
-                Ok(written) => self.written += written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-        let Phase::Writing { close_after } = self.phase else {
-            return true;
-        };
-        if close_after {
-            return false;
-        }
-        self.output = Vec::new();
-        self.phase = Phase::Reading;
-        self.deadline = self.reading_deadline(Instant::now());
-        true
-    }
-
-    /// An idle control connection may wait for its next request; a begun one must finish it.
-    fn reading_deadline(&self, now: Instant) -> Instant {
-        match (&self.peer, self.input.is_empty() && !self.skipping) {
-            (Peer::Uid(_), true) => now + CONTROL_IDLE,
-            // HTTP requests have one deadline from accept; a begun control line keeps the one it was given.
-            (Peer::Address(_), _) => self.accepted + REQUEST_DEADLINE,
-            (Peer::Uid(_), false) if self.deadline > now + REQUEST_DEADLINE => now + REQUEST_DEADLINE,
-            (Peer::Uid(_), false) => self.deadline,
         }
     }
 }
