@@ -19,7 +19,6 @@ pub(super) const CONTROL_IDLE: Duration = Duration::from_secs(60);
 pub(super) const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
-
 /// Where one connection is in its exchange.
 pub(super) enum Phase {
     /// Receiving a request.
@@ -124,4 +123,3 @@ impl Connection {
         }
     }
 }
-

@@ -4,7 +4,7 @@
 //! cap evicts the oldest one still sending its request, so idle or trickling clients (slowloris) can neither pile up
 //! threads nor keep `ctl` and a Prometheus scrape from being answered.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -12,16 +12,16 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use super::super::admin::{self, Answer, Exchange};
-use super::super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
-use super::super::socket::{self, Line};
-use super::super::ControlRequest;
+use super::admin::{self, Exchange};
+use super::command::{parse_request_line, reply_json, CommandError, ErrorKind, Source};
+use super::socket::{self, Line};
+use super::ControlRequest;
 use crate::net::descriptors::out_of_descriptors;
-use connection::{Connection, Phase, Reply, REQUEST_DEADLINE};
-use sockets::{Acceptor, Entry, Peer, Service};
+use connection::{Connection, Phase, Reply, CONTROL_IDLE, REQUEST_DEADLINE};
+use sockets::{Acceptor, Entry, Peer, Service, Stream};
 
 mod connection;
 mod sockets;

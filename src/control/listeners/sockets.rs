@@ -102,4 +102,3 @@ pub(super) enum Peer {
     Uid(Option<u32>),
     Address(String),
 }
-
