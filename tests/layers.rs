@@ -63,3 +63,34 @@ fn the_pure_modules_reach_no_io_layer() {
         offences.join("\n")
     );
 }
+
+/// Every line in the `.rs` files under `folder` (relative to the crate) that mentions `needle`.
+fn mentions(folder: &str, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(folder)];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        } else if path.extension().is_some_and(|extension| extension == "rs") && !path.ends_with("layers.rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                if line.contains(needle) {
+                    found.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn test_peers_do_not_share_corelbs_http_parser() {
+    // The example backend and the test client frame HTTP themselves, so a framing bug cannot hide on both sides.
+    let mut offences = mentions("src/bin/corelb-backend", "corelb::http");
+    offences.extend(mentions("tests", "corelb::http"));
+    assert!(
+        offences.is_empty(),
+        "test peers using corelb's parser:\n{}",
+        offences.join("\n")
+    );
+}
