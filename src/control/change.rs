@@ -358,30 +358,20 @@ impl Control {
     /// What in `candidate` cannot change without a restart.
     pub(super) fn restart_reasons(&self, candidate: &Config) -> Vec<&'static str> {
         let current = &self.config;
-        let mut reasons = Vec::new();
-        if candidate.server != current.server {
-            reasons.push("[server]");
-        }
-        if candidate.frontends != current.frontends {
-            reasons.push("[[frontends]]");
-        }
-        if candidate.control.socket != current.control.socket {
-            reasons.push("control.socket");
-        }
-        if candidate.admin != current.admin {
-            reasons.push("[admin]");
-        }
-        if candidate.metrics != current.metrics {
-            reasons.push("[metrics]");
-        }
-        if candidate.access_log.path != current.access_log.path {
-            reasons.push("access_log.path");
-        }
-        // The diagnostic log's subscriber is installed once at start; its level can change live, its format not.
-        if candidate.logging.format != current.logging.format {
-            reasons.push("logging.format");
-        }
-        reasons
+        let fixed = [
+            (candidate.server != current.server, "[server]"),
+            (candidate.frontends != current.frontends, "[[frontends]]"),
+            (candidate.control.socket != current.control.socket, "control.socket"),
+            (candidate.admin != current.admin, "[admin]"),
+            (candidate.metrics != current.metrics, "[metrics]"),
+            (candidate.access_log.path != current.access_log.path, "access_log.path"),
+            // The diagnostic log's subscriber is installed once at start; its level can change live, its format not.
+            (candidate.logging.format != current.logging.format, "logging.format"),
+        ];
+        fixed
+            .into_iter()
+            .filter_map(|(changed, what)| changed.then_some(what))
+            .collect()
     }
 }
 

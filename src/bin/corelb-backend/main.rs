@@ -220,6 +220,17 @@ async fn read_body(connection: &mut BufferedStream, body: Body) -> Option<u64> {
     }
 }
 
+fn respond_json(id: &str, body: &str, close: bool) -> Vec<u8> {
+    respond(
+        id,
+        200,
+        "OK",
+        &[("Content-Type", "application/json".into())],
+        body.as_bytes(),
+        close,
+    )
+}
+
 fn respond(id: &str, status: u16, reason: &str, headers: &[(&str, String)], body: &[u8], close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     let _ = write!(
@@ -299,14 +310,7 @@ async fn answer(
             json_string(target),
             headers.join(",")
         );
-        respond(
-            id,
-            200,
-            "OK",
-            &[("Content-Type", "application/json".into())],
-            body.as_bytes(),
-            close,
-        )
+        respond_json(id, &body, close)
     } else if path == "/stats" {
         let body = format!(
             "{{\"id\":{},\"connections\":{},\"requests\":{}}}\n",
@@ -314,14 +318,7 @@ async fn answer(
             backend.connections.get(),
             backend.requests.get()
         );
-        respond(
-            id,
-            200,
-            "OK",
-            &[("Content-Type", "application/json".into())],
-            body.as_bytes(),
-            close,
-        )
+        respond_json(id, &body, close)
     } else if path == "/bytes" {
         let length: u64 = query_param(target, "n")
             .and_then(|value| value.parse().ok())
