@@ -72,12 +72,7 @@ pub fn start_writer(path: Option<PathBuf>) -> std::io::Result<Sender<LogMessage>
 /// wake-ups do not preempt a worker mid-loop, and a lower priority (nice 5). It still gets its share of the CPU, so
 /// the log keeps up; it only stops cutting into a worker's latency when both are pinned to one core.
 pub fn yield_to_workers() {
-    let parameters = libc::sched_param { sched_priority: 0 };
-    // SAFETY: both calls only change the scheduling of the calling thread (0 = this thread, gettid for nice).
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_BATCH, &parameters);
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5);
-    }
+    crate::net::sys::run_as_batch(5);
 }
 
 /// One request, as logged.

@@ -193,10 +193,7 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
 pub fn run(args: &CtlArgs) -> ExitCode {
     // Printing into a closed pipe (`corelb ctl status | head -1`) ends the process quietly, as it does for any
     // Unix tool, instead of panicking on EPIPE.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    crate::net::sys::default_sigpipe();
     let request = match request_for(&args.verb) {
         Ok(command) => command.to_json(),
         Err(error) => {

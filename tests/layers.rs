@@ -94,3 +94,18 @@ fn test_peers_do_not_share_corelbs_http_parser() {
         offences.join("\n")
     );
 }
+
+#[test]
+fn system_calls_are_made_only_in_net() {
+    // Every `unsafe` block (a system call, or a buffer handed to the kernel) lives in `src/net`, behind a safe
+    // function that says what it does.
+    let offences: Vec<String> = mentions("src", "unsafe {")
+        .into_iter()
+        .filter(|line| !line.contains("/src/net/"))
+        .collect();
+    assert!(
+        offences.is_empty(),
+        "unsafe code outside src/net:\n{}",
+        offences.join("\n")
+    );
+}

@@ -37,19 +37,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// The uid of the process on the other end, from SO_PEERCRED.
 pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `length` bytes into `credentials`, which is a valid ucred.
-    let result = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut credentials as *mut libc::ucred).cast(),
-            &mut length,
-        )
-    };
-    (result == 0).then_some(credentials.uid)
+    crate::net::sys::peer_uid(stream.as_raw_fd())
 }
 
 /// What the bytes received so far hold.

@@ -6,6 +6,7 @@ pub mod descriptors;
 pub mod listener;
 pub mod slots;
 pub mod splice;
+pub mod sys;
 pub mod transport;
 pub mod watchdog;
 

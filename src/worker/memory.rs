@@ -29,10 +29,7 @@ impl BurstTrim {
 
 /// Returns free heap pages to the kernel.
 pub fn trim() {
-    // SAFETY: malloc_trim only reorganises the allocator's free lists; it is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::net::sys::trim_heap();
 }
 
 #[cfg(test)]

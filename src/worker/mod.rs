@@ -243,11 +243,9 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
     // listening at once (new connections are refused) and ends the pending accept, on both drivers.
     context.start_draining();
     for fd in listener_fds {
-        // SAFETY: each descriptor is owned by its accept task's listener, which lives until that task returns;
-        // the tasks return only after this loop (they see `draining` on their next turn), so none is closed yet.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
+        // Each descriptor is owned by its accept task's listener, which lives until that task returns; the tasks
+        // return only after this loop (they see `draining` on their next turn), so none is closed yet.
+        crate::net::sys::shutdown_both(fd);
     }
     let _ = accept_canceller.cancel();
     let grace = context.generation().config.server.shutdown_grace;

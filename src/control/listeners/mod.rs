@@ -117,10 +117,7 @@ impl Server {
                 });
             }
             let timeout = self.poll_timeout(now);
-            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structures.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if ready < 0 {
-                let error = io::Error::last_os_error();
+            if let Err(error) = crate::net::sys::poll(&mut fds, timeout) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     self.warn("control listeners: poll failed", &error);
                     std::thread::sleep(ACCEPT_BACKOFF);
