@@ -1,5 +1,5 @@
 //! The hot pure pieces of the request path, measured with criterion: backend selection (3 and 1,000 backends),
-//! the rate-limit decision, request-head parsing, and writing the head sent upstream.
+//! the rate-limit decision, the circuit breaker's decision, request-head parsing, and writing the head sent upstream.
 //! Run: `cargo bench --bench hot_paths` (or `make bench-micro`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
@@ -13,6 +13,7 @@ use corelb::http::head::{parse_request, HeadLimits};
 use corelb::http::rewrite::{write_upstream_request, ClientSide};
 use corelb::ratelimit::RateLimitShard;
 use corelb::ratelimit::{SlidingWindow, TokenBucket};
+use corelb::upstream::breaker::{Attempt, Breaker, BreakerSettings};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -82,6 +83,23 @@ fn rate_limit_decision(c: &mut Criterion) {
     group.finish();
 }
 
+/// The breaker's part of one request: admit, then record, with the clock read as the request path reads it.
+fn breaker_decision(c: &mut Criterion) {
+    let mut breaker = Breaker::new(BreakerSettings {
+        threshold: 5,
+        open_for: std::time::Duration::from_secs(10),
+        max_trials: 1,
+    });
+    c.bench_function("breaker_admit_and_record", |bench| {
+        bench.iter(|| {
+            let now = Instant::now();
+            let verdict = breaker.admit(now);
+            breaker.record(Attempt::Succeeded, now);
+            black_box(verdict)
+        })
+    });
+}
+
 fn head_parsing(c: &mut Criterion) {
     c.bench_function("parse_request_head", |bench| {
         bench.iter(|| {
@@ -116,6 +134,7 @@ criterion_group!(
     benches,
     balancer_pick,
     rate_limit_decision,
+    breaker_decision,
     head_parsing,
     header_rewriting
 );
