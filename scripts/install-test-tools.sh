@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently: promtool (Debian's prometheus
-# package), which checks the /metrics output. Run by `make test`; does nothing when everything is present.
+# package), which checks the /metrics output, and a C compiler for the resolver shim of tests/control.rs. Run by `make test`; does nothing when everything is present.
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# A C compiler builds the resolver shim with which a test makes a DNS lookup hang (tests/control.rs).
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0

@@ -671,3 +671,51 @@ fn reads_are_answered_while_a_rollout_probe_waits_for_a_slow_backend() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn reads_are_answered_while_a_dns_lookup_hangs() {
+    // A resolver shim (tests/fixtures/hanging_resolver.c, preloaded) holds every lookup of "hang.test" until the
+    // gate file is removed: a lookup that hangs, as a dead DNS server makes one.
+    let dir = TempDir::new();
+    let shim = dir.0.join("hanging_resolver.so");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hanging_resolver.c");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("run cc (scripts/install-test-tools.sh installs it)");
+    assert!(built.success(), "building the resolver shim failed");
+    let gate = dir.write("gate", "held");
+    let [a, b, _c] = three();
+    let corelb = Corelb::start_with_env(
+        &config_for(&[(&a, 1)], 1, "", ""),
+        &[
+            ("LD_PRELOAD", shim.as_os_str()),
+            ("CORELB_TEST_DNS_GATE", gate.as_os_str()),
+        ],
+    );
+    let port = b.url().rsplit(':').next().unwrap().to_string();
+    let add = control_in_background(
+        &corelb,
+        json!({"cmd": "backend_add", "url": format!("http://hang.test:{port}"), "id": "late"}),
+    );
+    status_when(&corelb, "the lookup in flight", |status| {
+        status["changes"]["in_flight"] == true
+    });
+    let (code, out, err) = corelb.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(corelb.scrape().contains("corelb_config_version 1"));
+    assert_eq!(corelb.get("/").backend_id(), "a");
+    assert!(!add.is_finished(), "the add cannot have ended while its lookup is held");
+
+    std::fs::remove_file(&gate).unwrap();
+    let added = add.join().unwrap();
+    assert_eq!(added["ok"], true, "{added}");
+    assert_eq!(added["result"]["applied"], true, "{added}");
+    let backends = corelb.control(json!({"cmd": "backends"}));
+    let late = &backends["result"]["backends"][1];
+    assert_eq!(late["id"], "late", "{backends}");
+    assert_eq!(late["address"], format!("127.0.0.1:{port}").as_str(), "{backends}");
+}

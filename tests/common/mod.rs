@@ -328,6 +328,15 @@ impl Corelb {
         Corelb::start_with(config, |_| {})
     }
 
+    /// Starts corelb with `env` added to its environment.
+    pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Corelb {
+        Corelb::start_with(config, |command| {
+            for (name, value) in env {
+                command.env(name, value);
+            }
+        })
+    }
+
     /// Starts corelb with its soft and hard `RLIMIT_NOFILE` set to `limit`.
     pub fn start_with_nofile(config: &str, limit: u64) -> Corelb {
         Corelb::start_with(config, |command| {
