@@ -14,7 +14,6 @@ use super::command::{Command, CommandError, ErrorKind, Source};
 use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Work};
-use super::rollout::Step;
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::worker::Snapshot;
@@ -23,6 +22,22 @@ use crate::worker::Snapshot;
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many changes may wait behind the one in flight.
 pub const MAX_WAITING: usize = 64;
+
+/// One step of a rollout. `rollout` begins it on a tick and does its bookkeeping when its change (or probe) has
+/// ended, so that a failed step leaves the rollout's queues as they were and can be resumed. A step rides on a
+/// change and comes back with its result, so it is defined here with the rest of what a change carries, and
+/// imports run one way (`rollout` → `change`).
+#[derive(Debug)]
+pub enum Step {
+    /// Remove the backends the previous step drained.
+    Remove(Vec<String>),
+    /// The backends the previous step added must answer their health path before any old one is drained.
+    Prove,
+    /// Add the next batch of URLs, which became the backends `ids`.
+    Add { urls: Vec<String>, ids: Vec<String> },
+    /// Drain the next batch of old backends.
+    Drain(Vec<String>),
+}
 
 /// Who hears a command's result.
 pub enum Asker {
@@ -182,7 +197,7 @@ impl Control {
     }
 
     /// `GET`s the health path of a rollout's new backends on a helper.
-    pub(super) fn probe(&mut self, targets: Vec<super::rollout::ProbeTarget>, step: Step) {
+    pub(super) fn probe(&mut self, targets: Vec<super::probe::ProbeTarget>, step: Step) {
         // Each target may use its timeout to connect, to send and to read.
         let timeout: Duration = targets.iter().map(|target| target.timeout * 3).sum();
         self.start_job(

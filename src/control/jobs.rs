@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::probe::{probe, ProbeTarget};
 use super::resolve::{resolve_backends, ResolveError};
-use super::rollout::{probe, ProbeTarget};
 use crate::config::{load_config, Config, LoadError};
 
 /// How many given-up job threads may still be running before new jobs are refused.

@@ -16,6 +16,7 @@ mod fleet;
 mod history;
 mod jobs;
 mod listeners;
+mod probe;
 mod resolve;
 mod rollout;
 mod socket;

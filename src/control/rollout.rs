@@ -5,16 +5,15 @@
 //! the rollout started from.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::change::{Asker, Then, Ticket};
+use super::change::{Asker, Step, Then, Ticket};
 use super::command::{CommandError, ErrorKind, Source};
 use super::history::rfc3339;
+use super::probe::ProbeTarget;
 use super::Control;
 use crate::config::Config;
 
@@ -89,64 +88,6 @@ impl Rollout {
 
 fn normalise(url: &str) -> &str {
     url.strip_suffix('/').unwrap_or(url)
-}
-
-/// A backend a rollout added, as its health probe needs it.
-#[derive(Debug, Clone)]
-pub struct ProbeTarget {
-    pub id: String,
-    pub address: SocketAddr,
-    /// The `Host` header: the backend's authority.
-    pub host: String,
-    pub path: String,
-    pub timeout: Duration,
-}
-
-/// `GET path` against a backend; healthy means a 2xx status, each of connect, send and read within `timeout`.
-/// Blocking: runs on a helper thread (`jobs`), never on the control loop.
-pub fn probe(target: &ProbeTarget) -> Result<(), String> {
-    let ProbeTarget {
-        address,
-        host,
-        path,
-        timeout,
-        ..
-    } = target;
-    let mut stream = TcpStream::connect_timeout(address, *timeout).map_err(|error| error.to_string())?;
-    stream
-        .set_read_timeout(Some(*timeout))
-        .map_err(|error| error.to_string())?;
-    stream
-        .set_write_timeout(Some(*timeout))
-        .map_err(|error| error.to_string())?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: corelb-rollout\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|error| error.to_string())?;
-    let mut head = [0u8; 32];
-    let read = stream.read(&mut head).map_err(|error| error.to_string())?;
-    let line = String::from_utf8_lossy(&head[..read]);
-    let status = line.split(' ').nth(1).unwrap_or("");
-    if status.starts_with('2') {
-        Ok(())
-    } else {
-        Err(format!("{path} answered {:?}", line.lines().next().unwrap_or("")))
-    }
-}
-
-/// One step of a rollout. It is begun on a tick and its bookkeeping is done when its change (or probe) has
-/// ended, so that a failed step leaves the rollout's queues as they were and can be resumed.
-#[derive(Debug)]
-pub enum Step {
-    /// Remove the backends the previous step drained.
-    Remove(Vec<String>),
-    /// The backends the previous step added must answer their health path before any old one is drained.
-    Prove,
-    /// Add the next batch of URLs, which became the backends `ids`.
-    Add { urls: Vec<String>, ids: Vec<String> },
-    /// Drain the next batch of old backends.
-    Drain(Vec<String>),
 }
 
 impl Control {
