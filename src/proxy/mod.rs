@@ -9,7 +9,6 @@ pub mod linger;
 pub mod local;
 pub mod record;
 pub mod retry;
-#[cfg(test)]
 mod stages;
 
 pub use client::serve_client;
