@@ -316,10 +316,24 @@ fn print_backends(backends: &Value) {
             ]
             .iter()
             .map(|key| text(backend, key))
+            .chain(std::iter::once(circuit_text(backend)))
             .collect()
         })
         .collect();
-    print_table(&["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE"], &rows);
+    print_table(
+        &["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE", "CIRCUIT"],
+        &rows,
+    );
+}
+
+/// The backend's circuit breaker in one word (`-` when the breaker is off).
+fn circuit_text(backend: &Value) -> String {
+    backend
+        .get("circuit")
+        .and_then(|circuit| circuit.get("state"))
+        .and_then(Value::as_str)
+        .unwrap_or("-")
+        .to_string()
 }
 
 fn print_result(verb: &Verb, result: &Value) {

@@ -406,10 +406,28 @@ fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreake
         threshold: section.integer_in("threshold", 5, 1, 10_000, errors) as u32,
         timeout: section.positive_duration("timeout", Duration::from_secs(30), errors),
         max_half_open: section.integer_in("max_half_open", 1, 1, 10_000, errors) as u32,
+        failure_statuses: failure_statuses(&mut section, errors),
     };
-    refuse_unimplemented(&section, config.enabled, "the circuit breaker", errors);
     section.finish(errors);
     config
+}
+
+/// `failure_statuses`: response statuses the breaker counts as failures, 5xx only (a 4xx is the client's doing).
+fn failure_statuses(section: &mut Section, errors: &mut ConfigErrors) -> Vec<u16> {
+    let listed = section.or("failure_statuses", Vec::<i64>::new(), errors);
+    let mut statuses = Vec::with_capacity(listed.len());
+    for (index, status) in listed.into_iter().enumerate() {
+        match u16::try_from(status) {
+            Ok(status) if (500..600).contains(&status) => statuses.push(status),
+            _ => errors.push(
+                format!("{}[{index}]", section.key_path("failure_statuses")),
+                format!("must be a 5xx status (500 to 599), got {status}"),
+            ),
+        }
+    }
+    statuses.sort_unstable();
+    statuses.dedup();
+    statuses
 }
 
 fn logging(top: &mut Section, errors: &mut ConfigErrors) -> LoggingConfig {

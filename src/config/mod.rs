@@ -248,8 +248,10 @@ pub struct CircuitBreakerConfig {
     pub threshold: u32,
     /// How long the breaker stays open before letting probes through.
     pub timeout: Duration,
-    /// Probe requests allowed at once while half-open.
+    /// Probe requests allowed at once while half-open, on each worker.
     pub max_half_open: u32,
+    /// Response statuses counted as failures (5xx only), besides connect errors, resets and timeouts.
+    pub failure_statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,6 +62,21 @@ impl FromToml for Vec<String> {
     }
 }
 
+impl FromToml for Vec<i64> {
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| type_error("a list of integers", value))?;
+        items
+            .iter()
+            .map(|item| {
+                item.as_integer()
+                    .ok_or_else(|| type_error("an integer in the list", item))
+            })
+            .collect()
+    }
+}
+
 impl FromToml for toml::Value {
     fn from_toml(value: &toml::Value) -> Result<Self, String> {
         Ok(value.clone())

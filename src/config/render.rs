@@ -152,11 +152,12 @@ pub fn to_toml(config: &Config) -> String {
     let breaker = &config.circuitbreaker;
     let _ = writeln!(
         out,
-        "[circuitbreaker]\nenabled = {}\nthreshold = {}\ntimeout = \"{}\"\nmax_half_open = {}\n",
+        "[circuitbreaker]\nenabled = {}\nthreshold = {}\ntimeout = \"{}\"\nmax_half_open = {}\nfailure_statuses = {:?}\n",
         breaker.enabled,
         breaker.threshold,
         format_duration(breaker.timeout),
-        breaker.max_half_open
+        breaker.max_half_open,
+        breaker.failure_statuses
     );
     let _ = writeln!(
         out,

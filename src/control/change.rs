@@ -311,6 +311,8 @@ impl Control {
             let _ = crate::logging::set_level(candidate.logging.level);
         }
         self.history.set_capacity(candidate.control.history);
+        self.breakers
+            .retain(|id| candidate.backends.iter().any(|backend| backend.id == id));
         self.history.push(VersionRecord {
             version,
             applied_at: SystemTime::now(),

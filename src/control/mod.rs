@@ -10,6 +10,7 @@
 //! `resolve`, and the operator-facing framing in `listeners`, `socket`, `admin` and `command`.
 
 mod admin;
+mod breakers;
 mod change;
 pub mod command;
 mod fleet;
@@ -36,7 +37,9 @@ use crate::access_log::LogMessage;
 use crate::config::names::Choice;
 use crate::config::{diff, Config, LogLevel};
 use crate::net::descriptors::DescriptorBudget;
+use crate::shard::BreakerNews;
 use crate::worker::{Driver, FromWorker, Snapshot, ToWorker};
+use breakers::{Breakers, Decision};
 use change::{changes_config, Asker, Changes, Then, Ticket, Waiting};
 use command::{Command, CommandError, ErrorKind, Source};
 use fleet::Fleet;
@@ -141,6 +144,10 @@ pub struct Control {
     jobs: Jobs,
     /// The change in flight and those waiting for it.
     changes: Changes,
+    /// What the workers' circuit breakers report.
+    breaker_news: Receiver<BreakerNews>,
+    /// The workers' breakers combined.
+    breakers: Breakers,
 }
 
 /// The note a weight change gets when the balancer ignores weights.
@@ -184,6 +191,11 @@ impl Control {
                 recv(self.requests) -> request => {
                     if let Ok(request) = request {
                         self.execute(request.command, request.source, Asker::Client(request.reply));
+                    }
+                },
+                recv(self.breaker_news) -> news => {
+                    if let Ok(news) = news {
+                        self.combine_breakers(&news);
                     }
                 },
                 recv(job_results) -> done => {
@@ -374,6 +386,44 @@ impl Control {
         let _ = self
             .fleet
             .send_each(|_| ToWorker::RateShares(shares.next().unwrap_or_default()));
+    }
+
+    /// Acts on one worker's breaker news: stops traffic to a backend on every worker once the workers together
+    /// saw enough failures (see `breakers`), and logs each stop and recovery once.
+    fn combine_breakers(&mut self, news: &BreakerNews) {
+        let settings = &self.config.circuitbreaker;
+        if !settings.enabled {
+            return;
+        }
+        let (threshold, open_for, workers) = (settings.threshold, settings.timeout, self.fleet.count());
+        match self
+            .breakers
+            .observe(news, workers, threshold, open_for, Instant::now())
+        {
+            Some(Decision::StopEverywhere {
+                backend,
+                until,
+                failures,
+                tripped_on,
+            }) => {
+                let seconds = until.saturating_duration_since(Instant::now()).as_secs_f64();
+                tracing::warn!(
+                    backend = %backend,
+                    failures,
+                    tripped_on = ?tripped_on,
+                    open_seconds = seconds,
+                    "circuit breaker open: traffic to the backend stopped on every worker"
+                );
+                let _ = self.fleet.send_each(|_| ToWorker::StopTraffic {
+                    backend: backend.clone(),
+                    until,
+                });
+            }
+            Some(Decision::Recovered { backend, worker }) => {
+                tracing::info!(backend = %backend, worker, "circuit breaker closed: a trial request succeeded");
+            }
+            None => {}
+        }
     }
 
     /// The config file's folder: relative paths in a config given as text are resolved against it.

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
+use super::breakers::Breakers;
 use super::change::Changes;
 use super::command::Source;
 use super::fleet::Fleet;
@@ -94,6 +95,7 @@ impl Control {
             Vec::new()
         };
         let (event_sender, events) = crossbeam_channel::unbounded();
+        let (breaker_news_sender, breaker_news) = crossbeam_channel::unbounded();
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -104,6 +106,7 @@ impl Control {
                 snapshot: Arc::clone(&snapshot),
                 events: event_sender.clone(),
                 access_log: access_log.clone(),
+                breaker_news: breaker_news_sender.clone(),
                 process_seed,
                 workers: count,
                 limits: WorkerLimits {
@@ -140,6 +143,8 @@ impl Control {
             budget,
             jobs: Jobs::default(),
             changes: Changes::default(),
+            breaker_news,
+            breakers: Breakers::default(),
         };
         let mut ready = 0;
         while ready < count {

@@ -9,6 +9,15 @@ use crate::metrics::render::{render, ControlFigures};
 use crate::metrics::{Merged, WorkerMetrics};
 use crate::worker::{Driver, ToWorker, WorkerReport};
 
+/// One word for the breakers of every worker: their common state, or `mixed`.
+fn circuit_summary(states: &[&'static str]) -> &'static str {
+    match states.split_first() {
+        Some((first, rest)) if rest.iter().all(|state| state == first) => first,
+        Some(_) => "mixed",
+        None => "closed",
+    }
+}
+
 impl Control {
     /// Every worker's metrics, copied by each worker between two events of its loop.
     pub(super) fn collect_metrics(&mut self) -> Vec<WorkerMetrics> {
@@ -100,11 +109,15 @@ impl Control {
                 let mut in_flight = 0;
                 let mut idle = 0;
                 let mut down_on = 0;
+                let mut circuits = Vec::new();
+                let mut circuit_failures = 0;
                 for report in &reports {
                     if let Some(seen) = report.backends.iter().find(|seen| seen.id == backend.id) {
                         in_flight += seen.in_flight;
                         idle += seen.idle_connections;
                         down_on += usize::from(seen.down);
+                        circuits.extend(seen.circuit);
+                        circuit_failures += seen.circuit_failures;
                     }
                 }
                 let health = if down_on == 0 {
@@ -114,7 +127,7 @@ impl Control {
                 } else {
                     "degraded"
                 };
-                json!({
+                let mut shown = json!({
                     "id": backend.id,
                     "url": backend.url,
                     "address": address.to_string(),
@@ -123,7 +136,15 @@ impl Control {
                     "health": health,
                     "in_flight": in_flight,
                     "idle_connections": idle,
-                })
+                });
+                if !circuits.is_empty() {
+                    shown["circuit"] = json!({
+                        "state": circuit_summary(&circuits),
+                        "by_worker": circuits,
+                        "consecutive_failures": circuit_failures,
+                    });
+                }
+                shown
             })
             .collect()
     }

@@ -63,6 +63,9 @@ pub struct BackendSeries {
     pub weight: u32,
     /// Not marked down by this worker (filled when a snapshot is taken).
     pub up: bool,
+    /// The circuit breaker's state name and trips on this worker, when it is enabled (filled when a snapshot is
+    /// taken).
+    pub circuit: Option<(&'static str, u64)>,
     /// In the current config (filled when a snapshot is taken): a removed backend keeps its counters but its
     /// gauges are no longer exposed.
     pub configured: bool,
@@ -220,6 +223,17 @@ pub struct Merged {
     pub accept_paused: u64,
     /// Workers that said a backend is up, and that reported it at all.
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
+    /// Per backend: how many workers have its breaker in each state, and its trips on all workers.
+    pub circuits: BTreeMap<String, CircuitVotes>,
+}
+
+/// One backend's circuit breakers over every worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CircuitVotes {
+    /// Workers per state name (`closed`, `open`, `half_open`).
+    pub states: BTreeMap<&'static str, usize>,
+    /// Times traffic was stopped, summed over workers (a stop ordered on every worker counts once per worker).
+    pub trips: u64,
 }
 
 impl Merged {
@@ -271,6 +285,11 @@ impl Merged {
                     let votes = merged.backend_up_votes.entry(series.id.clone()).or_insert((0, 0));
                     votes.0 += usize::from(series.up);
                     votes.1 += 1;
+                    if let Some((state, trips)) = series.circuit {
+                        let circuit = merged.circuits.entry(series.id.clone()).or_default();
+                        *circuit.states.entry(state).or_insert(0) += 1;
+                        circuit.trips += trips;
+                    }
                 }
             }
             for (category, count) in &worker.errors {

@@ -180,6 +180,16 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         MetricType::GAUGE,
     );
     let mut weight = Family::new(BACKEND_WEIGHT, "Configured backend weight.", MetricType::GAUGE);
+    let mut circuit = Family::new(
+        BACKEND_CIRCUIT_STATE,
+        "Workers whose circuit breaker for the backend is in each state (closed, open, half_open).",
+        MetricType::GAUGE,
+    );
+    let mut trips = Family::new(
+        BACKEND_CIRCUIT_TRIPS,
+        "Times a worker's circuit breaker stopped traffic to the backend, summed over workers.",
+        MetricType::COUNTER,
+    );
     for (id, series) in &merged.backends {
         if id == super::NO_BACKEND {
             continue;
@@ -198,8 +208,15 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
             up.gauge(&pairs, if votes == workers { 1.0 } else { 0.0 });
         }
         weight.gauge(&pairs, f64::from(series.weight));
+        if let Some(votes) = merged.circuits.get(id) {
+            for state in ["closed", "open", "half_open"] {
+                let workers = votes.states.get(state).copied().unwrap_or(0);
+                circuit.gauge(&[("backend", id), ("state", state)], workers as f64);
+            }
+            trips.counter(&pairs, votes.trips as f64);
+        }
     }
-    families.extend([upstream, connections, idle, open, up, weight]);
+    families.extend([upstream, connections, idle, open, up, weight, circuit, trips]);
 
     let mut errors = Family::new(ERRORS, "Failed requests by error category.", MetricType::COUNTER);
     for (category, count) in &merged.errors {

@@ -29,6 +29,8 @@ pub enum ProxyError {
     RateLimited,
     #[error("no backend available")]
     NoBackend,
+    #[error("every backend that could take the request has its circuit breaker open")]
+    CircuitOpen,
     #[error("out of file descriptors")]
     OutOfDescriptors,
     #[error("every upstream connection this worker may open is in use")]
@@ -73,7 +75,10 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => Some(413),
             ProxyError::ClientTimeout | ProxyError::ClientClosed | ProxyError::ClientIo(_) => None,
             ProxyError::RateLimited => Some(429),
-            ProxyError::NoBackend | ProxyError::OutOfDescriptors | ProxyError::UpstreamLimit => Some(503),
+            ProxyError::NoBackend
+            | ProxyError::CircuitOpen
+            | ProxyError::OutOfDescriptors
+            | ProxyError::UpstreamLimit => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
             ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
@@ -103,6 +108,7 @@ impl ProxyError {
             ProxyError::ClientIo(_) => "client_io",
             ProxyError::RateLimited => "rate_limited",
             ProxyError::NoBackend => "no_backend",
+            ProxyError::CircuitOpen => "circuit_open",
             ProxyError::OutOfDescriptors => "out_of_descriptors",
             ProxyError::UpstreamLimit => "upstream_limit",
             ProxyError::ConnectFailed { .. } => "connect_failed",
@@ -125,7 +131,10 @@ impl ProxyError {
             | ProxyError::ClientClosed
             | ProxyError::ClientIo(_)
             | ProxyError::RateLimited => Side::Client,
-            ProxyError::NoBackend | ProxyError::OutOfDescriptors | ProxyError::UpstreamLimit => Side::Proxy,
+            ProxyError::NoBackend
+            | ProxyError::CircuitOpen
+            | ProxyError::OutOfDescriptors
+            | ProxyError::UpstreamLimit => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
@@ -151,6 +160,7 @@ impl ProxyError {
             | ProxyError::ClientIo(_)
             | ProxyError::RateLimited
             | ProxyError::NoBackend
+            | ProxyError::CircuitOpen
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
             | ProxyError::UpstreamTimeout { .. }
@@ -269,6 +279,7 @@ mod tests {
                 "unsupported_version",
             ),
             (ProxyError::NoBackend, Some(503), "no_backend"),
+            (ProxyError::CircuitOpen, Some(503), "circuit_open"),
             (
                 ProxyError::ConnectFailed {
                     backend: "b".into(),

@@ -19,7 +19,7 @@ use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
 use crate::net::{BufferedStream, PipePool};
-use crate::shard::{BackendState, Generation, Outcome, WorkerContext};
+use crate::shard::{Admission, BackendState, Generation, Outcome, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +230,19 @@ async fn send_request(
     }
 }
 
+/// Why no backend could be picked: every one left is stopped by its breaker, or there is none to take it.
+fn nobody_to_ask(generation: &Generation, now: Instant) -> ProxyError {
+    let stopped = generation
+        .backends
+        .iter()
+        .any(|backend| backend.admits(now) == Admission::Stopped);
+    if stopped {
+        ProxyError::CircuitOpen
+    } else {
+        ProxyError::NoBackend
+    }
+}
+
 /// Forwards one request. `scratch` is a reusable buffer for heads; `client` is positioned at the request body.
 pub async fn forward(
     context: &WorkerContext,
@@ -267,10 +280,12 @@ pub async fn forward(
     let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
         let Some(index) = route.pick(generation, now) else {
-            let error = last_connect_error.unwrap_or(ProxyError::NoBackend);
+            let error = last_connect_error.unwrap_or_else(|| nobody_to_ask(generation, now));
             return Err(fail(error, false, bodiless, None));
         };
         let backend = Rc::clone(&generation.backends[index]);
+        // Held until this attempt's outcome is recorded: a half-open trial slot is given back if it never is.
+        let claim = backend.claim(now);
         let Opened {
             connection: mut upstream,
             reused,
@@ -279,7 +294,7 @@ pub async fn forward(
             Err(error) => match error.retry() {
                 Retry::OtherBackend => {
                     context.warn_backend(&backend, &error, "backend connect failed; trying another");
-                    backend.record(Outcome::ConnectFailed, now);
+                    context.record(&backend, Outcome::ConnectFailed, now);
                     context.with_metrics(|metrics| metrics.retried("connect_failed"));
                     let again = route.connect_failed(index, generation.backends.len());
                     if !again {
@@ -298,7 +313,7 @@ pub async fn forward(
             },
         };
         if !reused {
-            backend.record(Outcome::Connected, now);
+            context.record(&backend, Outcome::Connected, now);
         }
         let in_flight = backend.begin_request();
         stats.backend = Some(Rc::clone(&backend));
@@ -333,16 +348,15 @@ pub async fn forward(
                 stats.body_received = received;
                 match read_response_head(&mut upstream, head.method, generation, &backend).await {
                     Ok(response) => {
-                        backend.record(
-                            Outcome::Responded {
-                                status: response.status,
-                            },
-                            Instant::now(),
-                        );
+                        let outcome = Outcome::Responded {
+                            status: response.status,
+                        };
+                        context.record(&backend, outcome, Instant::now());
+                        drop(claim);
                         break (backend, upstream, sent_at, response, complete, in_flight);
                     }
                     Err((error, true)) => {
-                        backend.record(Outcome::BadAnswer, Instant::now());
+                        context.record(&backend, Outcome::BadAnswer, Instant::now());
                         return Err(fail(error, false, complete, Some(&backend)));
                     }
                     Err((error, false)) => SendFailure {
@@ -366,7 +380,8 @@ pub async fn forward(
         }
         // The connection failed before any response byte: the backend is likely going away, so its other idle
         // connections on this worker are dropped, and a request that can be sent again goes elsewhere.
-        backend.record(Outcome::LostBeforeResponse { fresh: !reused }, Instant::now());
+        context.record(&backend, Outcome::LostBeforeResponse { fresh: !reused }, Instant::now());
+        drop(claim);
         let again = failed.error.retry() == Retry::FreshConnection
             && replayable(failed.stage, bodiless, idempotent)
             && failed.request_consumed

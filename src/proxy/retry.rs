@@ -54,7 +54,7 @@ impl Route {
 
     /// The backend for the next attempt: an admitted one not tried yet; else one resting after a failure (it may
     /// be back, and refusing outright helps nobody); else, for a replay, a fresh connection to one already tried.
-    /// A draining backend is never picked.
+    /// A draining backend, or one whose circuit breaker stops traffic, is never picked.
     pub fn pick(&self, generation: &Generation, now: Instant) -> Option<usize> {
         let backends = &generation.backends;
         let untried = |index: usize| !self.tried.contains(&index);
@@ -64,13 +64,13 @@ impl Route {
             .or_else(|| {
                 generation
                     .balancer
-                    .pick(|index| untried(index) && backends[index].admits(now) != Admission::Draining)
+                    .pick(|index| untried(index) && backends[index].admits(now).as_fallback())
             })
             .or_else(|| {
                 if self.may_reuse_tried {
                     generation
                         .balancer
-                        .pick(|index| backends[index].admits(now) != Admission::Draining)
+                        .pick(|index| backends[index].admits(now).as_fallback())
                 } else {
                     None
                 }

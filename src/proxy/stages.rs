@@ -19,7 +19,7 @@ mod tests {
     use crate::config::parse_config;
     use crate::metrics::WorkerMetrics;
     use crate::net::transport::Transport;
-    use crate::shard::{Generation, Snapshot, WorkerContext, WorkerLimits};
+    use crate::shard::{Generation, Outboxes, Snapshot, WorkerContext, WorkerLimits};
 
     /// What the backend thread saw.
     #[derive(Default)]
@@ -73,11 +73,16 @@ mod tests {
         let mut metrics = WorkerMetrics::new(0, &names);
         let generation = Generation::build(&snapshot, None, 0, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
+        let (news, _) = crossbeam_channel::unbounded();
+        let outboxes = Outboxes {
+            access_log: log,
+            breaker_news: news,
+        };
         let limits = WorkerLimits {
             clients: 100,
             upstream: 100,
         };
-        Rc::new(WorkerContext::new(0, generation, metrics, log, 1, 1, limits))
+        Rc::new(WorkerContext::new(0, generation, metrics, outboxes, 1, 1, limits))
     }
 
     fn config(backend: SocketAddr, extra: &str) -> String {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::warnings::WarningGate;
 use crate::config::BackendConfig;
 use crate::net::BufferedStream;
+use crate::upstream::breaker::{Attempt, Breaker, BreakerSettings, Traffic, TrialRound, Verdict};
 use crate::upstream::IdlePool;
 
 /// One backend as one worker sees it right now, for `ctl backends` and `/health`.
@@ -19,6 +20,10 @@ pub struct BackendReport {
     pub idle_connections: usize,
     /// Marked down after a failed connect.
     pub down: bool,
+    /// The circuit breaker's state on this worker (`closed`, `open`, `half_open`), when it is enabled.
+    pub circuit: Option<&'static str>,
+    /// Consecutive failures the breaker has counted on this worker.
+    pub circuit_failures: u32,
 }
 
 /// Whether a backend takes a new request on this worker right now. Every coming per-backend rule (active health,
@@ -29,8 +34,18 @@ pub enum Admission {
     Admitted,
     /// Failed recently on this worker: skipped until `until`, unless every other backend is skipped too.
     Resting { until: Instant },
+    /// Its circuit breaker stops traffic (open, or every half-open trial slot taken): never picked.
+    Stopped,
     /// Being drained by the operator: finishes what it has, takes nothing new.
     Draining,
+}
+
+impl Admission {
+    /// May take a request when no backend is [`Admitted`](Admission::Admitted): a resting backend may be back,
+    /// and refusing outright helps nobody; a stopped or draining one may not.
+    pub fn as_fallback(self) -> bool {
+        matches!(self, Admission::Admitted | Admission::Resting { .. })
+    }
 }
 
 /// How one attempt at a backend ended, as the request path reports it to [`BackendState::record`].
@@ -56,6 +71,65 @@ pub struct Settings {
     pub draining: bool,
     /// How long a failed backend rests (`upstream.fail_timeout`).
     pub fail_timeout: Duration,
+    /// The circuit breaker, when `[circuitbreaker]` is enabled.
+    pub breaker: Option<BreakerSettings>,
+    /// Response statuses the breaker counts as failures (`circuitbreaker.failure_statuses`).
+    pub failure_statuses: StatusSet,
+}
+
+/// A set of 5xx statuses, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet(u128);
+
+impl StatusSet {
+    /// The 5xx statuses among `statuses`; others are left out (config validation refuses them).
+    pub fn of(statuses: &[u16]) -> StatusSet {
+        let bits = statuses
+            .iter()
+            .filter(|status| (500..600).contains(*status))
+            .fold(0u128, |bits, status| bits | 1 << (status - 500));
+        StatusSet(bits)
+    }
+
+    pub fn contains(self, status: u16) -> bool {
+        (500..600).contains(&status) && self.0 & (1 << (status - 500)) != 0
+    }
+}
+
+/// What changed in a backend's breaker on this worker, for the control thread, which combines the workers'
+/// breakers (`control::breakers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerChange {
+    /// Another consecutive failure while traffic flows.
+    FailureCounted { consecutive: u32 },
+    /// A success after counted failures: the count starts over.
+    Cleared,
+    /// This worker stopped traffic until then.
+    Tripped { until: Instant },
+    /// A trial succeeded: traffic flows again on this worker.
+    Closed,
+}
+
+/// Holds a half-open trial slot from [`BackendState::claim`] until the attempt's outcome is recorded; dropped
+/// before that (the client left, a stale pooled connection), it gives the slot back.
+pub struct Claim {
+    backend: Rc<BackendState>,
+    trial: Option<TrialRound>,
+}
+
+impl Claim {
+    /// The attempt is one of the breaker's half-open trials.
+    pub fn is_trial(&self) -> bool {
+        self.trial.is_some()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let (Some(round), Some(breaker)) = (self.trial, self.backend.breaker.borrow_mut().as_mut()) {
+            breaker.give_back_trial(round);
+        }
+    }
 }
 
 /// One backend as seen by one worker. Carried from one generation to the next while its id and address stay, so
@@ -72,6 +146,7 @@ pub struct BackendState {
     /// Until when this worker skips the backend after a failure.
     resting_until: Cell<Option<Instant>>,
     in_flight: Cell<u32>,
+    breaker: RefCell<Option<Breaker>>,
     /// The last attempt to reach it failed (see [`BackendState::failed`]).
     failed: Cell<bool>,
     /// Warnings about this backend from this worker.
@@ -89,6 +164,7 @@ impl BackendState {
             idle: RefCell::new(IdlePool::default()),
             resting_until: Cell::new(None),
             in_flight: Cell::new(0),
+            breaker: RefCell::new(settings.breaker.map(Breaker::new)),
             failed: Cell::new(false),
             warnings: WarningGate::default(),
         }
@@ -97,6 +173,11 @@ impl BackendState {
     /// Takes the settings of the config being applied.
     pub(super) fn configure(&self, settings: Settings) {
         self.settings.set(settings);
+        let mut breaker = self.breaker.borrow_mut();
+        match (breaker.as_mut(), settings.breaker) {
+            (Some(breaker), Some(new)) => breaker.reconfigure(new),
+            (_, new) => *breaker = new.map(Breaker::new),
+        }
     }
 
     pub fn weight(&self) -> u32 {
@@ -108,16 +189,68 @@ impl BackendState {
         if self.settings.get().draining {
             return Admission::Draining;
         }
+        if let Some(breaker) = self.breaker.borrow().as_ref() {
+            if matches!(breaker.peek(now), Verdict::Refuse { .. } | Verdict::TrialsFull) {
+                return Admission::Stopped;
+            }
+        }
         match self.resting_until.get() {
             Some(until) if now < until => Admission::Resting { until },
             _ => Admission::Admitted,
         }
     }
 
+    /// Takes the breaker's permission for an attempt on the backend just picked (no `.await` in between, so
+    /// what [`admits`](Self::admits) saw still holds). Keep the claim until the attempt's outcome is recorded.
+    pub fn claim(self: &Rc<Self>, now: Instant) -> Claim {
+        let trial = match self.breaker.borrow_mut().as_mut().map(|breaker| breaker.admit(now)) {
+            Some((Verdict::PassAsTrial, round)) => Some(round),
+            _ => None,
+        };
+        Claim {
+            backend: Rc::clone(self),
+            trial,
+        }
+    }
+
     /// Takes in how an attempt ended. A failed connect, or a fresh connection lost before any answer, rests the
     /// backend for `fail_timeout` and drops its idle connections; a lost pooled connection drops the idle ones
-    /// (they are likely as stale); a new connection ends the rest.
-    pub fn record(&self, outcome: Outcome, now: Instant) {
+    /// (they are likely as stale); a new connection ends the rest. The breaker counts connect failures, fresh
+    /// connections lost, bad or late answers and the configured failure statuses as failures, any other
+    /// response as a success; what changed in it is returned for the control thread.
+    pub fn record(&self, outcome: Outcome, now: Instant) -> Option<BreakerChange> {
+        self.mark(outcome, now);
+        let attempt = match outcome {
+            Outcome::ConnectFailed | Outcome::LostBeforeResponse { fresh: true } | Outcome::BadAnswer => {
+                Attempt::Failed
+            }
+            Outcome::Responded { status } if self.settings.get().failure_statuses.contains(status) => Attempt::Failed,
+            Outcome::Responded { .. } => Attempt::Succeeded,
+            Outcome::Connected | Outcome::LostBeforeResponse { fresh: false } => return None,
+        };
+        let mut breaker = self.breaker.borrow_mut();
+        let breaker = breaker.as_mut()?;
+        let before = breaker.traffic();
+        breaker.record(attempt, now);
+        change_between(before, breaker.traffic())
+    }
+
+    /// Stops traffic until `until` on the control thread's order (the workers together saw enough failures).
+    pub fn stop_traffic(&self, until: Instant) {
+        if let Some(breaker) = self.breaker.borrow_mut().as_mut() {
+            breaker.stop_until(until);
+        }
+    }
+
+    /// The breaker's state name and trips on this worker, when it is enabled.
+    pub fn circuit(&self) -> Option<(&'static str, u64)> {
+        self.breaker
+            .borrow()
+            .as_ref()
+            .map(|breaker| (breaker.state_name(), breaker.trips()))
+    }
+
+    fn mark(&self, outcome: Outcome, now: Instant) {
         match outcome {
             Outcome::Connected => {
                 self.resting_until.set(None);
@@ -129,7 +262,6 @@ impl BackendState {
                 self.idle.borrow_mut().clear();
             }
             Outcome::LostBeforeResponse { fresh: false } => self.idle.borrow_mut().clear(),
-            // Not yet used: the circuit breaker and latency-aware balancing will count these.
             Outcome::Responded { .. } | Outcome::BadAnswer => {}
         }
     }
@@ -148,6 +280,8 @@ impl BackendState {
             in_flight: self.in_flight.get(),
             idle_connections: self.idle_connections(),
             down: self.failed(),
+            circuit: self.circuit().map(|(state, _)| state),
+            circuit_failures: self.breaker.borrow().as_ref().map_or(0, Breaker::consecutive_failures),
         }
     }
 
@@ -191,6 +325,32 @@ impl BackendState {
     }
 }
 
+/// What a breaker's move from `before` to `after` tells the control thread.
+fn change_between(before: Traffic, after: Traffic) -> Option<BreakerChange> {
+    match (before, after) {
+        (Traffic::Stopped { .. }, _) => None,
+        (_, Traffic::Stopped { until }) => Some(BreakerChange::Tripped { until }),
+        (Traffic::Trial { .. }, Traffic::Flowing { .. }) => Some(BreakerChange::Closed),
+        (
+            Traffic::Flowing {
+                consecutive_failures: was,
+            },
+            Traffic::Flowing {
+                consecutive_failures: now,
+            },
+        ) if now > was => Some(BreakerChange::FailureCounted { consecutive: now }),
+        (
+            Traffic::Flowing {
+                consecutive_failures: was,
+            },
+            Traffic::Flowing {
+                consecutive_failures: 0,
+            },
+        ) if was > 0 => Some(BreakerChange::Cleared),
+        _ => None,
+    }
+}
+
 pub struct InFlightGuard {
     backend: Rc<BackendState>,
 }
@@ -219,8 +379,101 @@ mod tests {
             weight: 1,
             draining,
             fail_timeout: Duration::from_secs(10),
+            breaker: None,
+            failure_statuses: StatusSet::default(),
         };
         BackendState::new(&config, "127.0.0.1:1".parse().unwrap(), 0, settings)
+    }
+
+    /// A backend whose breaker stops traffic after 2 failures for 10 s, with one trial, counting 503 as failure.
+    fn guarded() -> Rc<BackendState> {
+        let state = backend(false);
+        state.configure(Settings {
+            fail_timeout: Duration::from_secs(1),
+            breaker: Some(BreakerSettings {
+                threshold: 2,
+                open_for: Duration::from_secs(10),
+                max_trials: 1,
+            }),
+            failure_statuses: StatusSet::of(&[503]),
+            ..state.settings.get()
+        });
+        Rc::new(state)
+    }
+
+    #[test]
+    fn the_breaker_stops_traffic_after_its_threshold_and_says_so() {
+        let state = guarded();
+        let now = Instant::now();
+        assert_eq!(
+            state.record(Outcome::ConnectFailed, now),
+            Some(BreakerChange::FailureCounted { consecutive: 1 })
+        );
+        assert_eq!(
+            state.record(Outcome::Responded { status: 500 }, now),
+            Some(BreakerChange::Cleared),
+            "500 is not a listed failure status: a success"
+        );
+        state.record(Outcome::Responded { status: 503 }, now);
+        let until = now + Duration::from_secs(10);
+        assert_eq!(
+            state.record(Outcome::BadAnswer, now),
+            Some(BreakerChange::Tripped { until })
+        );
+        assert_eq!(state.admits(now + Duration::from_secs(5)), Admission::Stopped);
+        assert!(
+            !Admission::Stopped.as_fallback(),
+            "never picked, not even as a last resort"
+        );
+        assert_eq!(state.circuit(), Some(("open", 1)));
+        assert_eq!(
+            state.record(Outcome::ConnectFailed, now),
+            None,
+            "a late failure changes nothing"
+        );
+    }
+
+    #[test]
+    fn half_open_takes_one_trial_whose_slot_comes_back_if_it_ends_without_an_outcome() {
+        let state = guarded();
+        let now = Instant::now();
+        state.stop_traffic(now + Duration::from_secs(10));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(state.admits(later), Admission::Admitted);
+        let trial = state.claim(later);
+        assert!(trial.is_trial());
+        assert_eq!(state.admits(later), Admission::Stopped, "the one trial slot is taken");
+        drop(trial);
+        assert_eq!(
+            state.admits(later),
+            Admission::Admitted,
+            "the client left: the slot is free"
+        );
+        let trial = state.claim(later);
+        assert_eq!(
+            state.record(Outcome::LostBeforeResponse { fresh: false }, later),
+            None,
+            "a stale pooled connection says nothing about the backend"
+        );
+        assert_eq!(state.admits(later), Admission::Stopped);
+        assert_eq!(
+            state.record(Outcome::Responded { status: 200 }, later),
+            Some(BreakerChange::Closed)
+        );
+        drop(trial);
+        assert_eq!(state.admits(later), Admission::Admitted);
+        assert_eq!(state.circuit(), Some(("closed", 1)));
+    }
+
+    #[test]
+    fn without_a_breaker_failures_only_rest_the_backend() {
+        let state = backend(false);
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(state.record(Outcome::ConnectFailed, now), None);
+        }
+        assert!(matches!(state.admits(now), Admission::Resting { .. }));
+        assert_eq!(state.circuit(), None);
     }
 
     #[test]

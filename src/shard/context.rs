@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::backend::BackendState;
+use super::backend::{BackendState, BreakerChange, Outcome};
 use super::generation::{Generation, Snapshot};
 use super::request_id::RequestIds;
 use super::warnings::WarningGate;
@@ -27,6 +27,8 @@ pub struct WorkerContext {
     /// Access log lines not yet handed to the writer thread.
     access_log: RefCell<String>,
     access_log_writer: crossbeam_channel::Sender<LogMessage>,
+    /// Where changes of this worker's circuit breakers go, for the control thread to combine.
+    breaker_news: crossbeam_channel::Sender<BreakerNews>,
     generation: RefCell<Rc<Generation>>,
     /// Built by a prepare, waiting for its commit or abort.
     prepared: RefCell<Option<Generation>>,
@@ -45,6 +47,21 @@ pub struct WorkerContext {
     /// the backends, within its share of the descriptor budget.
     pub upstream_slots: Rc<Slots>,
     limits: WorkerLimits,
+}
+
+/// A change in one backend's circuit breaker on one worker, on its way to the control thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerNews {
+    pub worker: usize,
+    pub backend: String,
+    pub change: BreakerChange,
+}
+
+/// Where a worker sends what leaves it besides answers: access log lines to the writer thread, breaker changes to
+/// the control thread.
+pub struct Outboxes {
+    pub access_log: crossbeam_channel::Sender<LogMessage>,
+    pub breaker_news: crossbeam_channel::Sender<BreakerNews>,
 }
 
 /// The upstream connections a worker may hold under `generation`'s config.
@@ -67,7 +84,7 @@ impl WorkerContext {
         index: usize,
         generation: Generation,
         metrics: WorkerMetrics,
-        access_log_writer: crossbeam_channel::Sender<LogMessage>,
+        outboxes: Outboxes,
         process_seed: u64,
         workers: usize,
         limits: WorkerLimits,
@@ -79,7 +96,8 @@ impl WorkerContext {
             rate_limit: RefCell::new(RateLimitShard::new(&generation.config, workers, Instant::now())),
             metrics: RefCell::new(metrics),
             access_log: RefCell::new(String::new()),
-            access_log_writer,
+            access_log_writer: outboxes.access_log,
+            breaker_news: outboxes.breaker_news,
             draining: Cell::new(false),
             peak_connections: Cell::new(0),
             watchdog: Watchdog::new(),
@@ -140,6 +158,29 @@ impl WorkerContext {
         *self.generation.borrow_mut() = Rc::new(next);
     }
 
+    /// Records how an attempt at `backend` ended ([`BackendState::record`]) and tells the control thread what
+    /// changed in its circuit breaker. Only changes are sent (a failure counted, a trip, a recovery): a request
+    /// that succeeds against a healthy backend sends nothing.
+    pub fn record(&self, backend: &BackendState, outcome: Outcome, now: Instant) {
+        if let Some(change) = backend.record(outcome, now) {
+            let news = BreakerNews {
+                worker: self.index,
+                backend: backend.id.clone(),
+                change,
+            };
+            let _ = self.breaker_news.send(news);
+        }
+    }
+
+    /// Obeys the control thread's order to stop traffic to `backend` until `until` (the workers' breakers
+    /// together saw enough failures); a backend no longer in the generation is left alone.
+    pub fn stop_traffic(&self, backend: &str, until: Instant) {
+        let generation = self.generation();
+        if let Some(state) = generation.backends.iter().find(|state| state.id == backend) {
+            state.stop_traffic(until);
+        }
+    }
+
     /// Logs a warning about `backend`, at most one a second per backend (see [`WarningGate`]).
     pub fn warn_backend(&self, backend: &BackendState, error: &dyn std::fmt::Display, message: &str) {
         if let Some(suppressed) = backend.warnings.open(Instant::now()) {
@@ -167,6 +208,7 @@ impl WorkerContext {
                 series.connections_open = idle + u64::from(state.in_flight());
                 series.up = !state.failed();
                 series.weight = state.weight();
+                series.circuit = state.circuit();
                 series.configured = true;
             }
         }
@@ -277,11 +319,16 @@ mod tests {
         let mut metrics = WorkerMetrics::new(0, &["web".to_string()]);
         let generation = Generation::build(&first, None, 0, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
+        let (news, _) = crossbeam_channel::unbounded();
         let limits = WorkerLimits {
             clients: 10,
             upstream: 10,
         };
-        WorkerContext::new(0, generation, metrics, log, 1, 1, limits)
+        let outboxes = Outboxes {
+            access_log: log,
+            breaker_news: news,
+        };
+        WorkerContext::new(0, generation, metrics, outboxes, 1, 1, limits)
     }
 
     #[test]

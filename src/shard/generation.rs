@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::backend::{BackendState, Settings};
+use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
+use crate::upstream::breaker::BreakerSettings;
 
 /// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
 #[derive(Debug)]
@@ -98,5 +99,11 @@ fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
         weight: backend.weight,
         draining: backend.drain,
         fail_timeout: config.upstream.fail_timeout,
+        breaker: config.circuitbreaker.enabled.then_some(BreakerSettings {
+            threshold: config.circuitbreaker.threshold,
+            open_for: config.circuitbreaker.timeout,
+            max_trials: config.circuitbreaker.max_half_open,
+        }),
+        failure_statuses: StatusSet::of(&config.circuitbreaker.failure_statuses),
     }
 }

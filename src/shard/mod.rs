@@ -8,7 +8,7 @@ pub mod generation;
 pub mod request_id;
 pub mod warnings;
 
-pub use backend::{Admission, BackendReport, BackendState, Outcome, Settings};
-pub use context::{ConnectionGuard, WorkerContext, WorkerLimits};
+pub use backend::{Admission, BackendReport, BackendState, BreakerChange, Claim, Outcome, Settings, StatusSet};
+pub use context::{BreakerNews, ConnectionGuard, Outboxes, WorkerContext, WorkerLimits};
 pub use generation::{Generation, Snapshot};
 pub use warnings::WarningGate;

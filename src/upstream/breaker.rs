@@ -7,8 +7,8 @@
 //!   flow again; a trial's failure stops it again, for twice as long as the last time (capped at
 //!   [`MAX_OPEN_FACTOR`] times the configured open time), so a backend that keeps failing is tried less and less.
 //!
-//! Wiring it into `BackendState::admits`/`record` (and combining the cores' observations) is issue 13's next step;
-//! this module is the part with no I/O.
+//! `shard::BackendState` owns one per backend per core and feeds it every attempt's outcome; how the cores'
+//! breakers combine is the control thread's (`control::breakers`, and ARCHITECTURE.md, "Circuit breaker").
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,11 @@ pub enum Traffic {
     },
 }
 
+/// Which trial period a trial was admitted in, so that giving one back ([`Breaker::give_back_trial`]) never frees
+/// a slot of a later period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrialRound(u64);
+
 /// Whether one request may go to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -71,6 +76,8 @@ pub struct Breaker {
     next_open_for: Duration,
     /// Times traffic was stopped, for the trips counter.
     trips: u64,
+    /// Trial periods begun; see [`TrialRound`].
+    rounds: u64,
 }
 
 impl Breaker {
@@ -87,6 +94,31 @@ impl Breaker {
             },
             next_open_for: settings.open_for,
             trips: 0,
+            rounds: 0,
+        }
+    }
+
+    /// Takes new settings and keeps what traffic does now.
+    pub fn reconfigure(&mut self, settings: BreakerSettings) {
+        let fresh = Breaker::new(settings);
+        if fresh.settings != self.settings {
+            self.settings = fresh.settings;
+            self.next_open_for = self.next_open_for.clamp(
+                self.settings.open_for,
+                self.settings.open_for.saturating_mul(MAX_OPEN_FACTOR),
+            );
+        }
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.settings
+    }
+
+    /// Consecutive failures counted while traffic flows (0 otherwise).
+    pub fn consecutive_failures(&self) -> u32 {
+        match self.traffic {
+            Traffic::Flowing { consecutive_failures } => consecutive_failures,
+            _ => 0,
         }
     }
 
@@ -108,25 +140,59 @@ impl Breaker {
         self.trips
     }
 
-    /// Whether a request may pass at `now`. A [`Verdict::PassAsTrial`] must be followed by its [`record`].
-    ///
-    /// [`record`]: Breaker::record
-    pub fn admit(&mut self, now: Instant) -> Verdict {
+    /// What [`admit`](Self::admit) would answer at `now`, changing nothing: for choosing among backends.
+    pub fn peek(&self, now: Instant) -> Verdict {
         match self.traffic {
             Traffic::Flowing { .. } => Verdict::Pass,
             Traffic::Stopped { until } if now < until => Verdict::Refuse { until },
-            Traffic::Stopped { .. } => {
+            Traffic::Stopped { .. } => Verdict::PassAsTrial,
+            Traffic::Trial { in_flight } if in_flight < self.settings.max_trials => Verdict::PassAsTrial,
+            Traffic::Trial { .. } => Verdict::TrialsFull,
+        }
+    }
+
+    /// Whether a request may pass at `now`, taking a trial slot when it passes as a trial. A trial must be
+    /// followed by its [`record`](Self::record), or given back with [`give_back_trial`](Self::give_back_trial)
+    /// when it ended in a way that says nothing about the backend.
+    pub fn admit(&mut self, now: Instant) -> (Verdict, TrialRound) {
+        let verdict = self.peek(now);
+        match (verdict, self.traffic) {
+            (Verdict::PassAsTrial, Traffic::Stopped { .. }) => {
+                self.rounds += 1;
                 self.traffic = Traffic::Trial { in_flight: 1 };
-                Verdict::PassAsTrial
             }
-            Traffic::Trial { in_flight } if in_flight < self.settings.max_trials => {
+            (Verdict::PassAsTrial, Traffic::Trial { in_flight }) => {
                 self.traffic = Traffic::Trial {
                     in_flight: in_flight + 1,
                 };
-                Verdict::PassAsTrial
             }
-            Traffic::Trial { .. } => Verdict::TrialsFull,
+            _ => {}
         }
+        (verdict, TrialRound(self.rounds))
+    }
+
+    /// Frees the slot of a trial of `round` that ended without an outcome (the client left, or the connection was
+    /// a stale pooled one). Nothing happens when that trial period is over.
+    pub fn give_back_trial(&mut self, round: TrialRound) {
+        if let Traffic::Trial { in_flight } = self.traffic {
+            if round.0 == self.rounds {
+                self.traffic = Traffic::Trial {
+                    in_flight: in_flight.saturating_sub(1),
+                };
+            }
+        }
+    }
+
+    /// Stops traffic until `until` because the breakers of every core together saw enough failures (the control
+    /// thread's order); a stop that already lasts longer stands. Counted as a trip when traffic was not stopped.
+    pub fn stop_until(&mut self, until: Instant) {
+        self.traffic = match self.traffic {
+            Traffic::Stopped { until: own } => Traffic::Stopped { until: own.max(until) },
+            _ => {
+                self.trips += 1;
+                Traffic::Stopped { until }
+            }
+        };
     }
 
     /// Reports how a request that passed ended.
@@ -193,14 +259,17 @@ mod tests {
             breaker.record(Attempt::Failed, start);
         }
         assert_eq!(
-            breaker.admit(start),
+            breaker.admit(start).0,
             Verdict::Pass,
             "a success in between resets the count"
         );
         breaker.record(Attempt::Failed, start);
         let until = start + Duration::from_secs(10);
         assert_eq!(breaker.traffic(), Traffic::Stopped { until });
-        assert_eq!(breaker.admit(start + Duration::from_secs(9)), Verdict::Refuse { until });
+        assert_eq!(
+            breaker.admit(start + Duration::from_secs(9)).0,
+            Verdict::Refuse { until }
+        );
         assert_eq!((breaker.state_name(), breaker.trips()), ("open", 1));
     }
 
@@ -210,12 +279,12 @@ mod tests {
         let mut breaker = breaker(1, 2);
         breaker.record(Attempt::Failed, start);
         let later = start + Duration::from_secs(10);
-        assert_eq!(breaker.admit(later), Verdict::PassAsTrial);
-        assert_eq!(breaker.admit(later), Verdict::PassAsTrial);
-        assert_eq!(breaker.admit(later), Verdict::TrialsFull, "only two trials at once");
+        assert_eq!(breaker.admit(later).0, Verdict::PassAsTrial);
+        assert_eq!(breaker.admit(later).0, Verdict::PassAsTrial);
+        assert_eq!(breaker.admit(later).0, Verdict::TrialsFull, "only two trials at once");
         assert_eq!(breaker.state_name(), "half_open");
         breaker.record(Attempt::Succeeded, later);
-        assert_eq!(breaker.admit(later), Verdict::Pass);
+        assert_eq!(breaker.admit(later).0, Verdict::Pass);
         assert_eq!(breaker.state_name(), "closed");
     }
 
@@ -231,7 +300,7 @@ mod tests {
             };
             stops.push((until - now).as_secs());
             now = until;
-            assert_eq!(breaker.admit(now), Verdict::PassAsTrial);
+            assert_eq!(breaker.admit(now).0, Verdict::PassAsTrial);
             breaker.record(Attempt::Failed, now);
         }
         assert_eq!(stops, [10, 20, 40, 80, 160, 160, 160]);
@@ -239,7 +308,7 @@ mod tests {
         let Traffic::Stopped { until } = breaker.traffic() else {
             panic!("expected stopped traffic");
         };
-        assert_eq!(breaker.admit(until), Verdict::PassAsTrial);
+        assert_eq!(breaker.admit(until).0, Verdict::PassAsTrial);
         breaker.record(Attempt::Succeeded, until);
         breaker.record(Attempt::Failed, until);
         assert_eq!(
@@ -258,5 +327,50 @@ mod tests {
         breaker.record(Attempt::Failed, start);
         breaker.record(Attempt::Succeeded, start + Duration::from_secs(1));
         assert_eq!(breaker.state_name(), "open");
+    }
+
+    #[test]
+    fn a_trial_given_back_frees_its_slot_but_never_one_of_a_later_period() {
+        let start = Instant::now();
+        let mut breaker = breaker(1, 1);
+        breaker.record(Attempt::Failed, start);
+        let later = start + Duration::from_secs(10);
+        let (verdict, first_round) = breaker.admit(later);
+        assert_eq!(verdict, Verdict::PassAsTrial);
+        assert_eq!(breaker.admit(later).0, Verdict::TrialsFull);
+        breaker.give_back_trial(first_round);
+        assert_eq!(breaker.peek(later), Verdict::PassAsTrial, "the slot is free again");
+        let (_, round) = breaker.admit(later);
+        breaker.record(Attempt::Failed, later);
+        let after = later + Duration::from_secs(20);
+        assert_eq!(breaker.admit(after).0, Verdict::PassAsTrial, "a new trial period");
+        breaker.give_back_trial(round);
+        assert_eq!(breaker.peek(after), Verdict::TrialsFull, "an old round frees nothing");
+    }
+
+    #[test]
+    fn an_order_to_stop_keeps_the_longer_stop_and_counts_one_trip() {
+        let start = Instant::now();
+        let mut breaker = breaker(1, 1);
+        breaker.stop_until(start + Duration::from_secs(5));
+        assert_eq!(
+            breaker.peek(start),
+            Verdict::Refuse {
+                until: start + Duration::from_secs(5)
+            }
+        );
+        breaker.stop_until(start + Duration::from_secs(1));
+        assert_eq!(
+            breaker.traffic(),
+            Traffic::Stopped {
+                until: start + Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            breaker.trips(),
+            1,
+            "the second order extends nothing and is no new trip"
+        );
+        assert_eq!(breaker.admit(start + Duration::from_secs(5)).0, Verdict::PassAsTrial);
     }
 }

@@ -48,6 +48,8 @@ pub enum ToWorker {
     RateDemand(crossbeam_channel::Sender<RateDemand>),
     /// Install new rate-limit shares.
     RateShares(RateShares),
+    /// Stop traffic to a backend until then: the workers' circuit breakers together saw enough failures.
+    StopTraffic { backend: String, until: std::time::Instant },
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

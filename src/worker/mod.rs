@@ -18,7 +18,7 @@ use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 pub use crate::shard::{BackendReport, Snapshot, WorkerLimits};
-use crate::shard::{Generation, WorkerContext};
+use crate::shard::{BreakerNews, Generation, Outboxes, WorkerContext};
 pub use messages::{Driver, FromWorker, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
@@ -90,6 +90,8 @@ pub struct WorkerSpec {
     pub snapshot: std::sync::Arc<Snapshot>,
     pub events: Sender<FromWorker>,
     pub access_log: Sender<crate::access_log::LogMessage>,
+    /// Where this worker's circuit-breaker changes go (the control thread).
+    pub breaker_news: Sender<BreakerNews>,
     pub process_seed: u64,
     /// Total workers in the process.
     pub workers: usize,
@@ -215,7 +217,10 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         index,
         generation,
         metrics,
-        spec.access_log.clone(),
+        Outboxes {
+            access_log: spec.access_log.clone(),
+            breaker_news: spec.breaker_news.clone(),
+        },
         spec.process_seed,
         spec.workers,
         spec.limits,
@@ -309,6 +314,7 @@ async fn serve_inbox(
                 ToWorker::RateShares(shares) => {
                     context.rate_limit.borrow_mut().apply_shares(&shares, Instant::now());
                 }
+                ToWorker::StopTraffic { backend, until } => context.stop_traffic(&backend, until),
                 ToWorker::Shutdown => return,
             }
         }

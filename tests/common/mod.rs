@@ -220,8 +220,29 @@ impl Backend {
         format!("http://{}", self.addr)
     }
 
-    /// (connections accepted, requests served) as reported by `/stats`, asked directly.
+    /// Its id in corelb's config when none is given: `host:port`.
+    pub fn id(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// (connections accepted, requests served) as reported by `/stats`, asked directly. Connections count the
+    /// earlier `/stats` connections; requests do not count `/stats` or `/control/` requests.
     pub fn stats(&self) -> (u64, u64) {
+        let [connections, requests, _] = self.stats_with_held();
+        (connections, requests)
+    }
+
+    /// Requests the backend holds on `/hold` right now.
+    pub fn held(&self) -> u64 {
+        self.stats_with_held()[2]
+    }
+
+    /// Answers every request held on `/hold`.
+    pub fn release(&self) {
+        assert_eq!(Client::connect(self.addr).get("/control/release").status, 200);
+    }
+
+    fn stats_with_held(&self) -> [u64; 3] {
         let response = Client::connect(self.addr).get("/stats");
         let body = response.text();
         let number = |key: &str| -> u64 {
@@ -233,8 +254,13 @@ impl Backend {
                 .parse()
                 .unwrap()
         };
-        // The /stats request itself is one connection; it is counted before it is answered.
-        (number("\"connections\":") - 1, number("\"requests\":") - 1)
+        // The /stats request itself is one connection, counted before it is answered; the backend does not count
+        // /stats and /control/ requests among the requests it served.
+        [
+            number("\"connections\":") - 1,
+            number("\"requests\":"),
+            number("\"held\":"),
+        ]
     }
 }
 

@@ -1,6 +1,7 @@
 //! `corelb-backend`: the example origin server for demos and tests. Answers every path with its id, echoes requests
-//! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, and can be made slow,
-//! failing or unhealthy from flags or from requests, so tests and demos can misbehave it at will. It reads HTTP
+//! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, holds requests to
+//! `/hold` until `/control/release`, and can be made slow, failing or unhealthy from flags or from requests, so
+//! tests and demos can misbehave it at will. It reads HTTP
 //! with its own framing (`wire`), not corelb's parser, so the two check each other.
 
 use std::cell::Cell;
@@ -56,7 +57,12 @@ struct Backend {
     quiet: bool,
     idle_timeout: Duration,
     connections: Cell<u64>,
+    /// Requests served, not counting `/stats` and `/control/...`.
     requests: Cell<u64>,
+    /// Requests to `/control/release` so far: a request to `/hold` is answered once this has grown.
+    releases: Cell<u64>,
+    /// Requests held on `/hold` right now.
+    held: Cell<u64>,
     /// Keeps the socket timeouts of every connection.
     watchdog: Rc<Watchdog>,
 }
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
         idle_timeout: args.idle_timeout,
         connections: Cell::new(0),
         requests: Cell::new(0),
+        releases: Cell::new(0),
+        held: Cell::new(0),
         watchdog: Watchdog::new(),
     });
     let address = SocketAddr::new(args.address, args.port);
@@ -166,8 +174,11 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
             Some(length) => length,
             None => return,
         };
-        backend.requests.set(backend.requests.get() + 1);
         let (target, method) = (&head.target, &head.method);
+        // Asking for figures or flipping a switch is not a request a test counts.
+        if !(target.starts_with("/stats") || target.starts_with("/control/")) {
+            backend.requests.set(backend.requests.get() + 1);
+        }
         if !backend.quiet {
             eprintln!("backend {} {method} {target} body={body_length}", backend.id);
         }
@@ -178,12 +189,26 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
         if let Some(delay) = delay {
             monoio::time::sleep(delay).await;
         }
+        if target.split('?').next() == Some("/hold") {
+            hold(&backend).await;
+        }
         let close = head.close || target.starts_with("/close");
         let keep_going = answer(&backend, &mut connection, &head, body_length, close, &mut seed).await;
         if !keep_going || close {
             return;
         }
     }
+}
+
+/// Waits for the next request to `/control/release`: a test holds requests in flight as long as it needs, with
+/// no timing to guess.
+async fn hold(backend: &Backend) {
+    let arrived_at = backend.releases.get();
+    backend.held.set(backend.held.get() + 1);
+    while backend.releases.get() == arrived_at {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    backend.held.set(backend.held.get() - 1);
 }
 
 /// Reads and counts a request body. `None` when the connection failed or the body is malformed.
@@ -282,10 +307,13 @@ async fn answer(
         } else {
             respond(id, 503, "Service Unavailable", &[], b"unhealthy\n", close)
         }
+    } else if path == "/control/release" {
+        backend.releases.set(backend.releases.get() + 1);
+        respond(id, 200, "OK", &[], b"released\n", close)
     } else if path == "/control/health/fail" || path == "/control/health/ok" {
         backend.healthy.set(path.ends_with("/ok"));
         respond(id, 200, "OK", &[], b"switched\n", close)
-    } else if backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
+    } else if path != "/stats" && backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
         respond(id, 500, "Internal Server Error", &[], b"injected failure\n", close)
     } else if let Some(status) = forced_status.filter(|status| (200..=599).contains(status)) {
         respond(
@@ -313,10 +341,11 @@ async fn answer(
         respond_json(id, &body, close)
     } else if path == "/stats" {
         let body = format!(
-            "{{\"id\":{},\"connections\":{},\"requests\":{}}}\n",
+            "{{\"id\":{},\"connections\":{},\"requests\":{},\"held\":{}}}\n",
             json_string(id),
             backend.connections.get(),
-            backend.requests.get()
+            backend.requests.get(),
+            backend.held.get()
         );
         respond_json(id, &body, close)
     } else if path == "/bytes" {
