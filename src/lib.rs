@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -152,3 +152,157 @@ fn an_open_breaker_sends_traffic_to_the_other_backends_without_trying_the_failin
     }
     assert_eq!(failing.stats().1, before, "the open breaker kept every request away");
 }
+
+fn checks(extra: &str) -> String {
+    format!(
+        "[healthcheck]\nenabled = true\ninterval = \"100ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 2\n\
+         unhealthy_threshold = 2\n{extra}\n"
+    )
+}
+
+fn switch_health(backend: &Backend, healthy: bool) {
+    let path = if healthy {
+        "/control/health/ok"
+    } else {
+        "/control/health/fail"
+    };
+    assert_eq!(Client::connect(backend.addr).get(path).status, 200);
+}
+
+#[test]
+fn a_backend_failing_its_checks_leaves_every_worker_and_comes_back_after_the_healthy_threshold() {
+    let steady = Backend::start("steady");
+    let sick = Backend::start("sick");
+    let corelb = Corelb::start(&config_for(&[(&steady, 1), (&sick, 1)], 2, "", &checks("")));
+    backend_when(&corelb, &sick.id(), "checked", |entry| entry["check"] == "healthy");
+
+    let switched = Instant::now();
+    switch_health(&sick, false);
+    backend_when(&corelb, &sick.id(), "unhealthy on both workers", |entry| {
+        entry["check"] == "unhealthy" && entry["unhealthy_on_workers"] == 2
+    });
+    eprintln!(
+        "out of rotation on both workers {:?} after the switch",
+        switched.elapsed()
+    );
+    let before = sick.stats().1;
+    for _ in 0..20 {
+        let response = Client::connect(corelb.addr).get("/");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.backend_id(), "steady");
+    }
+    assert_eq!(sick.stats().1, before, "no request reached the unhealthy backend");
+
+    switch_health(&sick, true);
+    backend_when(&corelb, &sick.id(), "healthy on both workers", |entry| {
+        entry["check"] == "healthy" && entry["unhealthy_on_workers"] == 0
+    });
+    let served: Vec<String> = (0..10).map(|_| corelb.client().get("/").backend_id()).collect();
+    assert!(served.iter().any(|id| id == "sick"), "back in rotation: {served:?}");
+    let metrics = corelb.scrape();
+    let id = sick.id();
+    let to_unhealthy = format!("backend=\"{id}\",to=\"unhealthy\"");
+    assert_eq!(
+        metric_sum(&metrics, "corelb_health_transitions_total", &to_unhealthy),
+        1.0
+    );
+    let failed = format!("backend=\"{id}\",result=\"unexpected_status\"");
+    assert!(
+        metric_sum(&metrics, "corelb_health_checks_total", &failed) >= 2.0,
+        "{metrics}"
+    );
+    let log = corelb.process.output();
+    assert_eq!(
+        log.iter()
+            .filter(|line| line.contains("backend unhealthy") && line.contains(&id))
+            .count(),
+        1,
+        "the flip is logged once"
+    );
+}
+
+#[test]
+fn with_every_backend_unhealthy_fail_open_spreads_requests_and_fail_closed_refuses_them() {
+    for (mode, expected) in [("fail_open", 200), ("fail_closed", 503)] {
+        let a = Backend::start("a");
+        let b = Backend::start("b");
+        let extra = checks(&format!("panic_mode = \"{mode}\""));
+        let corelb = Corelb::start(&config_for(&[(&a, 1), (&b, 1)], 1, "", &extra));
+        switch_health(&a, false);
+        switch_health(&b, false);
+        for backend in [&a, &b] {
+            backend_when(&corelb, &backend.id(), "unhealthy", |entry| {
+                entry["unhealthy_on_workers"] == 1
+            });
+        }
+        let statuses: Vec<u16> = (0..6).map(|_| corelb.get("/").status).collect();
+        assert!(
+            statuses.iter().all(|status| *status == expected),
+            "{mode}: {statuses:?}"
+        );
+        let metrics = corelb.scrape();
+        if mode == "fail_open" {
+            assert_eq!(metric_sum(&metrics, "corelb_panic_routed_requests_total", ""), 6.0);
+            assert!(a.stats().1 > 0 && b.stats().1 > 0, "spread over both");
+        } else {
+            let refused = metric_sum(&metrics, "corelb_errors_total", "category=\"no_healthy_backend\"");
+            assert_eq!(refused, 6.0);
+            assert_eq!(a.stats().1 + b.stats().1, 0);
+        }
+    }
+}
+
+/// The prober's own CPU time so far, from /proc (utime + stime, in clock ticks of 10 ms).
+fn prober_cpu_ticks(pid: u32) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        let name = std::fs::read_to_string(task.join("comm")).ok()?;
+        if name.trim() == "corelb-prober" {
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            return Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?);
+        }
+    }
+    None
+}
+
+#[test]
+fn one_prober_keeps_up_with_a_thousand_backends_at_a_one_second_interval() {
+    let backend = Backend::start("many");
+    let mut extra = String::from("[healthcheck]\nenabled = true\ninterval = \"1s\"\ntimeout = \"1s\"\n");
+    let mut backends = String::new();
+    for index in 0..1000 {
+        backends.push_str(&format!(
+            "[[backends]]\nid = \"b{index}\"\nurl = \"{}\"\n\n",
+            backend.url()
+        ));
+    }
+    extra.push_str(&backends);
+    let config = config_for(&[], 1, "", &extra);
+    let corelb = Corelb::start(&config);
+    let started = Instant::now();
+    let cpu_before = prober_cpu_ticks(corelb.process.pid()).expect("a corelb-prober thread");
+    // Two full rounds: every backend probed at least twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = corelb.scrape();
+        let probed_twice = metrics
+            .lines()
+            .filter(|line| line.starts_with("corelb_health_checks_total{") && line.contains("result=\"ok\""))
+            .filter(|line| line.rsplit(' ').next().and_then(|value| value.parse::<f64>().ok()) >= Some(2.0))
+            .count();
+        if probed_twice == 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the prober fell behind");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = started.elapsed();
+    let cpu = prober_cpu_ticks(corelb.process.pid()).unwrap() - cpu_before;
+    eprintln!(
+        "1,000 backends, 1 s interval: every one probed twice in {elapsed:?}; prober CPU {} ms ({:.1} % of a core)",
+        cpu * 10,
+        cpu as f64 * 10.0 / elapsed.as_millis() as f64 * 100.0
+    );
+    assert!(corelb.get("/").status == 200);
+}

@@ -180,6 +180,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let weight = section.integer_in("weight", 1, 1, 1000, errors) as u32;
         let id = section.optional::<String>("id", errors);
         let drain = section.or("drain", false, errors);
+        let healthcheck = backend_healthcheck(&mut section, errors);
         let parsed = url.as_deref().and_then(|url| match parse_backend_url(url) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
@@ -199,6 +200,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
             port,
             weight,
             drain,
+            healthcheck,
         };
         backend.id = id.unwrap_or_else(|| backend.authority());
         if !ids.insert(backend.id.clone()) {
@@ -318,20 +320,108 @@ fn healthcheck(top: &mut Section, errors: &mut ConfigErrors) -> HealthCheckConfi
     let config = HealthCheckConfig {
         enabled: section.or("enabled", false, errors),
         interval: section.positive_duration("interval", Duration::from_secs(5), errors),
-        timeout: section.positive_duration("timeout", Duration::from_secs(1), errors),
+        timeout: section.positive_duration("timeout", Duration::from_secs(2), errors),
         path: section.or("path", "/health".to_string(), errors),
+        method: section.or("method", "GET".to_string(), errors),
+        host: section.optional::<String>("host", errors),
+        expected_status: expected_status(&mut section, errors),
         healthy_threshold: section.integer_in("healthy_threshold", 2, 1, 100, errors) as u32,
         unhealthy_threshold: section.integer_in("unhealthy_threshold", 3, 1, 100, errors) as u32,
+        jitter: section.or("jitter", 0.15, errors),
+        panic_mode: section.choice("panic_mode", PanicMode::FailOpen, errors),
     };
-    if !config.path.starts_with('/') {
+    check_probe_path(&section, "path", &config.path, errors);
+    if !matches!(config.method.as_str(), "GET" | "HEAD") {
         errors.push(
-            section.key_path("path"),
-            format!("must start with /, got {:?}", config.path),
+            section.key_path("method"),
+            format!("must be \"GET\" or \"HEAD\", got {:?}", config.method),
         );
     }
-    refuse_unimplemented(&section, config.enabled, "active health checking", errors);
+    if let Some(host) = &config.host {
+        check_probe_host(&section, "host", host, errors);
+    }
+    if !(0.0..=0.5).contains(&config.jitter) {
+        errors.push(
+            section.key_path("jitter"),
+            format!(
+                "must be between 0.0 and 0.5 (a fraction of the interval), got {}",
+                config.jitter
+            ),
+        );
+    }
+    if config.enabled && config.timeout > config.interval {
+        errors.push(
+            section.key_path("timeout"),
+            format!(
+                "must not be longer than interval ({}), so one probe per backend is in flight at a time",
+                super::duration::format_duration(config.interval)
+            ),
+        );
+    }
     section.finish(errors);
     config
+}
+
+/// `expected_status`: `"200-399"` or one status such as `"200"`.
+fn expected_status(section: &mut Section, errors: &mut ConfigErrors) -> (u16, u16) {
+    const DEFAULT: (u16, u16) = (200, 399);
+    let Some(text) = section.optional::<String>("expected_status", errors) else {
+        return DEFAULT;
+    };
+    let (low, high) = text.split_once('-').unwrap_or((&text, &text));
+    match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+        (Ok(low), Ok(high)) if (100..=599).contains(&low) && (low..=599).contains(&high) => (low, high),
+        _ => {
+            errors.push(
+                section.key_path("expected_status"),
+                format!("must be a status or a range of statuses such as \"200-399\", got {text:?}"),
+            );
+            DEFAULT
+        }
+    }
+}
+
+fn check_probe_path(section: &Section, key: &str, path: &str, errors: &mut ConfigErrors) {
+    if !path.starts_with('/') || path.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
+        errors.push(
+            section.key_path(key),
+            format!("must start with / and hold no spaces or control characters, got {path:?}"),
+        );
+    }
+}
+
+fn check_probe_host(section: &Section, key: &str, host: &str, errors: &mut ConfigErrors) {
+    if host.is_empty() || host.bytes().any(|byte| byte <= b' ' || byte == 0x7f) {
+        errors.push(
+            section.key_path(key),
+            format!("must be a host name with no spaces or control characters, got {host:?}"),
+        );
+    }
+}
+
+/// `[[backends]] healthcheck = { ... }`: the backend's own health check settings.
+fn backend_healthcheck(section: &mut Section, errors: &mut ConfigErrors) -> BackendHealthCheck {
+    let mut own = section.section("healthcheck", errors);
+    let check = BackendHealthCheck {
+        enabled: own.optional("enabled", errors),
+        path: own.optional::<String>("path", errors),
+        interval: own.optional("interval", errors),
+        timeout: own.optional("timeout", errors),
+        host: own.optional::<String>("host", errors),
+    };
+    if let Some(path) = &check.path {
+        check_probe_path(&own, "path", path, errors);
+    }
+    if let Some(host) = &check.host {
+        check_probe_host(&own, "host", host, errors);
+    }
+    for (key, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+        if value.is_some_and(|value| value.is_zero()) {
+            errors.push(own.key_path(key), "must be greater than zero");
+        }
+    }
+    own.finish(errors);
+    check
 }
 
 fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
@@ -634,6 +724,28 @@ mod tests {
             text.contains("tls.enabled: TLS termination is not implemented"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn refuses_bad_health_check_and_breaker_settings_by_key() {
+        let text = format!(
+            "{MINIMAL}healthcheck = {{ path = \"no-slash\", interval = \"0s\" }}\n[healthcheck]\nenabled = true\n\
+             interval = \"1s\"\ntimeout = \"2s\"\nmethod = \"POST\"\nexpected_status = \"2xx\"\njitter = 0.9\n\
+             panic_mode = \"maybe\"\n[circuitbreaker]\nfailure_statuses = [404]\n"
+        );
+        let errors = parse_config(&text).unwrap_err().to_string();
+        for expected in [
+            "backends[0].healthcheck.path: must start with /",
+            "backends[0].healthcheck.interval: must be greater than zero",
+            "healthcheck.timeout: must not be longer than interval",
+            "healthcheck.method: must be \"GET\" or \"HEAD\"",
+            "healthcheck.expected_status: must be a status or a range",
+            "healthcheck.jitter: must be between 0.0 and 0.5",
+            "healthcheck.panic_mode: must be one of \"fail_open\", \"fail_closed\"",
+            "circuitbreaker.failure_statuses[0]: must be a 5xx status",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
     }
 
     #[test]

@@ -104,6 +104,24 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Draining: no new requests are sent to it; requests in flight finish.
     pub drain: bool,
+    /// This backend's own active health check settings, over `[healthcheck]`.
+    pub healthcheck: BackendHealthCheck,
+}
+
+/// A backend's overrides of `[healthcheck]` (`[[backends]] healthcheck = { ... }`); unset keys take the section's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendHealthCheck {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub host: Option<String>,
+}
+
+impl BackendHealthCheck {
+    pub fn is_empty(&self) -> bool {
+        *self == BackendHealthCheck::default()
+    }
 }
 
 impl BackendConfig {
@@ -177,14 +195,77 @@ pub struct Limits {
     pub min_body_rate: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Active health checks: one prober thread for the whole process asks every backend `method path` each `interval`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     pub enabled: bool,
     pub interval: Duration,
+    /// One probe's whole budget: connect, send, read the status line.
     pub timeout: Duration,
     pub path: String,
+    /// `GET` or `HEAD`.
+    pub method: String,
+    /// `Host` sent with probes; the backend's `host:port` when unset.
+    pub host: Option<String>,
+    /// Statuses that mean healthy, inclusive.
+    pub expected_status: (u16, u16),
+    /// Consecutive passed probes that make an unhealthy backend healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failed probes that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Each interval is stretched or shrunk at random by up to this fraction, so probes do not march in step.
+    pub jitter: f64,
+    /// What requests do when every backend that is not draining is unhealthy.
+    pub panic_mode: PanicMode,
+}
+
+/// One backend's resolved health check settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub path: String,
+    pub method: String,
+    pub host: String,
+    pub expected_status: (u16, u16),
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    pub jitter: f64,
+}
+
+impl HealthCheckConfig {
+    /// The settings `backend` is checked with, or `None` when it is not checked.
+    pub fn for_backend(&self, backend: &BackendConfig) -> Option<CheckSettings> {
+        let own = &backend.healthcheck;
+        if !own.enabled.unwrap_or(self.enabled) {
+            return None;
+        }
+        Some(CheckSettings {
+            interval: own.interval.unwrap_or(self.interval),
+            timeout: own.timeout.unwrap_or(self.timeout),
+            path: own.path.clone().unwrap_or_else(|| self.path.clone()),
+            method: self.method.clone(),
+            host: own
+                .host
+                .clone()
+                .or_else(|| self.host.clone())
+                .unwrap_or_else(|| backend.authority()),
+            expected_status: self.expected_status,
+            healthy_threshold: self.healthy_threshold,
+            unhealthy_threshold: self.unhealthy_threshold,
+            jitter: self.jitter,
+        })
+    }
+}
+
+/// What requests do when every backend that is not draining is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicMode {
+    /// Spread them over every backend that is not draining, as if all were healthy (Envoy's panic routing): the
+    /// checks may be what is broken.
+    FailOpen,
+    /// Answer 503 `no_healthy_backend`.
+    FailClosed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

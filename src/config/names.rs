@@ -5,7 +5,8 @@
 //! [`Section::choice`]: super::reader::Section::choice
 
 use super::{
-    AccessLogFormat, Algorithm, ClientAuth, IoDriverChoice, LogFormat, LogLevel, RateLimitAlgorithm, RateLimitScope,
+    AccessLogFormat, Algorithm, ClientAuth, IoDriverChoice, LogFormat, LogLevel, PanicMode, RateLimitAlgorithm,
+    RateLimitScope,
 };
 
 /// A config value chosen by name from a fixed set.
@@ -50,6 +51,7 @@ choice!(RateLimitScope { Global => "global", ClientIp => "client_ip" });
 choice!(LogLevel { Error => "error", Warn => "warn", Info => "info", Debug => "debug", Trace => "trace" });
 choice!(LogFormat { Text => "text", Json => "json" });
 choice!(AccessLogFormat { Json => "json", Combined => "combined" });
+choice!(PanicMode { FailOpen => "fail_open", FailClosed => "fail_closed" });
 
 #[cfg(test)]
 mod tests {
@@ -72,6 +74,7 @@ mod tests {
         round_trips::<LogLevel>();
         round_trips::<LogFormat>();
         round_trips::<AccessLogFormat>();
+        round_trips::<PanicMode>();
     }
 
     #[test]

@@ -15,6 +15,30 @@ fn path(path: &Option<PathBuf>) -> Option<String> {
     path.as_ref().map(|path| quote(&path.display().to_string()))
 }
 
+/// A backend's own health check line, empty when it has none.
+fn backend_healthcheck(check: &BackendHealthCheck) -> String {
+    if check.is_empty() {
+        return String::new();
+    }
+    let mut keys = Vec::new();
+    if let Some(enabled) = check.enabled {
+        keys.push(format!("enabled = {enabled}"));
+    }
+    if let Some(path) = &check.path {
+        keys.push(format!("path = {}", quote(path)));
+    }
+    if let Some(interval) = check.interval {
+        keys.push(format!("interval = \"{}\"", format_duration(interval)));
+    }
+    if let Some(timeout) = check.timeout {
+        keys.push(format!("timeout = \"{}\"", format_duration(timeout)));
+    }
+    if let Some(host) = &check.host {
+        keys.push(format!("host = {}", quote(host)));
+    }
+    format!("\nhealthcheck = {{ {} }}", keys.join(", "))
+}
+
 /// Writes `config` as TOML.
 /// What [`to_toml_redacted`] shows in place of a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -65,11 +89,12 @@ pub fn to_toml(config: &Config) -> String {
     for backend in &config.backends {
         let _ = writeln!(
             out,
-            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}\n",
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}\n",
             quote(&backend.id),
             quote(&backend.url),
             backend.weight,
-            backend.drain
+            backend.drain,
+            backend_healthcheck(&backend.healthcheck)
         );
     }
     let timeouts = &config.timeouts;
@@ -105,13 +130,22 @@ pub fn to_toml(config: &Config) -> String {
     let health = &config.healthcheck;
     let _ = writeln!(
         out,
-        "[healthcheck]\nenabled = {}\ninterval = \"{}\"\ntimeout = \"{}\"\npath = {}\nhealthy_threshold = {}\nunhealthy_threshold = {}\n",
+        "[healthcheck]\nenabled = {}\ninterval = \"{}\"\ntimeout = \"{}\"\npath = {}\nmethod = {}\n{}expected_status = \"{}-{}\"\nhealthy_threshold = {}\nunhealthy_threshold = {}\njitter = {:?}\npanic_mode = \"{}\"\n",
         health.enabled,
         format_duration(health.interval),
         format_duration(health.timeout),
         quote(&health.path),
+        quote(&health.method),
+        health
+            .host
+            .as_ref()
+            .map_or(String::new(), |host| format!("host = {}\n", quote(host))),
+        health.expected_status.0,
+        health.expected_status.1,
         health.healthy_threshold,
-        health.unhealthy_threshold
+        health.unhealthy_threshold,
+        health.jitter,
+        health.panic_mode.name()
     );
     let tls = &config.tls;
     let _ = writeln!(out, "[tls]\nenabled = {}", tls.enabled);
@@ -230,6 +264,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
                 backend.id,
                 if backend.drain { "draining" } else { "active" }
             )),
+            Some(previous) if previous.healthcheck != backend.healthcheck => {
+                changes.push(format!("backend {} health check settings changed", backend.id))
+            }
             Some(_) => {}
         }
     }
@@ -271,6 +308,25 @@ mod tests {
     fn rendered_config_reads_back_identically() {
         let text = include_str!("../../config.toml");
         let config = parse_config(text).unwrap();
+        let rendered = to_toml(&config);
+        let again = parse_config(&rendered).unwrap_or_else(|errors| panic!("{errors}\n{rendered}"));
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn health_checks_and_breaker_settings_read_back_identically() {
+        let text = "[[frontends]]\nport = 1\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n\
+                    healthcheck = { path = \"/ready\", interval = \"2s\", host = \"app.test\", enabled = true }\n\
+                    [healthcheck]\nenabled = true\nmethod = \"HEAD\"\nexpected_status = \"200-204\"\njitter = 0.1\n\
+                    panic_mode = \"fail_closed\"\n[circuitbreaker]\nenabled = true\nfailure_statuses = [503, 502]\n";
+        let config = parse_config(text).unwrap();
+        assert_eq!(config.circuitbreaker.failure_statuses, [502, 503]);
+        let check = config.healthcheck.for_backend(&config.backends[0]).unwrap();
+        assert_eq!((check.path.as_str(), check.host.as_str()), ("/ready", "app.test"));
+        assert_eq!(
+            (check.expected_status, check.interval),
+            ((200, 204), Duration::from_secs(2))
+        );
         let rendered = to_toml(&config);
         let again = parse_config(&rendered).unwrap_or_else(|errors| panic!("{errors}\n{rendered}"));
         assert_eq!(again, config);

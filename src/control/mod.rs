@@ -12,6 +12,7 @@
 mod admin;
 mod breakers;
 mod change;
+mod checks;
 pub mod command;
 mod fleet;
 mod history;
@@ -148,6 +149,8 @@ pub struct Control {
     breaker_news: Receiver<BreakerNews>,
     /// The workers' breakers combined.
     breakers: Breakers,
+    /// The active health checks: the prober and the health table.
+    checks: checks::Checks,
 }
 
 /// The note a weight change gets when the balancer ignores weights.
@@ -196,6 +199,11 @@ impl Control {
                 recv(self.breaker_news) -> news => {
                     if let Ok(news) = news {
                         self.combine_breakers(&news);
+                    }
+                },
+                recv(self.checks.news) -> news => {
+                    if let Ok(news) = news {
+                        self.checks.flipped(&news, &mut self.fleet);
                     }
                 },
                 recv(job_results) -> done => {

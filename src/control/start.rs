@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use super::breakers::Breakers;
 use super::change::Changes;
+use super::checks::Checks;
 use super::command::Source;
 use super::fleet::Fleet;
 use super::history::{History, VersionRecord};
@@ -145,6 +146,7 @@ impl Control {
             changes: Changes::default(),
             breaker_news,
             breakers: Breakers::default(),
+            checks: Checks::start(),
         };
         let mut ready = 0;
         while ready < count {
@@ -167,6 +169,10 @@ impl Control {
             }
         }
         drop(reservations);
+        let (config, snapshot) = (Arc::clone(&control.config), Arc::clone(&control.snapshot));
+        control
+            .checks
+            .follow(&config, &snapshot.backend_addrs, &mut control.fleet);
         let listening: Vec<String> = control
             .config
             .frontends

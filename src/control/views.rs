@@ -36,6 +36,7 @@ impl Control {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
             io_driver: if epoll { "epoll" } else { "io_uring" }.to_string(),
+            health_checks: self.checks.figures(),
         };
         render(&merged, &figures)
     }
@@ -81,6 +82,7 @@ impl Control {
             .backends
             .iter()
             .filter(|backend| !backend.drain)
+            .filter(|backend| !self.checks.is_unhealthy(&backend.id))
             .filter(|backend| {
                 reports
                     .iter()
@@ -109,6 +111,7 @@ impl Control {
                 let mut in_flight = 0;
                 let mut idle = 0;
                 let mut down_on = 0;
+                let mut unhealthy_on = 0;
                 let mut circuits = Vec::new();
                 let mut circuit_failures = 0;
                 for report in &reports {
@@ -116,6 +119,7 @@ impl Control {
                         in_flight += seen.in_flight;
                         idle += seen.idle_connections;
                         down_on += usize::from(seen.down);
+                        unhealthy_on += usize::from(seen.unhealthy);
                         circuits.extend(seen.circuit);
                         circuit_failures += seen.circuit_failures;
                     }
@@ -136,6 +140,8 @@ impl Control {
                     "health": health,
                     "in_flight": in_flight,
                     "idle_connections": idle,
+                    "check": self.checks.word_for(&backend.id),
+                    "unhealthy_on_workers": unhealthy_on,
                 });
                 if !circuits.is_empty() {
                     shown["circuit"] = json!({
@@ -160,6 +166,7 @@ impl Control {
             "algorithm": format!("{:?}", self.config.balancer.algorithm),
             "backends": backends,
             "rollout": self.rollout.as_ref().map(Rollout::status),
+            "health_table_version": self.checks.version(),
             "changes": {
                 "in_flight": self.changes.busy(),
                 "waiting": self.changes.waiting(),

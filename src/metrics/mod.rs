@@ -101,6 +101,8 @@ pub struct WorkerMetrics {
     pub spliced_bytes: u64,
     /// Times accepting paused at this worker's share of `server.max_connections`.
     pub accept_paused: u64,
+    /// Requests sent to an unhealthy backend because every backend was (panic mode `fail_open`).
+    pub panic_routed: u64,
 }
 
 impl WorkerMetrics {
@@ -121,6 +123,7 @@ impl WorkerMetrics {
             requests: 0,
             spliced_bytes: 0,
             accept_paused: 0,
+            panic_routed: 0,
         };
         metrics.backend_slot(NO_BACKEND);
         metrics
@@ -200,6 +203,10 @@ impl WorkerMetrics {
         *self.retries.entry(reason).or_insert(0) += 1;
     }
 
+    pub fn panic_routed(&mut self) {
+        self.panic_routed += 1;
+    }
+
     pub fn accept_paused(&mut self) {
         self.accept_paused += 1;
     }
@@ -221,10 +228,22 @@ pub struct Merged {
     pub worker_requests: Vec<(usize, u64)>,
     pub spliced_bytes: u64,
     pub accept_paused: u64,
+    pub panic_routed: u64,
     /// Workers that said a backend is up, and that reported it at all.
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
     /// Per backend: how many workers have its breaker in each state, and its trips on all workers.
     pub circuits: BTreeMap<String, CircuitVotes>,
+}
+
+/// One backend's active health check counters, kept by the prober thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckCounts {
+    pub healthy: bool,
+    pub passed: u64,
+    /// Failed probes by reason.
+    pub failed: BTreeMap<&'static str, u64>,
+    pub became_unhealthy: u64,
+    pub became_healthy: u64,
 }
 
 /// One backend's circuit breakers over every worker.
@@ -243,6 +262,7 @@ impl Merged {
             merged.worker_requests.push((worker.worker, worker.requests));
             merged.spliced_bytes += worker.spliced_bytes;
             merged.accept_paused += worker.accept_paused;
+            merged.panic_routed += worker.panic_routed;
             if merged.frontend_names.is_empty() {
                 merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
             }

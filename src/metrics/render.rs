@@ -16,6 +16,8 @@ pub struct ControlFigures {
     pub last_reload_successful: bool,
     pub last_reload_unix_seconds: f64,
     pub io_driver: String,
+    /// Active health check counters per checked backend.
+    pub health_checks: std::collections::BTreeMap<String, super::CheckCounts>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -259,6 +261,39 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     }
     families.push(per_worker);
 
+    let mut healthy = Family::new(
+        BACKEND_HEALTHY,
+        "1 while the active health checks find the backend healthy (checked backends only).",
+        MetricType::GAUGE,
+    );
+    let mut checks = Family::new(
+        HEALTH_CHECKS,
+        "Active health probes by backend and result (ok, or why it failed).",
+        MetricType::COUNTER,
+    );
+    let mut transitions = Family::new(
+        HEALTH_TRANSITIONS,
+        "Times a backend's checked health flipped, by the state it flipped to.",
+        MetricType::COUNTER,
+    );
+    for (id, counts) in &control.health_checks {
+        let id = id.as_str();
+        healthy.gauge(&[("backend", id)], if counts.healthy { 1.0 } else { 0.0 });
+        checks.counter(&[("backend", id), ("result", "ok")], counts.passed as f64);
+        for (reason, count) in &counts.failed {
+            checks.counter(&[("backend", id), ("result", reason)], *count as f64);
+        }
+        transitions.counter(&[("backend", id), ("to", "healthy")], counts.became_healthy as f64);
+        transitions.counter(&[("backend", id), ("to", "unhealthy")], counts.became_unhealthy as f64);
+    }
+    let mut panic = Family::new(
+        PANIC_ROUTED,
+        "Requests sent to an unhealthy backend because every backend was unhealthy (healthcheck.panic_mode = fail_open).",
+        MetricType::COUNTER,
+    );
+    panic.counter(&[], merged.panic_routed as f64);
+    families.extend([healthy, checks, transitions, panic]);
+
     let mut version = Family::new(CONFIG_VERSION, "Version of the config in force.", MetricType::GAUGE);
     version.gauge(&[], control.config_version as f64);
     let mut reload_ok = Family::new(
@@ -330,6 +365,7 @@ mod tests {
                 last_reload_successful: true,
                 last_reload_unix_seconds: 1.0,
                 io_driver: "io_uring".into(),
+                health_checks: Default::default(),
             },
         );
         assert!(

@@ -31,6 +31,8 @@ pub enum ProxyError {
     NoBackend,
     #[error("every backend that could take the request has its circuit breaker open")]
     CircuitOpen,
+    #[error("every backend is unhealthy (healthcheck.panic_mode = \"fail_closed\")")]
+    NoHealthyBackend,
     #[error("out of file descriptors")]
     OutOfDescriptors,
     #[error("every upstream connection this worker may open is in use")]
@@ -77,6 +79,7 @@ impl ProxyError {
             ProxyError::RateLimited => Some(429),
             ProxyError::NoBackend
             | ProxyError::CircuitOpen
+            | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
@@ -109,6 +112,7 @@ impl ProxyError {
             ProxyError::RateLimited => "rate_limited",
             ProxyError::NoBackend => "no_backend",
             ProxyError::CircuitOpen => "circuit_open",
+            ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::OutOfDescriptors => "out_of_descriptors",
             ProxyError::UpstreamLimit => "upstream_limit",
             ProxyError::ConnectFailed { .. } => "connect_failed",
@@ -133,6 +137,7 @@ impl ProxyError {
             | ProxyError::RateLimited => Side::Client,
             ProxyError::NoBackend
             | ProxyError::CircuitOpen
+            | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit => Side::Proxy,
             ProxyError::ConnectFailed { .. }
@@ -161,6 +166,7 @@ impl ProxyError {
             | ProxyError::RateLimited
             | ProxyError::NoBackend
             | ProxyError::CircuitOpen
+            | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
             | ProxyError::UpstreamTimeout { .. }
@@ -280,6 +286,7 @@ mod tests {
             ),
             (ProxyError::NoBackend, Some(503), "no_backend"),
             (ProxyError::CircuitOpen, Some(503), "circuit_open"),
+            (ProxyError::NoHealthyBackend, Some(503), "no_healthy_backend"),
             (
                 ProxyError::ConnectFailed {
                     backend: "b".into(),

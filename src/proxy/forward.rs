@@ -14,7 +14,8 @@ use std::time::Instant;
 use super::body::{copy_body, BodyBudget, BodyError, BodyRole, CopyTimeouts, Encoding};
 use super::connect::{open, Opened};
 use super::error::{ProxyError, Retry, Side};
-use super::retry::{replayable, Route, Stage};
+use super::retry::{every_serving_backend_unhealthy, replayable, Route, Stage};
+use crate::config::PanicMode;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
@@ -230,8 +231,12 @@ async fn send_request(
     }
 }
 
-/// Why no backend could be picked: every one left is stopped by its breaker, or there is none to take it.
+/// Why no backend could be picked: every one is unhealthy, or every one left is stopped by its breaker, or there
+/// is none to take it.
 fn nobody_to_ask(generation: &Generation, now: Instant) -> ProxyError {
+    if every_serving_backend_unhealthy(generation) {
+        return ProxyError::NoHealthyBackend;
+    }
     let stopped = generation
         .backends
         .iter()
@@ -279,7 +284,13 @@ pub async fn forward(
     let mut last_connect_error = None;
     let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
-        let Some(index) = route.pick(generation, now) else {
+        let panic_open = generation.config.healthcheck.panic_mode == PanicMode::FailOpen;
+        let picked = route.pick(generation, now).or_else(|| {
+            let index = panic_open.then(|| route.pick_in_panic(generation, now)).flatten()?;
+            context.with_metrics(|metrics| metrics.panic_routed());
+            Some(index)
+        });
+        let Some(index) = picked else {
             let error = last_connect_error.unwrap_or_else(|| nobody_to_ask(generation, now));
             return Err(fail(error, false, bodiless, None));
         };

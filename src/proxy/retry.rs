@@ -26,6 +26,16 @@ pub fn replayable(stage: Stage, bodiless: bool, idempotent: bool) -> bool {
     }
 }
 
+/// Every backend that is not draining is unhealthy by the active checks (and there is at least one).
+pub fn every_serving_backend_unhealthy(generation: &Generation) -> bool {
+    let mut serving = generation
+        .backends
+        .iter()
+        .filter(|backend| backend.serving())
+        .peekable();
+    serving.peek().is_some() && serving.all(|backend| backend.unhealthy())
+}
+
 /// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at
 /// least once, so that even with an attempt limit of one the keep-alive race gets a fresh connection.
 const MAX_REPLAYS: u32 = 2;
@@ -75,6 +85,19 @@ impl Route {
                     None
                 }
             })
+    }
+
+    /// In panic (every backend that is not draining found unhealthy, and `panic_mode = "fail_open"`): a backend
+    /// not tried yet, as if every one were healthy, so that broken checks do not take the whole service down.
+    /// A stopped or draining backend is still never picked.
+    pub fn pick_in_panic(&self, generation: &Generation, now: Instant) -> Option<usize> {
+        let backends = &generation.backends;
+        if !every_serving_backend_unhealthy(generation) {
+            return None;
+        }
+        generation
+            .balancer
+            .pick(|index| !self.tried.contains(&index) && backends[index].admits(now) == Admission::Unhealthy)
     }
 
     /// Records that connecting to `index` failed; whether the request may try another backend.

@@ -20,6 +20,8 @@ pub struct BackendReport {
     pub idle_connections: usize,
     /// Marked down after a failed connect.
     pub down: bool,
+    /// The active health checks found it unhealthy.
+    pub unhealthy: bool,
     /// The circuit breaker's state on this worker (`closed`, `open`, `half_open`), when it is enabled.
     pub circuit: Option<&'static str>,
     /// Consecutive failures the breaker has counted on this worker.
@@ -36,6 +38,9 @@ pub enum Admission {
     Resting { until: Instant },
     /// Its circuit breaker stops traffic (open, or every half-open trial slot taken): never picked.
     Stopped,
+    /// The active health checks found it unhealthy: picked only in panic (`healthcheck.panic_mode = "fail_open"`
+    /// with every backend that is not draining unhealthy).
+    Unhealthy,
     /// Being drained by the operator: finishes what it has, takes nothing new.
     Draining,
 }
@@ -147,6 +152,8 @@ pub struct BackendState {
     resting_until: Cell<Option<Instant>>,
     in_flight: Cell<u32>,
     breaker: RefCell<Option<Breaker>>,
+    /// The active health checks found it unhealthy (the health table's word).
+    unhealthy: Cell<bool>,
     /// The last attempt to reach it failed (see [`BackendState::failed`]).
     failed: Cell<bool>,
     /// Warnings about this backend from this worker.
@@ -165,6 +172,7 @@ impl BackendState {
             resting_until: Cell::new(None),
             in_flight: Cell::new(0),
             breaker: RefCell::new(settings.breaker.map(Breaker::new)),
+            unhealthy: Cell::new(false),
             failed: Cell::new(false),
             warnings: WarningGate::default(),
         }
@@ -188,6 +196,9 @@ impl BackendState {
     pub fn admits(&self, now: Instant) -> Admission {
         if self.settings.get().draining {
             return Admission::Draining;
+        }
+        if self.unhealthy.get() {
+            return Admission::Unhealthy;
         }
         if let Some(breaker) = self.breaker.borrow().as_ref() {
             if matches!(breaker.peek(now), Verdict::Refuse { .. } | Verdict::TrialsFull) {
@@ -235,6 +246,15 @@ impl BackendState {
         change_between(before, breaker.traffic())
     }
 
+    /// Takes the active health checks' word for this backend.
+    pub fn set_unhealthy(&self, unhealthy: bool) {
+        self.unhealthy.set(unhealthy);
+    }
+
+    pub fn unhealthy(&self) -> bool {
+        self.unhealthy.get()
+    }
+
     /// Stops traffic until `until` on the control thread's order (the workers together saw enough failures).
     pub fn stop_traffic(&self, until: Instant) {
         if let Some(breaker) = self.breaker.borrow_mut().as_mut() {
@@ -280,6 +300,7 @@ impl BackendState {
             in_flight: self.in_flight.get(),
             idle_connections: self.idle_connections(),
             down: self.failed(),
+            unhealthy: self.unhealthy.get(),
             circuit: self.circuit().map(|(state, _)| state),
             circuit_failures: self.breaker.borrow().as_ref().map_or(0, Breaker::consecutive_failures),
         }
@@ -374,6 +395,7 @@ mod tests {
             port: 1,
             weight: 1,
             drain: draining,
+            healthcheck: Default::default(),
         };
         let settings = Settings {
             weight: 1,

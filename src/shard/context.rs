@@ -4,10 +4,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::backend::{BackendState, BreakerChange, Outcome};
 use super::generation::{Generation, Snapshot};
+use super::health::HealthTable;
 use super::request_id::RequestIds;
 use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
@@ -30,6 +32,8 @@ pub struct WorkerContext {
     /// Where changes of this worker's circuit breakers go, for the control thread to combine.
     breaker_news: crossbeam_channel::Sender<BreakerNews>,
     generation: RefCell<Rc<Generation>>,
+    /// The active health checks' latest word, applied to every generation's backends.
+    health: RefCell<Arc<HealthTable>>,
     /// Built by a prepare, waiting for its commit or abort.
     prepared: RefCell<Option<Generation>>,
     draining: Cell<bool>,
@@ -72,6 +76,13 @@ fn upstream_limit(generation: &Generation, limits: WorkerLimits) -> usize {
         .min(limits.upstream)
 }
 
+/// Marks every backend of `generation` healthy or not as `table` says.
+fn apply_health(generation: &Generation, table: &HealthTable) {
+    for backend in &generation.backends {
+        backend.set_unhealthy(table.is_unhealthy(&backend.id, backend.addr));
+    }
+}
+
 /// One worker's share of the descriptor budget (see `net::descriptors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerLimits {
@@ -106,6 +117,7 @@ impl WorkerContext {
             client_slots: Slots::new(limits.clients),
             upstream_slots: Slots::new(upstream_limit(&generation, limits)),
             generation: RefCell::new(Rc::new(generation)),
+            health: RefCell::new(Arc::default()),
             prepared: RefCell::new(None),
             limits,
         }
@@ -150,6 +162,7 @@ impl WorkerContext {
 
     fn install(&self, next: Generation) {
         next.configure_backends();
+        apply_health(&next, &self.health.borrow());
         // A limits change rebuilds the shard; any other change keeps what it has counted.
         if !self.rate_limit.borrow().matches(&next.config) {
             *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
@@ -179,6 +192,21 @@ impl WorkerContext {
         if let Some(state) = generation.backends.iter().find(|state| state.id == backend) {
             state.stop_traffic(until);
         }
+    }
+
+    /// Takes a newer health table from the control thread and applies it to the running generation; an older
+    /// one (out of order) is ignored.
+    pub fn set_health(&self, table: Arc<HealthTable>) {
+        if table.version < self.health.borrow().version {
+            return;
+        }
+        apply_health(&self.generation(), &table);
+        *self.health.borrow_mut() = table;
+    }
+
+    /// The version of the health table this worker applies.
+    pub fn health_version(&self) -> u64 {
+        self.health.borrow().version
     }
 
     /// Logs a warning about `backend`, at most one a second per backend (see [`WarningGate`]).

@@ -5,10 +5,12 @@
 pub mod backend;
 pub mod context;
 pub mod generation;
+pub mod health;
 pub mod request_id;
 pub mod warnings;
 
 pub use backend::{Admission, BackendReport, BackendState, BreakerChange, Claim, Outcome, Settings, StatusSet};
 pub use context::{BreakerNews, ConnectionGuard, Outboxes, WorkerContext, WorkerLimits};
 pub use generation::{Generation, Snapshot};
+pub use health::HealthTable;
 pub use warnings::WarningGate;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::ratelimit::{RateDemand, RateShares};
-use crate::shard::{BackendReport, Snapshot};
+use crate::shard::{BackendReport, HealthTable, Snapshot};
 
 /// The I/O driver a worker's event loop runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,8 @@ impl Driver {
 pub struct WorkerReport {
     pub worker: usize,
     pub version: u64,
+    /// The health table version the worker applies.
+    pub health_version: u64,
     pub active_connections: usize,
     pub backends: Vec<BackendReport>,
 }
@@ -48,6 +50,8 @@ pub enum ToWorker {
     RateDemand(crossbeam_channel::Sender<RateDemand>),
     /// Install new rate-limit shares.
     RateShares(RateShares),
+    /// The active health checks' latest table.
+    Health(Arc<HealthTable>),
     /// Stop traffic to a backend until then: the workers' circuit breakers together saw enough failures.
     StopTraffic { backend: String, until: std::time::Instant },
     /// Stop accepting, finish in-flight requests, exit.

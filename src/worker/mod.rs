@@ -300,6 +300,7 @@ async fn serve_inbox(
                     let _ = reply.send(WorkerReport {
                         worker: context.index,
                         version: generation.version,
+                        health_version: context.health_version(),
                         active_connections: context.active_connections(),
                         backends: generation.backends.iter().map(|backend| backend.report()).collect(),
                     });
@@ -314,6 +315,7 @@ async fn serve_inbox(
                 ToWorker::RateShares(shares) => {
                     context.rate_limit.borrow_mut().apply_shares(&shares, Instant::now());
                 }
+                ToWorker::Health(table) => context.set_health(table),
                 ToWorker::StopTraffic { backend, until } => context.stop_traffic(&backend, until),
                 ToWorker::Shutdown => return,
             }

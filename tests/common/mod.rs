@@ -226,7 +226,7 @@ impl Backend {
     }
 
     /// (connections accepted, requests served) as reported by `/stats`, asked directly. Connections count the
-    /// earlier `/stats` connections; requests do not count `/stats` or `/control/` requests.
+    /// earlier `/stats` connections; requests do not count `/stats`, `/health` or `/control/` requests.
     pub fn stats(&self) -> (u64, u64) {
         let [connections, requests, _] = self.stats_with_held();
         (connections, requests)
@@ -255,7 +255,7 @@ impl Backend {
                 .unwrap()
         };
         // The /stats request itself is one connection, counted before it is answered; the backend does not count
-        // /stats and /control/ requests among the requests it served.
+        // /stats, /health and /control/ requests among the requests it served.
         [
             number("\"connections\":") - 1,
             number("\"requests\":"),

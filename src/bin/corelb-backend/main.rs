@@ -57,7 +57,7 @@ struct Backend {
     quiet: bool,
     idle_timeout: Duration,
     connections: Cell<u64>,
-    /// Requests served, not counting `/stats` and `/control/...`.
+    /// Requests served, not counting `/stats`, `/health` and `/control/...`.
     requests: Cell<u64>,
     /// Requests to `/control/release` so far: a request to `/hold` is answered once this has grown.
     releases: Cell<u64>,
@@ -175,8 +175,8 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
             None => return,
         };
         let (target, method) = (&head.target, &head.method);
-        // Asking for figures or flipping a switch is not a request a test counts.
-        if !(target.starts_with("/stats") || target.starts_with("/control/")) {
+        // Asking for figures, flipping a switch or a health probe is not a request a test counts.
+        if !(target.starts_with("/stats") || target.starts_with("/control/") || target.starts_with("/health")) {
             backend.requests.set(backend.requests.get() + 1);
         }
         if !backend.quiet {

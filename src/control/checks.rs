@@ -1,0 +1,133 @@
+//! The control thread's side of the active health checks: it owns the prober thread, tells it what to check after
+//! every change, and keeps the health table the workers read, sending a new version to every worker on each flip.
+//! Never blocks: the prober runs on its own thread and reports flips as events.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::fleet::Fleet;
+use crate::config::Config;
+use crate::health::{HealthNews, Prober, Target};
+use crate::metrics::CheckCounts;
+use crate::shard::HealthTable;
+use crate::worker::ToWorker;
+
+/// The prober, what it checks, and the table its flips make.
+pub struct Checks {
+    prober: Option<Prober>,
+    pub news: Receiver<HealthNews>,
+    targets: Vec<Target>,
+    table: HealthTable,
+}
+
+impl Checks {
+    /// Starts the prober thread. Without one (the thread cannot start) nothing is checked, and that is logged.
+    pub fn start() -> Checks {
+        let (sender, news) = crossbeam_channel::unbounded();
+        let prober = match Prober::spawn(sender) {
+            Ok(prober) => Some(prober),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the health prober thread; backends are not checked");
+                None
+            }
+        };
+        Checks {
+            prober,
+            news,
+            targets: Vec::new(),
+            table: HealthTable::default(),
+        }
+    }
+
+    /// Checks what `config` asks for from now on; a backend no longer checked (or moved to a new address) is
+    /// healthy again in the table.
+    pub fn follow(&mut self, config: &Config, addrs: &[std::net::SocketAddr], fleet: &mut Fleet) {
+        let targets: Vec<Target> = config
+            .backends
+            .iter()
+            .zip(addrs)
+            .filter_map(|(backend, &addr)| {
+                let settings = config.healthcheck.for_backend(backend)?;
+                Some(Target {
+                    id: backend.id.clone(),
+                    addr,
+                    settings,
+                })
+            })
+            .collect();
+        if targets == self.targets {
+            return;
+        }
+        if let Some(prober) = &self.prober {
+            prober.set_targets(targets.clone());
+        }
+        self.targets = targets;
+        let before = self.table.unhealthy.len();
+        let targets = &self.targets;
+        self.table
+            .unhealthy
+            .retain(|(id, addr)| targets.iter().any(|target| &target.id == id && target.addr == *addr));
+        if self.table.unhealthy.len() != before {
+            self.publish(fleet);
+        }
+    }
+
+    /// Takes a flip from the prober into the table and sends the table to every worker.
+    pub fn flipped(&mut self, news: &HealthNews, fleet: &mut Fleet) {
+        let current = self
+            .targets
+            .iter()
+            .any(|target| target.id == news.backend && target.addr == news.addr);
+        if !current {
+            // The flip of a check that has just been stopped or moved.
+            return;
+        }
+        let key = (news.backend.clone(), news.addr);
+        let changed = if news.healthy {
+            self.table.unhealthy.remove(&key)
+        } else {
+            self.table.unhealthy.insert(key)
+        };
+        if changed {
+            self.publish(fleet);
+        }
+    }
+
+    fn publish(&mut self, fleet: &mut Fleet) {
+        self.table.version += 1;
+        let table = Arc::new(self.table.clone());
+        let _ = fleet.send_each(|_| ToWorker::Health(Arc::clone(&table)));
+    }
+
+    pub fn is_unhealthy(&self, id: &str) -> bool {
+        self.table.unhealthy.iter().any(|(unhealthy, _)| unhealthy == id)
+    }
+
+    /// `healthy`, `unhealthy`, or `off` for a backend not checked.
+    pub fn word_for(&self, id: &str) -> &'static str {
+        if !self.targets.iter().any(|target| target.id == id) {
+            "off"
+        } else if self.is_unhealthy(id) {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    }
+
+    /// The table's version, for `status`.
+    pub fn version(&self) -> u64 {
+        self.table.version
+    }
+
+    /// The prober's counters, copied.
+    pub fn figures(&self) -> std::collections::BTreeMap<String, CheckCounts> {
+        self.prober.as_ref().map_or_else(Default::default, |prober| {
+            prober
+                .figures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! The retry budget (Finagle's and Linkerd's): retries may add at most `ratio` of the requests seen over the last
+//! `window`, plus a small reserve of `min_per_second` so that a quiet service can still retry. So when every
+//! backend fails, retries cannot multiply the load on them: upstream attempts stay at most `1 + ratio` times the
+//! client requests, plus the reserve. One budget per core, each with its share of the reserve (the way rate-limit
+//! shares split a process-wide limit), so nothing is shared on the request path. Pure: time is passed in.
+
+use std::time::{Duration, Instant};
+
+/// The window is kept as this many buckets, so old requests and retries leave it a bucket at a time.
+const BUCKETS: usize = 10;
+
+/// What the budget is set to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSettings {
+    /// Retries allowed per request seen in the window (0.2: one retry per five requests).
+    pub ratio: f64,
+    /// Retries allowed per second besides, for this core.
+    pub min_per_second: f64,
+    pub window: Duration,
+}
+
+/// Requests and retries counted in one bucket of the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which bucket of time it counts (time since `start` divided by the bucket width).
+    index: u64,
+    requests: u64,
+    retries: u64,
+}
+
+/// One core's retry budget.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    settings: BudgetSettings,
+    start: Instant,
+    width: Duration,
+    buckets: [Bucket; BUCKETS],
+}
+
+impl RetryBudget {
+    pub fn new(settings: BudgetSettings, now: Instant) -> RetryBudget {
+        let width = (settings.window / BUCKETS as u32).max(Duration::from_millis(1));
+        RetryBudget {
+            settings,
+            start: now,
+            width,
+            buckets: [Bucket::default(); BUCKETS],
+        }
+    }
+
+    pub fn settings(&self) -> BudgetSettings {
+        self.settings
+    }
+
+    /// Counts a client request.
+    pub fn request(&mut self, now: Instant) {
+        self.bucket(now).requests += 1;
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        let current = self.current_index(now);
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for bucket in &self.buckets {
+            if current.saturating_sub(bucket.index) < BUCKETS as u64 && bucket.index <= current {
+                requests += bucket.requests;
+                retries += bucket.retries;
+            }
+        }
+        let reserve = self.settings.min_per_second * self.settings.window.as_secs_f64();
+        let allowed = self.settings.ratio * requests as f64 + reserve;
+        if (retries as f64) + 1.0 > allowed {
+            return false;
+        }
+        self.bucket(now).retries += 1;
+        true
+    }
+
+    fn current_index(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.start).as_nanos() / self.width.as_nanos().max(1)) as u64
+    }
+
+    /// The bucket counting `now`, emptied first when it last counted an older stretch of time.
+    fn bucket(&mut self, now: Instant) -> &mut Bucket {
+        let index = self.current_index(now);
+        let bucket = &mut self.buckets[(index % BUCKETS as u64) as usize];
+        if bucket.index != index {
+            *bucket = Bucket {
+                index,
+                ..Bucket::default()
+            };
+        }
+        bucket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(min_per_second: f64, now: Instant) -> RetryBudget {
+        RetryBudget::new(
+            BudgetSettings {
+                ratio: 0.2,
+                min_per_second,
+                window: Duration::from_secs(10),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn retries_are_a_fifth_of_the_requests_plus_the_reserve() {
+        let now = Instant::now();
+        let mut budget = budget(1.0, now);
+        for _ in 0..100 {
+            budget.request(now);
+        }
+        let granted = (0..1000).filter(|_| budget.try_retry(now)).count();
+        assert_eq!(granted, 30, "0.2 x 100 requests + 1/s x 10 s");
+    }
+
+    #[test]
+    fn without_requests_only_the_reserve_is_left_and_old_counts_leave_the_window() {
+        let start = Instant::now();
+        let mut budget = budget(0.5, start);
+        assert_eq!((0..100).filter(|_| budget.try_retry(start)).count(), 5);
+        // Ten seconds on, the spent retries have left the window.
+        let later = start + Duration::from_secs(10);
+        assert_eq!((0..100).filter(|_| budget.try_retry(later)).count(), 5);
+        for _ in 0..50 {
+            budget.request(later);
+        }
+        assert_eq!((0..100).filter(|_| budget.try_retry(later)).count(), 10);
+    }
+
+    #[test]
+    fn under_a_full_outage_attempts_stay_within_the_ratio_plus_the_reserve() {
+        let start = Instant::now();
+        let mut budget = budget(1.0, start);
+        let mut attempts = 0u64;
+        let requests = 5000u64;
+        for request in 0..requests {
+            // 500 requests a second, each failing and asking for up to two retries.
+            let now = start + Duration::from_millis(request * 2);
+            budget.request(now);
+            attempts += 1;
+            for _ in 0..2 {
+                if budget.try_retry(now) {
+                    attempts += 1;
+                }
+            }
+        }
+        let ratio = attempts as f64 / requests as f64;
+        assert!(ratio <= 1.2 + 10.0 / requests as f64 * 2.0, "amplification {ratio}");
+        assert!(ratio > 1.15, "the budget is used, not refused: {ratio}");
+    }
+}
