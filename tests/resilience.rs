@@ -306,3 +306,167 @@ fn one_prober_keeps_up_with_a_thousand_backends_at_a_one_second_interval() {
     );
     assert!(corelb.get("/").status == 200);
 }
+
+fn retries(extra: &str) -> String {
+    format!("[retries]\nbackoff = \"1ms\"\nbackoff_max = \"2ms\"\n{extra}\n")
+}
+
+#[test]
+fn a_try_that_times_out_goes_to_another_backend_and_the_deadline_ends_the_request() {
+    let slow = Backend::start_with("slow", &["--latency", "2s"]);
+    let fast = Backend::start("fast");
+    let extra = format!("[timeouts]\nper_try = \"200ms\"\nrequest = \"10s\"\n{}", retries(""));
+    let corelb = Corelb::start(&config_for(&[(&slow, 1), (&fast, 1)], 1, "", &extra));
+    for _ in 0..4 {
+        let response = corelb.get("/");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.backend_id(), "fast");
+    }
+    let metrics = corelb.scrape();
+    assert!(
+        metric_sum(&metrics, "corelb_retries_total", "reason=\"per_try_timeout\"") >= 2.0,
+        "{metrics}"
+    );
+
+    // A POST may have been acted on: it is not sent again after a timeout.
+    let mut client = corelb.client();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+        let response = client.read_response();
+        statuses.push(response.status);
+        if response.status != 200 {
+            client = corelb.client();
+        }
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 504], "one POST went to the slow backend and timed out");
+
+    // Both slow and a deadline shorter than their latency: the deadline answers, not the backend.
+    let deadline = format!(
+        "[[frontends]]\nname = \"strict\"\naddress = \"127.0.0.1\"\nport = 0\nrequest_timeout = \"300ms\"\n\
+         per_try_timeout = \"1s\"\n{}",
+        retries("")
+    );
+    let only_slow = Corelb::start(&config_for(&[(&slow, 1)], 1, "", &deadline));
+    let strict = only_slow.frontend_addr("strict");
+    let response = Client::connect(strict).get("/");
+    assert_eq!(response.status, 504);
+    assert!(response.text().contains("request_timeout"), "{}", response.text());
+}
+
+#[test]
+fn a_status_listed_in_on_status_sends_an_idempotent_request_elsewhere() {
+    let failing = Backend::start_with("failing", &["--error-rate", "1"]);
+    let healthy = Backend::start("healthy");
+    let extra = retries("on_status = [500]");
+    let corelb = Corelb::start(&config_for(&[(&failing, 1), (&healthy, 1)], 1, "", &extra));
+    for _ in 0..6 {
+        let response = corelb.get("/");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.backend_id(), "healthy");
+    }
+    let failed_tries = failing.stats().1;
+    assert!(failed_tries >= 1, "round-robin sent GETs to the failing backend first");
+    let retried = metric_sum(&corelb.scrape(), "corelb_retries_total", "reason=\"status\"");
+    assert_eq!(
+        retried, failed_tries as f64,
+        "each 500 was retried elsewhere, none reached the client"
+    );
+    let mut posts = Vec::new();
+    for _ in 0..2 {
+        let mut client = corelb.client();
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+        posts.push(client.read_response().status);
+    }
+    posts.sort_unstable();
+    assert_eq!(posts, [200, 500], "a POST's 500 reaches the client: it is not retried");
+}
+
+#[test]
+fn with_every_backend_failing_the_budget_keeps_attempts_within_a_fifth_more_than_requests() {
+    let a = Backend::start_with("a", &["--error-rate", "1"]);
+    let b = Backend::start_with("b", &["--error-rate", "1"]);
+    let extra = retries("on_status = [500]\nbudget_ratio = 0.2\nbudget_min_per_second = 1.0\nbudget_window = \"60s\"");
+    let corelb = Corelb::start(&config_for(&[(&a, 1), (&b, 1)], 1, "", &extra));
+    let requests = 300u64;
+    let mut client = corelb.client();
+    for _ in 0..requests {
+        assert_eq!(client.get("/").status, 500);
+    }
+    let attempts = a.stats().1 + b.stats().1;
+    let ratio = attempts as f64 / requests as f64;
+    eprintln!("full outage: {attempts} upstream attempts for {requests} requests (ratio {ratio:.3})");
+    // 0.2 per request plus the reserve of 1 a second over the 60 s window.
+    assert!(attempts <= requests + requests / 5 + 60, "amplification {ratio}");
+    assert!(attempts > requests, "retries were made while the budget lasted");
+    let metrics = corelb.scrape();
+    assert!(metric_sum(&metrics, "corelb_retries_total", "reason=\"budget_exhausted\"") > 0.0);
+}
+
+#[test]
+fn a_hung_backend_is_routed_around_and_no_get_fails() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let hung = Backend::start("hung");
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let extra = format!(
+        "[timeouts]\nper_try = \"300ms\"\n{}{}",
+        retries(""),
+        breaker(3, "60s", 1)
+    );
+    let corelb = Corelb::start(&config_for(&[(&hung, 1), (&b, 1), (&c, 1)], 2, "", &extra));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let per_client = 200;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, done, stopped) = (corelb.addr, Arc::clone(&done), Arc::clone(&stopped));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut failures = Vec::new();
+                let mut slowest_after_stop = Duration::ZERO;
+                for _ in 0..per_client {
+                    let started = Instant::now();
+                    let response = client.get("/");
+                    if stopped.load(Ordering::SeqCst) {
+                        slowest_after_stop = slowest_after_stop.max(started.elapsed());
+                    }
+                    if response.status != 200 {
+                        failures.push(format!("{} {}", response.status, response.text().trim()));
+                        client = Client::connect(addr);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (failures, slowest_after_stop)
+            })
+        })
+        .collect();
+    while done.load(Ordering::Relaxed) < 8 * per_client / 4 {
+        std::thread::yield_now();
+    }
+    let stopped_at = Instant::now();
+    hung.process.signal(libc::SIGSTOP);
+    stopped.store(true, Ordering::SeqCst);
+    let entry = backend_when(&corelb, &hung.id(), "the breaker open on both workers", |entry| {
+        entry["circuit"]["state"] == "open"
+    });
+    let routed_around = stopped_at.elapsed();
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for client in clients {
+        let (seen, slow) = client.join().expect("client thread");
+        failures.extend(seen);
+        slowest = slowest.max(slow);
+    }
+    hung.process.signal(libc::SIGCONT);
+    eprintln!(
+        "hung backend: breaker open on both workers {routed_around:?} after SIGSTOP; slowest GET after it {slowest:?}; \
+         {} of {} failed; {entry}",
+        failures.len(),
+        8 * per_client
+    );
+    assert!(failures.is_empty(), "GETs failed: {failures:?}");
+}

@@ -26,6 +26,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let balancer = balancer(&mut top, &mut errors);
     let timeouts = timeouts(&mut top, &mut errors);
     let upstream = upstream(&mut top, &mut errors);
+    let retries = retries(&mut top, &mut errors);
     let limits = limits(&mut top, &mut errors);
     let healthcheck = healthcheck(&mut top, &mut errors);
     let tls = tls(&mut top, &mut errors);
@@ -56,6 +57,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             balancer,
             timeouts,
             upstream,
+            retries,
             limits,
             healthcheck,
             tls,
@@ -143,6 +145,8 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
         }
         let address = section.or("address", IpAddr::V4(Ipv4Addr::UNSPECIFIED), errors);
         let port = section.required::<i64>("port", errors);
+        let request_timeout = optional_positive(&mut section, "request_timeout", errors);
+        let per_try_timeout = optional_positive(&mut section, "per_try_timeout", errors);
         let port = match port {
             Some(port) if (0..=65535).contains(&port) => Some(port as u16),
             Some(port) => {
@@ -159,6 +163,8 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
             frontends.push(FrontendConfig {
                 name,
                 listen: SocketAddr::new(address, port),
+                request_timeout,
+                per_try_timeout,
             });
         }
     }
@@ -274,9 +280,50 @@ fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
         client_header: section.positive_duration("client_header", Duration::from_secs(10), errors),
         client_idle: section.positive_duration("client_idle", Duration::from_secs(60), errors),
         client_body: section.positive_duration("client_body", Duration::from_secs(10), errors),
+        request: section.positive_duration("request", Duration::from_secs(60), errors),
+        per_try: optional_positive(&mut section, "per_try", errors),
     };
     section.finish(errors);
     timeouts
+}
+
+/// A duration that may be absent but, when given, is strictly positive.
+fn optional_positive(section: &mut Section, key: &'static str, errors: &mut ConfigErrors) -> Option<Duration> {
+    let value = section.optional::<Duration>(key, errors)?;
+    if value.is_zero() {
+        errors.push(section.key_path(key), "must be greater than zero");
+        return None;
+    }
+    Some(value)
+}
+
+fn retries(top: &mut Section, errors: &mut ConfigErrors) -> RetriesConfig {
+    let mut section = top.section("retries", errors);
+    let config = RetriesConfig {
+        on_status: five_hundreds(&mut section, "on_status", errors),
+        backoff: section.or("backoff", Duration::from_millis(25), errors),
+        backoff_max: section.or("backoff_max", Duration::from_millis(250), errors),
+        budget_ratio: section.or("budget_ratio", 0.2, errors),
+        budget_min_per_second: section.or("budget_min_per_second", 10.0, errors),
+        budget_window: section.positive_duration("budget_window", Duration::from_secs(10), errors),
+    };
+    if config.backoff > config.backoff_max {
+        errors.push(section.key_path("backoff"), "must not be longer than backoff_max");
+    }
+    if !(0.0..=10.0).contains(&config.budget_ratio) {
+        errors.push(
+            section.key_path("budget_ratio"),
+            format!("must be between 0.0 and 10.0, got {}", config.budget_ratio),
+        );
+    }
+    if !(0.0..=1e6).contains(&config.budget_min_per_second) {
+        errors.push(
+            section.key_path("budget_min_per_second"),
+            format!("must be between 0 and 1000000, got {}", config.budget_min_per_second),
+        );
+    }
+    section.finish(errors);
+    config
 }
 
 fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
@@ -496,21 +543,21 @@ fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreake
         threshold: section.integer_in("threshold", 5, 1, 10_000, errors) as u32,
         timeout: section.positive_duration("timeout", Duration::from_secs(30), errors),
         max_half_open: section.integer_in("max_half_open", 1, 1, 10_000, errors) as u32,
-        failure_statuses: failure_statuses(&mut section, errors),
+        failure_statuses: five_hundreds(&mut section, "failure_statuses", errors),
     };
     section.finish(errors);
     config
 }
 
-/// `failure_statuses`: response statuses the breaker counts as failures, 5xx only (a 4xx is the client's doing).
-fn failure_statuses(section: &mut Section, errors: &mut ConfigErrors) -> Vec<u16> {
-    let listed = section.or("failure_statuses", Vec::<i64>::new(), errors);
+/// A list of 5xx statuses (a 4xx is the client's doing, never the backend's failure).
+fn five_hundreds(section: &mut Section, key: &'static str, errors: &mut ConfigErrors) -> Vec<u16> {
+    let listed = section.or(key, Vec::<i64>::new(), errors);
     let mut statuses = Vec::with_capacity(listed.len());
     for (index, status) in listed.into_iter().enumerate() {
         match u16::try_from(status) {
             Ok(status) if (500..600).contains(&status) => statuses.push(status),
             _ => errors.push(
-                format!("{}[{index}]", section.key_path("failure_statuses")),
+                format!("{}[{index}]", section.key_path(key)),
                 format!("must be a 5xx status (500 to 599), got {status}"),
             ),
         }

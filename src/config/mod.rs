@@ -30,6 +30,7 @@ pub struct Config {
     pub balancer: BalancerConfig,
     pub timeouts: Timeouts,
     pub upstream: UpstreamConfig,
+    pub retries: RetriesConfig,
     pub limits: Limits,
     pub healthcheck: HealthCheckConfig,
     pub tls: TlsConfig,
@@ -81,6 +82,10 @@ pub enum IoDriverChoice {
 pub struct FrontendConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// This frontend's own `timeouts.request`.
+    pub request_timeout: Option<Duration>,
+    /// This frontend's own `timeouts.per_try`.
+    pub per_try_timeout: Option<Duration>,
 }
 
 impl FrontendConfig {
@@ -157,6 +162,11 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// A kept-alive client connection with no request in progress, and a stalled client read or write.
     pub client_idle: Duration,
+    /// The whole request's budget, from its head read to the backend's response head, across every try.
+    pub request: Duration,
+    /// One try's wait for the response head; past it an idempotent request may go to another backend.
+    /// `None`: `upstream_response`.
+    pub per_try: Option<Duration>,
     /// Time a request body gets before it must keep up `limits.min_body_rate`: its whole-body deadline is this
     /// plus one second per `min_body_rate` bytes received, so a trickle is cut while a large upload is not.
     pub client_body: Duration,
@@ -177,6 +187,23 @@ pub struct UpstreamConfig {
     /// queue, first come first served, for up to `timeouts.connect`. Bounding it keeps the queue in corelb, where
     /// it is fair, instead of in thousands of connections at the backend.
     pub max_connections_per_backend: usize,
+}
+
+/// When and how a failed try is sent again (`[retries]`); tries are bounded by `upstream.max_connect_attempts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetriesConfig {
+    /// Response statuses (5xx) that send an idempotent, bodiless request to another backend instead of the
+    /// client, while tries and budget last.
+    pub on_status: Vec<u16>,
+    /// The first backoff before a try that follows a response, a timeout or a lost connection; it doubles with
+    /// each retry (with full jitter) up to `backoff_max`. A failover after a refused connect does not wait.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Retries allowed per request seen over `budget_window`.
+    pub budget_ratio: f64,
+    /// Retries per second allowed besides, for the whole process.
+    pub budget_min_per_second: f64,
+    pub budget_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,13 @@ fn path(path: &Option<PathBuf>) -> Option<String> {
     path.as_ref().map(|path| quote(&path.display().to_string()))
 }
 
+/// `key = "duration"` and a newline, or nothing when unset.
+fn duration_line(key: &str, value: Option<std::time::Duration>) -> String {
+    value.map_or(String::new(), |value| {
+        format!("{key} = \"{}\"\n", format_duration(value))
+    })
+}
+
 /// A backend's own health check line, empty when it has none.
 fn backend_healthcheck(check: &BackendHealthCheck) -> String {
     if check.is_empty() {
@@ -75,10 +82,12 @@ pub fn to_toml(config: &Config) -> String {
     for frontend in &config.frontends {
         let _ = writeln!(
             out,
-            "[[frontends]]\nname = {}\naddress = \"{}\"\nport = {}\n",
+            "[[frontends]]\nname = {}\naddress = \"{}\"\nport = {}\n{}{}",
             quote(&frontend.name),
             frontend.listen.ip(),
-            frontend.listen.port()
+            frontend.listen.port(),
+            duration_line("request_timeout", frontend.request_timeout),
+            duration_line("per_try_timeout", frontend.per_try_timeout)
         );
     }
     let _ = writeln!(
@@ -100,12 +109,25 @@ pub fn to_toml(config: &Config) -> String {
     let timeouts = &config.timeouts;
     let _ = writeln!(
         out,
-        "[timeouts]\nconnect = \"{}\"\nupstream_response = \"{}\"\nclient_header = \"{}\"\nclient_idle = \"{}\"\nclient_body = \"{}\"\n",
+        "[timeouts]\nconnect = \"{}\"\nupstream_response = \"{}\"\nclient_header = \"{}\"\nclient_idle = \"{}\"\nclient_body = \"{}\"\nrequest = \"{}\"\n{}",
         format_duration(timeouts.connect),
         format_duration(timeouts.upstream_response),
         format_duration(timeouts.client_header),
         format_duration(timeouts.client_idle),
-        format_duration(timeouts.client_body)
+        format_duration(timeouts.client_body),
+        format_duration(timeouts.request),
+        duration_line("per_try", timeouts.per_try)
+    );
+    let retries = &config.retries;
+    let _ = writeln!(
+        out,
+        "[retries]\non_status = {:?}\nbackoff = \"{}\"\nbackoff_max = \"{}\"\nbudget_ratio = {:?}\nbudget_min_per_second = {:?}\nbudget_window = \"{}\"\n",
+        retries.on_status,
+        format_duration(retries.backoff),
+        format_duration(retries.backoff_max),
+        retries.budget_ratio,
+        retries.budget_min_per_second,
+        format_duration(retries.budget_window)
     );
     let upstream = &config.upstream;
     let _ = writeln!(
@@ -275,12 +297,13 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             changes.push(format!("backend {} removed", backend.id));
         }
     }
-    let sections: [(&str, bool); 15] = [
+    let sections: [(&str, bool); 16] = [
         ("server", old.server != new.server),
         ("frontends", old.frontends != new.frontends),
         ("balancer", old.balancer != new.balancer),
         ("timeouts", old.timeouts != new.timeouts),
         ("upstream", old.upstream != new.upstream),
+        ("retries", old.retries != new.retries),
         ("limits", old.limits != new.limits),
         ("healthcheck", old.healthcheck != new.healthcheck),
         ("tls", old.tls != new.tls),

@@ -378,7 +378,7 @@ impl Control {
         let current = &self.config;
         let fixed = [
             (candidate.server != current.server, "[server]"),
-            (candidate.frontends != current.frontends, "[[frontends]]"),
+            (listening(candidate) != listening(current), "[[frontends]]"),
             (candidate.control.socket != current.control.socket, "control.socket"),
             (candidate.admin != current.admin, "[admin]"),
             (candidate.metrics != current.metrics, "[metrics]"),
@@ -391,6 +391,15 @@ impl Control {
             .filter_map(|(changed, what)| changed.then_some(what))
             .collect()
     }
+}
+
+/// What the frontends listen on: a change there needs a restart; their timeouts change live.
+fn listening(config: &Config) -> Vec<(&str, std::net::SocketAddr)> {
+    config
+        .frontends
+        .iter()
+        .map(|frontend| (frontend.name.as_str(), frontend.listen))
+        .collect()
 }
 
 impl Then {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use crate::upstream::backoff::Jitter;
+
 /// A backend's checked health. It starts healthy (HAProxy's and Envoy's default: a new backend takes traffic at
 /// once, and `unhealthy_threshold` failed probes take it out); it flips only after `unhealthy_threshold`
 /// consecutive failed probes, and back after `healthy_threshold` consecutive passed ones.
@@ -59,24 +61,6 @@ pub fn first_wait(interval: Duration, fraction: f64) -> Duration {
 pub fn next_wait(interval: Duration, jitter: f64, random: f64) -> Duration {
     let factor = 1.0 + jitter.clamp(0.0, 0.5) * (2.0 * random.clamp(0.0, 1.0) - 1.0);
     interval.mul_f64(factor)
-}
-
-/// A small xorshift generator for jitter: per prober thread, no dependency.
-#[derive(Debug, Clone)]
-pub struct Jitter(u64);
-
-impl Jitter {
-    pub fn new(seed: u64) -> Jitter {
-        Jitter(seed | 1)
-    }
-
-    /// A number in `0..1`.
-    pub fn fraction(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 #[cfg(test)]

@@ -267,6 +267,8 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         }
     }
 
+    let timeouts = &generation.config.timeouts;
+    let own = generation.config.frontends.get(frontend);
     let request = Request {
         head_bytes,
         head: &head,
@@ -275,6 +277,13 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         scheme,
         request_id,
         started,
+        request_timeout: own
+            .and_then(|frontend| frontend.request_timeout)
+            .unwrap_or(timeouts.request),
+        per_try_timeout: own
+            .and_then(|frontend| frontend.per_try_timeout)
+            .or(timeouts.per_try)
+            .unwrap_or(timeouts.upstream_response),
     };
     let mut stats = ExchangeStats::default();
     let result = forward(context, &generation, client, request, scratch, &mut stats).await;

@@ -43,6 +43,10 @@ pub enum ProxyError {
     ConnectTimeout { backend: String },
     #[error("backend {backend} did not respond in time")]
     UpstreamTimeout { backend: String },
+    #[error("no response within the request's deadline (timeouts.request)")]
+    RequestTimeout,
+    #[error("{0}; the retry budget is spent, so it was not retried")]
+    RetryBudgetExhausted(Box<ProxyError>),
     #[error("backend {backend} connection failed: {source}")]
     UpstreamIo { backend: String, source: io::Error },
     #[error("backend {backend} closed the connection before responding")]
@@ -83,7 +87,10 @@ impl ProxyError {
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
-            ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some(504),
+            ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::RequestTimeout => {
+                Some(504)
+            }
+            ProxyError::RetryBudgetExhausted(cause) => cause.status(),
             ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } | ProxyError::BadResponse { .. } => {
                 Some(502)
             }
@@ -118,6 +125,8 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::RequestTimeout => "request_timeout",
+            ProxyError::RetryBudgetExhausted(_) => "retry_budget_exhausted",
             ProxyError::UpstreamIo { .. } => "upstream_io",
             ProxyError::UpstreamClosed { .. } => "upstream_closed",
             ProxyError::BadResponse { .. } => "bad_response",
@@ -143,9 +152,11 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::RequestTimeout
             | ProxyError::UpstreamIo { .. }
             | ProxyError::UpstreamClosed { .. }
             | ProxyError::BadResponse { .. } => Side::Upstream,
+            ProxyError::RetryBudgetExhausted(cause) => cause.side(),
         }
     }
 
@@ -155,6 +166,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => Retry::OtherBackend,
             ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => Retry::FreshConnection,
+            ProxyError::UpstreamTimeout { .. } => Retry::Elsewhere,
             ProxyError::BadRequest(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::ClientHeaderTimeout
@@ -169,7 +181,8 @@ impl ProxyError {
             | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
-            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::RequestTimeout
+            | ProxyError::RetryBudgetExhausted(_)
             | ProxyError::BadResponse { .. } => Retry::No,
         }
     }
@@ -234,6 +247,9 @@ pub enum Retry {
     /// The connection ended before any response byte: a request that can be replayed is sent again on a fresh
     /// connection, to another backend when there is one (the failed one is likely dying).
     FreshConnection,
+    /// The try timed out waiting for the response head: the backend may have received the request, so only an
+    /// idempotent one that can be replayed goes to another backend.
+    Elsewhere,
 }
 
 /// The standard reason phrase for the statuses the proxy generates.
@@ -323,7 +339,12 @@ mod tests {
             ProxyError::UpstreamClosed { backend: "b".into() }.retry(),
             Retry::FreshConnection
         );
-        assert_eq!(ProxyError::UpstreamTimeout { backend: "b".into() }.retry(), Retry::No);
+        assert_eq!(
+            ProxyError::UpstreamTimeout { backend: "b".into() }.retry(),
+            Retry::Elsewhere,
+            "a try that timed out may go elsewhere, if the request is idempotent"
+        );
+        assert_eq!(ProxyError::RequestTimeout.retry(), Retry::No);
         for own_limit in [
             ProxyError::OutOfDescriptors,
             ProxyError::UpstreamLimit,

@@ -53,8 +53,12 @@ pub struct Request<'a> {
     /// `X-Forwarded-Proto`: the frontend's scheme.
     pub scheme: &'static str,
     pub request_id: &'a str,
-    /// When the request's head was read: the start of its body's time budget.
+    /// When the request's head was read: the start of its body's time budget and of its deadline.
     pub started: Instant,
+    /// The whole request's budget up to the response head (`timeouts.request`, or the frontend's own).
+    pub request_timeout: std::time::Duration,
+    /// One try's wait for the response head (`timeouts.per_try`, or the frontend's own).
+    pub per_try_timeout: std::time::Duration,
 }
 
 /// What an exchange did, for metrics and the access log; filled in as far as the exchange got.
@@ -79,8 +83,9 @@ async fn read_response_head(
     method: Method,
     generation: &Generation,
     backend: &BackendState,
+    try_deadline: Instant,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
-    let timeout = generation.config.timeouts.upstream_response;
+    let between_reads = generation.config.timeouts.upstream_response;
     let mut any_byte = false;
     loop {
         any_byte |= !upstream.buffered().is_empty();
@@ -100,6 +105,15 @@ async fn read_response_head(
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(error) => return Err((ProxyError::bad_response(&backend.id, &error.to_string()), true)),
+        }
+        let timeout = between_reads.min(try_deadline.saturating_duration_since(Instant::now()));
+        if timeout.is_zero() {
+            return Err((
+                ProxyError::UpstreamTimeout {
+                    backend: backend.id.clone(),
+                },
+                true,
+            ));
         }
         match upstream.fill(timeout).await {
             Ok(0) => {
@@ -231,6 +245,29 @@ async fn send_request(
     }
 }
 
+/// Decides a retry on another backend after a try that timed out or answered with a status to retry: tries left,
+/// another backend to take it, and budget; then waits the backoff (within the deadline) and checks again that
+/// another backend can take it. False leaves the request with what this try brought.
+async fn retry_elsewhere(
+    context: &WorkerContext,
+    generation: &Generation,
+    route: &mut Route,
+    index: usize,
+    deadline: Instant,
+) -> bool {
+    let now = Instant::now();
+    if !route.elsewhere(index) || !route.can_go_elsewhere(generation, now) || !context.take_retry(now) {
+        return false;
+    }
+    let wait = context.backoff(&generation.config, route.retries());
+    let remaining = deadline.saturating_duration_since(now);
+    if wait >= remaining {
+        return false;
+    }
+    monoio::time::sleep(wait).await;
+    route.can_go_elsewhere(generation, Instant::now())
+}
+
 /// Why no backend could be picked: every one is unhealthy, or every one left is stopped by its breaker, or there
 /// is none to take it.
 fn nobody_to_ask(generation: &Generation, now: Instant) -> ProxyError {
@@ -280,10 +317,16 @@ pub async fn forward(
     }
 
     // One bounded loop for every retry: the error says what it allows, the request whether it can be sent again,
-    // and the route how often and where.
+    // the route how often and where, and the worker's budget whether retries may add load at all.
+    let replayable_anywhere = bodiless && idempotent;
+    let deadline = request.started + request.request_timeout;
+    context.count_request(Instant::now());
     let mut last_connect_error = None;
     let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
+        if now >= deadline {
+            return Err(fail(ProxyError::RequestTimeout, false, bodiless, None));
+        }
         let panic_open = generation.config.healthcheck.panic_mode == PanicMode::FailOpen;
         let picked = route.pick(generation, now).or_else(|| {
             let index = panic_open.then(|| route.pick_in_panic(generation, now)).flatten()?;
@@ -304,18 +347,23 @@ pub async fn forward(
             Ok(opened) => opened,
             Err(error) => match error.retry() {
                 Retry::OtherBackend => {
-                    context.warn_backend(&backend, &error, "backend connect failed; trying another");
                     context.record(&backend, Outcome::ConnectFailed, now);
-                    context.with_metrics(|metrics| metrics.retried("connect_failed"));
+                    // Nothing was sent: another backend is tried at once, without a backoff.
                     let again = route.connect_failed(index, generation.backends.len());
                     if !again {
                         return Err(fail(error, false, bodiless, None));
                     }
+                    if !context.take_retry(now) {
+                        let error = ProxyError::RetryBudgetExhausted(Box::new(error));
+                        return Err(fail(error, false, bodiless, None));
+                    }
+                    context.warn_backend(&backend, &error, "backend connect failed; trying another");
+                    context.with_metrics(|metrics| metrics.retried("connect_failed"));
                     last_connect_error = Some(error);
                     continue;
                 }
                 // corelb's own limits (descriptors, upstream slots) blame no backend and are not retried.
-                Retry::No | Retry::FreshConnection => {
+                Retry::No | Retry::FreshConnection | Retry::Elsewhere => {
                     if let Some(suppressed) = context.warnings.open(now) {
                         tracing::warn!(error = %error, suppressed, worker = context.index, "cannot open an upstream connection");
                     }
@@ -339,6 +387,7 @@ pub async fn forward(
         write_upstream_request(scratch, request.head_bytes, head, &client_side);
 
         let sent_at = Instant::now();
+        let try_deadline = (sent_at + request.per_try_timeout).min(deadline);
         let failed = match send_request(
             client,
             &mut upstream,
@@ -357,17 +406,49 @@ pub async fn forward(
                     Sent::Answered(received) => (received, false),
                 };
                 stats.body_received = received;
-                match read_response_head(&mut upstream, head.method, generation, &backend).await {
+                match read_response_head(&mut upstream, head.method, generation, &backend, try_deadline).await {
                     Ok(response) => {
                         let outcome = Outcome::Responded {
                             status: response.status,
                         };
                         context.record(&backend, outcome, Instant::now());
                         drop(claim);
+                        let retry_status = complete
+                            && replayable_anywhere
+                            && generation.config.retries.on_status.contains(&response.status);
+                        if retry_status {
+                            // The answer is held while the retry is decided: if no other backend can take the
+                            // request after the backoff, this answer goes to the client after all.
+                            if retry_elsewhere(context, generation, &mut route, index, deadline).await {
+                                context.with_metrics(|metrics| metrics.retried("status"));
+                                last_connect_error = None;
+                                continue;
+                            }
+                        }
                         break (backend, upstream, sent_at, response, complete, in_flight);
                     }
                     Err((error, true)) => {
                         context.record(&backend, Outcome::BadAnswer, Instant::now());
+                        drop(claim);
+                        let error = if Instant::now() >= deadline && error.retry() == Retry::Elsewhere {
+                            ProxyError::RequestTimeout
+                        } else {
+                            error
+                        };
+                        let again = error.retry() == Retry::Elsewhere
+                            && complete
+                            && replayable_anywhere
+                            && retry_elsewhere(context, generation, &mut route, index, deadline).await;
+                        if again {
+                            context.warn_backend(
+                                &backend,
+                                &error,
+                                "backend did not answer in time; retrying elsewhere",
+                            );
+                            context.with_metrics(|metrics| metrics.retried("per_try_timeout"));
+                            last_connect_error = None;
+                            continue;
+                        }
                         return Err(fail(error, false, complete, Some(&backend)));
                     }
                     Err((error, false)) => SendFailure {
@@ -393,10 +474,24 @@ pub async fn forward(
         // connections on this worker are dropped, and a request that can be sent again goes elsewhere.
         context.record(&backend, Outcome::LostBeforeResponse { fresh: !reused }, Instant::now());
         drop(claim);
-        let again = failed.error.retry() == Retry::FreshConnection
+        let may_replay = failed.error.retry() == Retry::FreshConnection
             && replayable(failed.stage, bodiless, idempotent)
-            && failed.request_consumed
-            && route.replay(index);
+            && failed.request_consumed;
+        // A pooled connection the backend had closed (the keep-alive race) is corelb's own loss: its replay is
+        // bounded by the route but neither waits nor spends the budget. A fresh connection lost is the backend's
+        // failure, and its retry does both.
+        let again = may_replay
+            && route.replay(index)
+            && (reused || {
+                let now = Instant::now();
+                if context.take_retry(now) {
+                    let wait = context.backoff(&generation.config, route.retries());
+                    monoio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
+                    true
+                } else {
+                    false
+                }
+            });
         if again {
             context.warn_backend(
                 &backend,

@@ -50,6 +50,8 @@ pub struct Route {
     replays: u32,
     /// Replayed, and no connect has failed since: a backend already tried may take the replay.
     may_reuse_tried: bool,
+    /// Tries made after the first, of every kind.
+    retries: u32,
 }
 
 impl Route {
@@ -59,6 +61,7 @@ impl Route {
             limit: limit.max(1) as usize,
             replays: 0,
             may_reuse_tried: false,
+            retries: 0,
         }
     }
 
@@ -104,6 +107,7 @@ impl Route {
     pub fn connect_failed(&mut self, index: usize, backends: usize) -> bool {
         self.mark_tried(index);
         self.may_reuse_tried = false;
+        self.retries += 1;
         self.tried.len() < self.limit.min(backends)
     }
 
@@ -111,8 +115,32 @@ impl Route {
     pub fn replay(&mut self, index: usize) -> bool {
         self.mark_tried(index);
         self.replays += 1;
+        self.retries += 1;
         self.may_reuse_tried = true;
         self.replays <= MAX_REPLAYS && self.replays as usize <= self.limit
+    }
+
+    /// Records that the try on `index` answered with a status to retry, or timed out: the request goes to another
+    /// backend, never back to this one; false when the tries are used up.
+    pub fn elsewhere(&mut self, index: usize) -> bool {
+        self.mark_tried(index);
+        self.may_reuse_tried = false;
+        self.retries += 1;
+        (self.retries as usize) < self.limit
+    }
+
+    /// Whether a backend not tried yet could take the request now (without moving the balancer's rotation).
+    pub fn can_go_elsewhere(&self, generation: &Generation, now: Instant) -> bool {
+        generation
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(index, backend)| !self.tried.contains(&index) && backend.admits(now).as_fallback())
+    }
+
+    /// Tries this request has made, or is about to make, beyond its first.
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     fn mark_tried(&mut self, index: usize) {
@@ -162,15 +190,22 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_or_garbled_answer_is_not_retried() {
-        let slow = ProxyError::UpstreamTimeout { backend: "b".into() };
+    fn a_status_or_timeout_retry_never_returns_to_the_same_backend_and_stops_at_the_limit() {
+        let mut route = Route::new(3);
+        assert!(route.elsewhere(0));
+        assert!(route.elsewhere(1));
+        assert!(!route.elsewhere(2), "three tries in all");
+        assert!(!route.may_reuse_tried);
+        assert_eq!(route.tried, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_garbled_answer_is_not_replayed() {
         let garbled = ProxyError::BadResponse {
             backend: "b".into(),
             reason: "x".into(),
         };
-        for error in [slow, garbled] {
-            assert!(!sent_again(&error, Stage::Awaiting, true, true));
-        }
+        assert!(!sent_again(&garbled, Stage::Awaiting, true, true));
     }
 
     #[test]

@@ -13,10 +13,13 @@ use super::health::HealthTable;
 use super::request_id::RequestIds;
 use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
+use crate::config::Config;
 use crate::metrics::WorkerMetrics;
 use crate::net::slots::{Slot, Slots};
 use crate::net::{PipePool, Watchdog};
 use crate::ratelimit::RateLimitShard;
+use crate::upstream::backoff::{backoff, Jitter};
+use crate::upstream::budget::{BudgetSettings, RetryBudget};
 
 /// The worker-wide state shared by its tasks.
 pub struct WorkerContext {
@@ -25,6 +28,10 @@ pub struct WorkerContext {
     /// How many workers share the process-wide rate limits.
     pub workers: usize,
     pub rate_limit: RefCell<RateLimitShard>,
+    /// This worker's share of the retry budget.
+    retry_budget: RefCell<RetryBudget>,
+    /// Random numbers for backoff jitter.
+    jitter: RefCell<Jitter>,
     metrics: RefCell<WorkerMetrics>,
     /// Access log lines not yet handed to the writer thread.
     access_log: RefCell<String>,
@@ -76,6 +83,15 @@ fn upstream_limit(generation: &Generation, limits: WorkerLimits) -> usize {
         .min(limits.upstream)
 }
 
+/// One worker's retry budget: the process-wide reserve split evenly over the workers.
+fn budget_settings(config: &Config, workers: usize) -> BudgetSettings {
+    BudgetSettings {
+        ratio: config.retries.budget_ratio,
+        min_per_second: config.retries.budget_min_per_second / workers.max(1) as f64,
+        window: config.retries.budget_window,
+    }
+}
+
 /// Marks every backend of `generation` healthy or not as `table` says.
 fn apply_health(generation: &Generation, table: &HealthTable) {
     for backend in &generation.backends {
@@ -105,6 +121,13 @@ impl WorkerContext {
             request_ids: RequestIds::new(process_seed, index),
             workers,
             rate_limit: RefCell::new(RateLimitShard::new(&generation.config, workers, Instant::now())),
+            retry_budget: RefCell::new(RetryBudget::new(
+                budget_settings(&generation.config, workers),
+                Instant::now(),
+            )),
+            jitter: RefCell::new(Jitter::new(
+                process_seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            )),
             metrics: RefCell::new(metrics),
             access_log: RefCell::new(String::new()),
             access_log_writer: outboxes.access_log,
@@ -168,6 +191,10 @@ impl WorkerContext {
             *self.rate_limit.borrow_mut() = RateLimitShard::new(&next.config, self.workers, Instant::now());
         }
         self.upstream_slots.set_limit(upstream_limit(&next, self.limits));
+        let budget = budget_settings(&next.config, self.workers);
+        if self.retry_budget.borrow().settings() != budget {
+            *self.retry_budget.borrow_mut() = RetryBudget::new(budget, Instant::now());
+        }
         *self.generation.borrow_mut() = Rc::new(next);
     }
 
@@ -192,6 +219,26 @@ impl WorkerContext {
         if let Some(state) = generation.backends.iter().find(|state| state.id == backend) {
             state.stop_traffic(until);
         }
+    }
+
+    /// Counts a client request into the retry budget.
+    pub fn count_request(&self, now: Instant) {
+        self.retry_budget.borrow_mut().request(now);
+    }
+
+    /// Takes one retry from this worker's budget; false (and counted) when it is spent.
+    pub fn take_retry(&self, now: Instant) -> bool {
+        let granted = self.retry_budget.borrow_mut().try_retry(now);
+        if !granted {
+            self.with_metrics(|metrics| metrics.retried("budget_exhausted"));
+        }
+        granted
+    }
+
+    /// How long to wait before retry number `retry` of a request (see `upstream::backoff`).
+    pub fn backoff(&self, config: &Config, retry: u32) -> std::time::Duration {
+        let random = self.jitter.borrow_mut().fraction();
+        backoff(config.retries.backoff, config.retries.backoff_max, retry, random)
     }
 
     /// Takes a newer health table from the control thread and applies it to the running generation; an older

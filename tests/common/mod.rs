@@ -403,6 +403,17 @@ impl Corelb {
         Client::connect(self.addr)
     }
 
+    /// The address of the frontend named `name`, from the ready line.
+    pub fn frontend_addr(&self, name: &str) -> SocketAddr {
+        let line = self
+            .process
+            .output()
+            .into_iter()
+            .find(|line| line.contains("corelb ready"))
+            .expect("a ready line");
+        parse_addr_after(&line, &format!("{name}="))
+    }
+
     /// Sends one keep-alive GET on each of `count` new connections; does not read the answers.
     pub fn clients_with_a_request(&self, count: usize) -> Vec<Client> {
         (0..count)
