@@ -341,6 +341,12 @@ fn a_try_that_times_out_goes_to_another_backend_and_the_deadline_ends_the_reques
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 504], "one POST went to the slow backend and timed out");
+    let timed_out = format!("backend=\"{}\",category=\"upstream_timeout\"", slow.id());
+    assert_eq!(
+        metric_sum(&corelb.scrape(), "corelb_errors_total", &timed_out),
+        1.0,
+        "the failure is counted for the backend, by category"
+    );
 
     // Both slow and a deadline shorter than their latency: the deadline answers, not the backend.
     let deadline = format!(

@@ -58,6 +58,8 @@ pub struct BackendSeries {
     pub connections_new: u64,
     pub connections_reused: u64,
     pub connections_open: u64,
+    /// Failed requests that reached this backend (or, for the `none` series, no backend), by category.
+    pub errors: BTreeMap<&'static str, u64>,
     /// Filled when a snapshot is taken.
     pub connections_idle: u64,
     pub weight: u32,
@@ -163,6 +165,9 @@ impl WorkerMetrics {
         }
         if let Some(category) = record.error {
             *self.errors.entry(category).or_insert(0) += 1;
+            if let Some(backend) = self.backends.get_mut(record.backend) {
+                *backend.errors.entry(category).or_insert(0) += 1;
+            }
         }
     }
 
@@ -298,6 +303,9 @@ impl Merged {
                 total.connections_new += series.connections_new;
                 total.connections_reused += series.connections_reused;
                 total.connections_open += series.connections_open;
+                for (category, count) in &series.errors {
+                    *total.errors.entry(category).or_insert(0) += count;
+                }
                 total.connections_idle += series.connections_idle;
                 total.weight = total.weight.max(series.weight);
                 total.configured |= series.configured;
@@ -391,5 +399,10 @@ mod tests {
         assert_eq!(merged.backends["a"].upstream.count(), 12);
         assert_eq!(merged.frontends["web"].duration.count(), 13);
         assert_eq!(merged.errors["connect_failed"], 5);
+        assert_eq!(
+            merged.backends["b"].errors["connect_failed"], 5,
+            "counted for the backend too"
+        );
+        assert!(merged.backends["a"].errors.is_empty());
     }
 }

@@ -220,9 +220,15 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     }
     families.extend([upstream, connections, idle, open, up, weight, circuit, trips]);
 
-    let mut errors = Family::new(ERRORS, "Failed requests by error category.", MetricType::COUNTER);
-    for (category, count) in &merged.errors {
-        errors.counter(&[("category", category)], *count as f64);
+    let mut errors = Family::new(
+        ERRORS,
+        "Failed requests by backend (none: no backend was reached) and error category.",
+        MetricType::COUNTER,
+    );
+    for (id, series) in &merged.backends {
+        for (category, count) in &series.errors {
+            errors.counter(&[("backend", id), ("category", category)], *count as f64);
+        }
     }
     families.push(errors);
     let mut retries = Family::new(

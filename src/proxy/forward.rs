@@ -351,9 +351,12 @@ pub async fn forward(
                     // Nothing was sent: another backend is tried at once, without a backoff.
                     let again = route.connect_failed(index, generation.backends.len());
                     if !again {
+                        // The last backend tried is the one the failure is counted for.
+                        stats.backend = Some(Rc::clone(&backend));
                         return Err(fail(error, false, bodiless, None));
                     }
                     if !context.take_retry(now) {
+                        stats.backend = Some(Rc::clone(&backend));
                         let error = ProxyError::RetryBudgetExhausted(Box::new(error));
                         return Err(fail(error, false, bodiless, None));
                     }
