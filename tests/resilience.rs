@@ -476,3 +476,31 @@ fn a_hung_backend_is_routed_around_and_no_get_fails() {
     );
     assert!(failures.is_empty(), "GETs failed: {failures:?}");
 }
+
+#[test]
+fn a_backend_added_to_a_running_service_ramps_up_while_the_first_ones_take_their_full_share() {
+    let first = Backend::start("first");
+    let joining = Backend::start("joining");
+    let corelb = Corelb::start(&config_for(&[(&first, 1)], 1, "", "[upstream]\nslow_start = \"1h\"\n"));
+    let added = corelb.control(json!({"cmd": "backend_add", "url": joining.url(), "id": "joining"}));
+    assert_eq!(added["ok"], true, "{added}");
+    let entry = backend_when(&corelb, "joining", "in the pool", |entry| entry["share"].is_number());
+    assert_eq!(entry["share"], 0.1, "a tenth of its turns at first: {entry}");
+    let mut client = corelb.client();
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        *served.entry(client.get("/").backend_id()).or_default() += 1;
+    }
+    // At its full share it would serve 100 of 200. An hour's ramp has barely begun, so it takes a tenth of the
+    // turns it is offered (round-robin offers it the next turn again after each it declines): about 20.
+    let joined = served.get("joining").copied().unwrap_or(0);
+    assert!(
+        (15..=25).contains(&joined),
+        "the joining backend served {joined} of 200: {served:?}"
+    );
+    let entry = backend_when(&corelb, &first.id(), "listed", |_| true);
+    assert_eq!(
+        entry["share"], 1.0,
+        "a backend of the first config takes its full share at once"
+    );
+}

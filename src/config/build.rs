@@ -333,6 +333,7 @@ fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
         idle_timeout: section.positive_duration("idle_timeout", Duration::from_secs(60), errors),
         max_connect_attempts: section.integer_in("max_connect_attempts", 3, 1, 100, errors) as u32,
         fail_timeout: section.positive_duration("fail_timeout", Duration::from_secs(10), errors),
+        slow_start: section.or("slow_start", Duration::ZERO, errors),
         max_connections_per_backend: section.integer_in("max_connections_per_backend", 256, 1, 1_000_000, errors)
             as usize,
     };

@@ -182,6 +182,9 @@ pub struct UpstreamConfig {
     pub max_connect_attempts: u32,
     /// A backend that refused a connection is skipped by this worker for this long.
     pub fail_timeout: Duration,
+    /// A backend that joins (by a config change) or recovers (health check, circuit breaker) takes this long to
+    /// reach its full share; zero turns slow start off.
+    pub slow_start: Duration,
     /// Upstream connections (in use and idle) one worker holds, per backend in the set: the worker's cap is this
     /// times the number of backends (and never more than its share of the descriptor budget). Past it requests
     /// queue, first come first served, for up to `timeouts.connect`. Bounding it keeps the queue in corelb, where

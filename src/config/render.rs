@@ -132,12 +132,13 @@ pub fn to_toml(config: &Config) -> String {
     let upstream = &config.upstream;
     let _ = writeln!(
         out,
-        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\nmax_connections_per_backend = {}\n",
+        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\nmax_connections_per_backend = {}\nslow_start = \"{}\"\n",
         upstream.max_idle_per_backend,
         format_duration(upstream.idle_timeout),
         upstream.max_connect_attempts,
         format_duration(upstream.fail_timeout),
-        upstream.max_connections_per_backend
+        upstream.max_connections_per_backend,
+        format_duration(upstream.slow_start)
     );
     let limits = &config.limits;
     let _ = writeln!(

@@ -112,6 +112,7 @@ impl Control {
                 let mut idle = 0;
                 let mut down_on = 0;
                 let mut unhealthy_on = 0;
+                let mut share: f64 = 0.0;
                 let mut circuits = Vec::new();
                 let mut circuit_failures = 0;
                 for report in &reports {
@@ -120,6 +121,7 @@ impl Control {
                         idle += seen.idle_connections;
                         down_on += usize::from(seen.down);
                         unhealthy_on += usize::from(seen.unhealthy);
+                        share = share.max(seen.share);
                         circuits.extend(seen.circuit);
                         circuit_failures += seen.circuit_failures;
                     }
@@ -142,6 +144,7 @@ impl Control {
                     "idle_connections": idle,
                     "check": self.checks.word_for(&backend.id),
                     "unhealthy_on_workers": unhealthy_on,
+                    "share": share,
                 });
                 if !circuits.is_empty() {
                     shown["circuit"] = json!({

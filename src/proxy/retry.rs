@@ -73,7 +73,9 @@ impl Route {
         let untried = |index: usize| !self.tried.contains(&index);
         generation
             .balancer
-            .pick(|index| untried(index) && backends[index].admits(now) == Admission::Admitted)
+            .pick(|index| {
+                untried(index) && backends[index].admits(now) == Admission::Admitted && backends[index].takes_turn(now)
+            })
             .or_else(|| {
                 generation
                     .balancer

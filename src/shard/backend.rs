@@ -22,6 +22,8 @@ pub struct BackendReport {
     pub down: bool,
     /// The active health checks found it unhealthy.
     pub unhealthy: bool,
+    /// The share of its turns it takes: below 1 during slow start.
+    pub share: f64,
     /// The circuit breaker's state on this worker (`closed`, `open`, `half_open`), when it is enabled.
     pub circuit: Option<&'static str>,
     /// Consecutive failures the breaker has counted on this worker.
@@ -80,6 +82,18 @@ pub struct Settings {
     pub breaker: Option<BreakerSettings>,
     /// Response statuses the breaker counts as failures (`circuitbreaker.failure_statuses`).
     pub failure_statuses: StatusSet,
+    /// How long a backend that joins or recovers takes to reach its full share (`upstream.slow_start`; zero: at
+    /// once).
+    pub slow_start: Duration,
+}
+
+/// The share of its turns a backend takes `elapsed` into its slow start of `window`: from a tenth (Envoy's
+/// minimum weight) rising linearly to all of them.
+pub fn ramp_share(elapsed: Duration, window: Duration) -> f64 {
+    if window.is_zero() || elapsed >= window {
+        return 1.0;
+    }
+    (elapsed.as_secs_f64() / window.as_secs_f64()).max(0.1)
 }
 
 /// A set of 5xx statuses, one bit each.
@@ -154,6 +168,10 @@ pub struct BackendState {
     breaker: RefCell<Option<Breaker>>,
     /// The active health checks found it unhealthy (the health table's word).
     unhealthy: Cell<bool>,
+    /// When its slow start began (it joined or recovered), while it lasts.
+    ramp_since: Cell<Option<Instant>>,
+    /// Turns earned and not yet taken during slow start: each turn adds the share, taking one costs 1.
+    ramp_credit: Cell<f64>,
     /// The last attempt to reach it failed (see [`BackendState::failed`]).
     failed: Cell<bool>,
     /// Warnings about this backend from this worker.
@@ -173,6 +191,8 @@ impl BackendState {
             in_flight: Cell::new(0),
             breaker: RefCell::new(settings.breaker.map(Breaker::new)),
             unhealthy: Cell::new(false),
+            ramp_since: Cell::new(None),
+            ramp_credit: Cell::new(0.0),
             failed: Cell::new(false),
             warnings: WarningGate::default(),
         }
@@ -230,6 +250,14 @@ impl BackendState {
     /// connections lost, bad or late answers and the configured failure statuses as failures, any other
     /// response as a success; what changed in it is returned for the control thread.
     pub fn record(&self, outcome: Outcome, now: Instant) -> Option<BreakerChange> {
+        let change = self.record_attempt(outcome, now);
+        if change == Some(BreakerChange::Closed) {
+            self.start_slow_start(now);
+        }
+        change
+    }
+
+    fn record_attempt(&self, outcome: Outcome, now: Instant) -> Option<BreakerChange> {
         self.mark(outcome, now);
         let attempt = match outcome {
             Outcome::ConnectFailed | Outcome::LostBeforeResponse { fresh: true } | Outcome::BadAnswer => {
@@ -246,9 +274,44 @@ impl BackendState {
         change_between(before, breaker.traffic())
     }
 
-    /// Takes the active health checks' word for this backend.
+    /// Takes the active health checks' word for this backend; one that recovers starts its slow start.
     pub fn set_unhealthy(&self, unhealthy: bool) {
-        self.unhealthy.set(unhealthy);
+        if self.unhealthy.replace(unhealthy) && !unhealthy {
+            self.start_slow_start(Instant::now());
+        }
+    }
+
+    /// Begins a slow start at `now` (the backend joined or recovered); nothing when slow start is off.
+    pub fn start_slow_start(&self, now: Instant) {
+        if !self.settings.get().slow_start.is_zero() {
+            self.ramp_since.set(Some(now));
+            self.ramp_credit.set(0.0);
+        }
+    }
+
+    /// Whether the backend takes this turn of the balancer: always, except during slow start, when it takes its
+    /// [`ramp_share`] of its turns (a credit counter, so the share is exact and no random number is drawn).
+    pub fn takes_turn(&self, now: Instant) -> bool {
+        let Some(since) = self.ramp_since.get() else {
+            return true;
+        };
+        let share = ramp_share(now.saturating_duration_since(since), self.settings.get().slow_start);
+        if share >= 1.0 {
+            self.ramp_since.set(None);
+            return true;
+        }
+        let credit = self.ramp_credit.get() + share;
+        // A hair under 1 counts: tenths added ten times must make a turn.
+        let takes = credit >= 1.0 - 1e-9;
+        self.ramp_credit.set(if takes { credit - 1.0 } else { credit });
+        takes
+    }
+
+    /// The share of its turns it takes now: below 1 during slow start.
+    pub fn share(&self, now: Instant) -> f64 {
+        self.ramp_since.get().map_or(1.0, |since| {
+            ramp_share(now.saturating_duration_since(since), self.settings.get().slow_start)
+        })
     }
 
     pub fn unhealthy(&self) -> bool {
@@ -301,6 +364,7 @@ impl BackendState {
             idle_connections: self.idle_connections(),
             down: self.failed(),
             unhealthy: self.unhealthy.get(),
+            share: self.share(Instant::now()),
             circuit: self.circuit().map(|(state, _)| state),
             circuit_failures: self.breaker.borrow().as_ref().map_or(0, Breaker::consecutive_failures),
         }
@@ -403,6 +467,7 @@ mod tests {
             fail_timeout: Duration::from_secs(10),
             breaker: None,
             failure_statuses: StatusSet::default(),
+            slow_start: Duration::ZERO,
         };
         BackendState::new(&config, "127.0.0.1:1".parse().unwrap(), 0, settings)
     }
@@ -485,6 +550,25 @@ mod tests {
         drop(trial);
         assert_eq!(state.admits(later), Admission::Admitted);
         assert_eq!(state.circuit(), Some(("closed", 1)));
+    }
+
+    #[test]
+    fn slow_start_takes_a_tenth_of_the_turns_at_first_and_all_once_it_is_over() {
+        let state = backend(false);
+        state.configure(Settings {
+            slow_start: Duration::from_secs(100),
+            ..state.settings.get()
+        });
+        let start = Instant::now();
+        state.start_slow_start(start);
+        let taken = (0..100).filter(|_| state.takes_turn(start)).count();
+        assert_eq!(taken, 10, "a tenth at first");
+        let halfway = start + Duration::from_secs(50);
+        assert_eq!((0..100).filter(|_| state.takes_turn(halfway)).count(), 50);
+        let over = start + Duration::from_secs(100);
+        assert!((0..10).all(|_| state.takes_turn(over)));
+        assert_eq!(state.share(over), 1.0);
+        assert_eq!(ramp_share(Duration::from_secs(5), Duration::ZERO), 1.0, "off");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::Balancer;
@@ -64,7 +65,12 @@ impl Generation {
                     })
                     .unwrap_or_else(|| {
                         let slot = metrics.backend_slot(&backend.id);
-                        Rc::new(BackendState::new(backend, addr, slot, settings))
+                        let state = BackendState::new(backend, addr, slot, settings);
+                        if previous.is_some() {
+                            // Joined a running service: it ramps up (slow start); the first config's do not.
+                            state.start_slow_start(Instant::now());
+                        }
+                        Rc::new(state)
                     })
             })
             .collect();
@@ -105,5 +111,6 @@ fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
             max_trials: config.circuitbreaker.max_half_open,
         }),
         failure_statuses: StatusSet::of(&config.circuitbreaker.failure_statuses),
+        slow_start: config.upstream.slow_start,
     }
 }
