@@ -153,9 +153,11 @@ fn an_open_breaker_sends_traffic_to_the_other_backends_without_trying_the_failin
     assert_eq!(failing.stats().1, before, "the open breaker kept every request away");
 }
 
+/// Checks every 500 ms with a 500 ms budget: a loaded machine answering a probe late must not flip a healthy
+/// backend, so the budget is far above a loopback answer's time.
 fn checks(extra: &str) -> String {
     format!(
-        "[healthcheck]\nenabled = true\ninterval = \"100ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 2\n\
+        "[healthcheck]\nenabled = true\ninterval = \"500ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\n\
          unhealthy_threshold = 2\n{extra}\n"
     )
 }
@@ -313,9 +315,9 @@ fn retries(extra: &str) -> String {
 
 #[test]
 fn a_try_that_times_out_goes_to_another_backend_and_the_deadline_ends_the_request() {
-    let slow = Backend::start_with("slow", &["--latency", "2s"]);
+    let slow = Backend::start_with("slow", &["--latency", "3s"]);
     let fast = Backend::start("fast");
-    let extra = format!("[timeouts]\nper_try = \"200ms\"\nrequest = \"10s\"\n{}", retries(""));
+    let extra = format!("[timeouts]\nper_try = \"1s\"\nrequest = \"20s\"\n{}", retries(""));
     let corelb = Corelb::start(&config_for(&[(&slow, 1), (&fast, 1)], 1, "", &extra));
     for _ in 0..4 {
         let response = corelb.get("/");
@@ -418,11 +420,7 @@ fn a_hung_backend_is_routed_around_and_no_get_fails() {
     let hung = Backend::start("hung");
     let b = Backend::start("b");
     let c = Backend::start("c");
-    let extra = format!(
-        "[timeouts]\nper_try = \"300ms\"\n{}{}",
-        retries(""),
-        breaker(3, "60s", 1)
-    );
+    let extra = format!("[timeouts]\nper_try = \"1s\"\n{}{}", retries(""), breaker(3, "60s", 1));
     let corelb = Corelb::start(&config_for(&[(&hung, 1), (&b, 1), (&c, 1)], 2, "", &extra));
     let done = Arc::new(AtomicUsize::new(0));
     let stopped = Arc::new(AtomicBool::new(false));

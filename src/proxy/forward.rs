@@ -433,7 +433,8 @@ pub async fn forward(
                     Err((error, true)) => {
                         context.record(&backend, Outcome::BadAnswer, Instant::now());
                         drop(claim);
-                        let error = if Instant::now() >= deadline && error.retry() == Retry::Elsewhere {
+                        // The request's own deadline, not the try's, was the one that ran out.
+                        let error = if try_deadline >= deadline && error.retry() == Retry::Elsewhere {
                             ProxyError::RequestTimeout
                         } else {
                             error
