@@ -83,7 +83,8 @@ fn rate_limit_decision(c: &mut Criterion) {
     group.finish();
 }
 
-/// The breaker's part of one request: admit, then record, with the clock read as the request path reads it.
+/// The breaker's part of one request: the pick's look (`peek`), the claim (`admit`) and the outcome (`record`),
+/// with the clock read as the request path reads it.
 fn breaker_decision(c: &mut Criterion) {
     let mut breaker = Breaker::new(BreakerSettings {
         threshold: 5,
@@ -93,6 +94,7 @@ fn breaker_decision(c: &mut Criterion) {
     c.bench_function("breaker_admit_and_record", |bench| {
         bench.iter(|| {
             let now = Instant::now();
+            black_box(breaker.peek(now));
             let verdict = breaker.admit(now);
             breaker.record(Attempt::Succeeded, now);
             black_box(verdict)

@@ -1,6 +1,7 @@
 //! corelb: a thread-per-core HTTP/1.1 load balancer on io_uring. ARCHITECTURE.md describes the shape; the layers
-//! below follow it: pure modules (`config`, `http`, `balance`, `upstream`), per-core modules (`net`,
-//! `shard`, `proxy`, `worker`), and the `control` thread that reaches the cores only through messages.
+//! below follow it: pure modules (`config`, `http`, `balance`, `upstream`), per-core modules (`net`, `shard`,
+//! `proxy`, `worker`), the `health` prober thread, and the `control` thread that reaches the cores only through
+//! messages.
 
 pub mod access_log;
 pub mod balance;

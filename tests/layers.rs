@@ -43,7 +43,7 @@ fn reaches(folders: &[&str], forbidden: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_per_core_state_and_the_request_path_never_reach_up() {
-    let offences = reaches(&["shard", "proxy", "net"], &["worker", "control"]);
+    let offences = reaches(&["shard", "proxy", "net", "health"], &["worker", "control"]);
     assert!(
         offences.is_empty(),
         "imports that run back up:\n{}",
