@@ -1,7 +1,8 @@
 //! `corelb-backend`: the example origin server for demos and tests. Answers every path with its id, echoes requests
 //! on `/echo`, serves generated bodies of any size on `/bytes`, counts connections on `/stats`, holds requests to
-//! `/hold` until `/control/release`, and can be made slow, failing or unhealthy from flags or from requests, so
-//! tests and demos can misbehave it at will. It reads HTTP
+//! `/hold` until `/control/release`, and can be made slow, failing or unhealthy from flags or, live, from requests
+//! (`/control/latency?delay=…`, `/control/errors?rate=…&status=…`, `/control/health/fail`), so tests and demos can
+//! misbehave it at will. It reads HTTP
 //! with its own framing (`wire`), not corelb's parser, so the two check each other.
 
 use std::cell::Cell;
@@ -34,9 +35,12 @@ struct Args {
     /// Latency added to every response, e.g. "50ms".
     #[arg(long, value_parser = parse_duration)]
     latency: Option<Duration>,
-    /// Fraction of requests (0.0..=1.0) answered with 500.
+    /// Fraction of requests (0.0..=1.0) answered with `--error-status`, evenly spaced (0.5 fails every other one).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// The status of an injected failure.
+    #[arg(long, default_value_t = 500)]
+    error_status: u16,
     /// Start with /health failing.
     #[arg(long)]
     unhealthy: bool,
@@ -51,8 +55,8 @@ struct Args {
 /// State shared by every connection (one thread, so plain cells).
 struct Backend {
     id: String,
-    latency: Option<Duration>,
-    error_rate: f64,
+    latency: Cell<Option<Duration>>,
+    errors: Cell<Errors>,
     healthy: Cell<bool>,
     quiet: bool,
     idle_timeout: Duration,
@@ -69,16 +73,54 @@ struct Backend {
 
 const IDLE: Duration = Duration::from_secs(120);
 
+/// Injected failures: a `rate` of the requests answered with `status`, spaced evenly by a running debt (each request
+/// adds the rate; a failure pays 1), so a test sees exactly the fraction asked for, with no random draw.
+#[derive(Debug, Clone, Copy)]
+struct Errors {
+    rate: f64,
+    status: u16,
+    debt: f64,
+}
+
+impl Errors {
+    /// Whether this request fails.
+    fn next(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        self.debt += self.rate;
+        // A hair under 1 counts: tenths added ten times must make a failure.
+        let fails = self.debt >= 1.0 - 1e-9;
+        if fails {
+            self.debt -= 1.0;
+        }
+        fails
+    }
+}
+
+/// A status an injected failure may use.
+fn failure_status(status: u16) -> bool {
+    (400..=599).contains(&status)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.error_rate) {
         eprintln!("error: --error-rate must be between 0.0 and 1.0");
         return ExitCode::from(2);
     }
+    if !failure_status(args.error_status) {
+        eprintln!("error: --error-status must be between 400 and 599");
+        return ExitCode::from(2);
+    }
     let backend = Rc::new(Backend {
         id: args.id.clone(),
-        latency: args.latency,
-        error_rate: args.error_rate,
+        latency: Cell::new(args.latency),
+        errors: Cell::new(Errors {
+            rate: args.error_rate,
+            status: args.error_status,
+            debt: 0.0,
+        }),
         healthy: Cell::new(!args.unhealthy),
         quiet: args.quiet,
         idle_timeout: args.idle_timeout,
@@ -126,12 +168,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// A small xorshift generator: enough for fault injection, no dependency.
-fn random_fraction(seed: &mut u64) -> f64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    (*seed >> 11) as f64 / (1u64 << 53) as f64
+/// The status to answer this request with when it is one of the injected failures.
+fn inject_failure(backend: &Backend) -> Option<u16> {
+    let mut errors = backend.errors.get();
+    let fails = errors.next();
+    backend.errors.set(errors);
+    fails.then_some(errors.status)
 }
 
 fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
@@ -146,7 +188,6 @@ fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
 async fn serve(backend: Rc<Backend>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut connection = BufferedStream::new(stream, &backend.watchdog);
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ backend.connections.get();
     loop {
         let head = loop {
             match parse_head(connection.buffered()) {
@@ -182,7 +223,7 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
         if !backend.quiet {
             eprintln!("backend {} {method} {target} body={body_length}", backend.id);
         }
-        let mut delay = backend.latency;
+        let mut delay = backend.latency.get();
         if let Some(extra) = query_param(target, "delay").and_then(|value| parse_duration(value).ok()) {
             delay = Some(extra);
         }
@@ -193,7 +234,7 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
             hold(&backend).await;
         }
         let close = head.close || target.starts_with("/close");
-        let keep_going = answer(&backend, &mut connection, &head, body_length, close, &mut seed).await;
+        let keep_going = answer(&backend, &mut connection, &head, body_length, close).await;
         if !keep_going || close {
             return;
         }
@@ -295,7 +336,6 @@ async fn answer(
     head: &Head,
     body_length: u64,
     close: bool,
-    seed: &mut u64,
 ) -> bool {
     let id = &backend.id;
     let (target, method) = (head.target.as_str(), head.method.as_str());
@@ -313,8 +353,22 @@ async fn answer(
     } else if path == "/control/health/fail" || path == "/control/health/ok" {
         backend.healthy.set(path.ends_with("/ok"));
         respond(id, 200, "OK", &[], b"switched\n", close)
-    } else if path != "/stats" && backend.error_rate > 0.0 && random_fraction(seed) < backend.error_rate {
-        respond(id, 500, "Internal Server Error", &[], b"injected failure\n", close)
+    } else if path == "/control/latency" {
+        let delay = query_param(target, "delay").and_then(|value| parse_duration(value).ok());
+        backend.latency.set(delay.filter(|delay| !delay.is_zero()));
+        respond(id, 200, "OK", &[], b"switched\n", close)
+    } else if path == "/control/errors" {
+        let mut errors = backend.errors.get();
+        let rate = query_param(target, "rate").and_then(|value| value.parse::<f64>().ok());
+        errors.rate = rate.filter(|rate| (0.0..=1.0).contains(rate)).unwrap_or(0.0);
+        if let Some(status) = query_param(target, "status").and_then(|value| value.parse::<u16>().ok()) {
+            errors.status = if failure_status(status) { status } else { 500 };
+        }
+        errors.debt = 0.0;
+        backend.errors.set(errors);
+        respond(id, 200, "OK", &[], b"switched\n", close)
+    } else if let Some(status) = (path != "/stats").then(|| inject_failure(backend)).flatten() {
+        respond(id, status, "Injected Failure", &[], b"injected failure\n", close)
     } else if let Some(status) = forced_status.filter(|status| (200..=599).contains(status)) {
         respond(
             id,
@@ -417,5 +471,27 @@ async fn send_bytes(
         if remaining == 0 {
             return true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failures(rate: f64, requests: usize) -> Vec<bool> {
+        let mut errors = Errors {
+            rate,
+            status: 503,
+            debt: 0.0,
+        };
+        (0..requests).map(|_| errors.next()).collect()
+    }
+
+    #[test]
+    fn injected_failures_are_exactly_the_rate_and_evenly_spaced() {
+        assert_eq!(failures(0.5, 6), [false, true, false, true, false, true]);
+        assert_eq!(failures(0.1, 100).iter().filter(|failed| **failed).count(), 10);
+        assert!(failures(1.0, 5).iter().all(|failed| *failed));
+        assert!(!failures(0.0, 5).iter().any(|failed| *failed));
     }
 }
