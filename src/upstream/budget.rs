@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The window is kept as this many buckets, so old requests and retries leave it a bucket at a time.
-const BUCKETS: usize = 10;
+use super::window::SlidingCounts;
 
 /// What the budget is set to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,32 +18,18 @@ pub struct BudgetSettings {
     pub window: Duration,
 }
 
-/// Requests and retries counted in one bucket of the window.
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Which bucket of time it counts (time since `start` divided by the bucket width).
-    index: u64,
-    requests: u64,
-    retries: u64,
-}
-
-/// One core's retry budget.
+/// One core's retry budget: requests and retries over the window.
 #[derive(Debug, Clone)]
 pub struct RetryBudget {
     settings: BudgetSettings,
-    start: Instant,
-    width: Duration,
-    buckets: [Bucket; BUCKETS],
+    counts: SlidingCounts,
 }
 
 impl RetryBudget {
     pub fn new(settings: BudgetSettings, now: Instant) -> RetryBudget {
-        let width = (settings.window / BUCKETS as u32).max(Duration::from_millis(1));
         RetryBudget {
             settings,
-            start: now,
-            width,
-            buckets: [Bucket::default(); BUCKETS],
+            counts: SlidingCounts::new(settings.window, now),
         }
     }
 
@@ -54,43 +39,19 @@ impl RetryBudget {
 
     /// Counts a client request.
     pub fn request(&mut self, now: Instant) {
-        self.bucket(now).requests += 1;
+        self.counts.add(now, 1, 0);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn try_retry(&mut self, now: Instant) -> bool {
-        let current = self.current_index(now);
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for bucket in &self.buckets {
-            if current.saturating_sub(bucket.index) < BUCKETS as u64 && bucket.index <= current {
-                requests += bucket.requests;
-                retries += bucket.retries;
-            }
-        }
+        let (requests, retries) = self.counts.sums(now);
         let reserve = self.settings.min_per_second * self.settings.window.as_secs_f64();
         let allowed = self.settings.ratio * requests as f64 + reserve;
         if (retries as f64) + 1.0 > allowed {
             return false;
         }
-        self.bucket(now).retries += 1;
+        self.counts.add(now, 0, 1);
         true
-    }
-
-    fn current_index(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.start).as_nanos() / self.width.as_nanos().max(1)) as u64
-    }
-
-    /// The bucket counting `now`, emptied first when it last counted an older stretch of time.
-    fn bucket(&mut self, now: Instant) -> &mut Bucket {
-        let index = self.current_index(now);
-        let bucket = &mut self.buckets[(index % BUCKETS as u64) as usize];
-        if bucket.index != index {
-            *bucket = Bucket {
-                index,
-                ..Bucket::default()
-            };
-        }
-        bucket
     }
 }
 
