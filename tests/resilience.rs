@@ -6,24 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config_for, metric_sum, Backend, Client, Corelb};
+use common::{backend_when, config_for, metric_sum, Backend, Client, Corelb};
 use serde_json::{json, Value};
-
-/// Polls `ctl backends` until `condition` holds of backend `id` (10 s at most); returns its entry.
-fn backend_when(corelb: &Corelb, id: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = corelb.control(json!({"cmd": "backends"}));
-        assert_eq!(reply["ok"], true, "{reply}");
-        let backends = reply["result"]["backends"].as_array().unwrap();
-        let entry = backends.iter().find(|entry| entry["id"] == id).unwrap().clone();
-        if condition(&entry) {
-            return entry;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}: {entry}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn breaker(threshold: u32, timeout: &str, max_half_open: u32) -> String {
     format!(
@@ -412,27 +396,47 @@ fn with_every_backend_failing_the_budget_keeps_attempts_within_a_fifth_more_than
     assert!(metric_sum(&metrics, "corelb_retries_total", "reason=\"budget_exhausted\"") > 0.0);
 }
 
-#[test]
-fn a_hung_backend_is_routed_around_and_no_get_fails() {
+/// What one hung-backend run saw.
+struct HungRun {
+    failures: Vec<String>,
+    /// From SIGSTOP until every worker had stopped sending to the hung backend (by `ctl backends`).
+    routed_around: Duration,
+    /// From SIGSTOP until the first 100 ms in which the clients completed at least 90 % of the GETs they did per
+    /// 100 ms before it.
+    recovered: Option<Duration>,
+    baseline_per_second: f64,
+    slowest: Duration,
+    gets: usize,
+    /// GETs completed in each 100 ms after SIGSTOP.
+    curve: Vec<usize>,
+}
+
+/// Eight keep-alive clients on three backends; one is stopped with SIGSTOP (a wedged process: its socket accepts,
+/// nothing answers) a second into the load, and the load goes on for two seconds after corelb has routed around
+/// it. `passive` is the config that must notice (breaker or outlier detection), `routed` the `ctl backends` state
+/// that shows it did. The clients stop by themselves after 20,000 GETs each at most.
+fn hung_backend_run(passive: &str, routed: impl Fn(&Value) -> bool) -> HungRun {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
     let hung = Backend::start("hung");
     let b = Backend::start("b");
     let c = Backend::start("c");
-    let extra = format!("[timeouts]\nper_try = \"1s\"\n{}{}", retries(""), breaker(3, "60s", 1));
+    let extra = format!("[timeouts]\nper_try = \"1s\"\n{}{passive}", retries(""));
     let corelb = Corelb::start(&config_for(&[(&hung, 1), (&b, 1), (&c, 1)], 2, "", &extra));
     let done = Arc::new(AtomicUsize::new(0));
-    let stopped = Arc::new(AtomicBool::new(false));
-    let per_client = 200;
+    let (stopped, finish) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let start = Instant::now();
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let (addr, done, stopped) = (corelb.addr, Arc::clone(&done), Arc::clone(&stopped));
+            let (addr, done) = (corelb.addr, Arc::clone(&done));
+            let (stopped, finish) = (Arc::clone(&stopped), Arc::clone(&finish));
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
                 let mut failures = Vec::new();
                 let mut slowest_after_stop = Duration::ZERO;
-                for _ in 0..per_client {
+                let mut completed = Vec::new();
+                while !finish.load(Ordering::SeqCst) && completed.len() < 20_000 {
                     let started = Instant::now();
                     let response = client.get("/");
                     if stopped.load(Ordering::SeqCst) {
@@ -442,37 +446,96 @@ fn a_hung_backend_is_routed_around_and_no_get_fails() {
                         failures.push(format!("{} {}", response.status, response.text().trim()));
                         client = Client::connect(addr);
                     }
+                    completed.push(start.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                (failures, slowest_after_stop)
+                (failures, slowest_after_stop, completed)
             })
         })
         .collect();
-    while done.load(Ordering::Relaxed) < 8 * per_client / 4 {
+    while done.load(Ordering::Relaxed) < 400 {
         std::thread::yield_now();
     }
-    let stopped_at = Instant::now();
+    let baseline_from = start.elapsed();
+    // A measurement, not a wait for a condition: the rate before the stop is what recovery is compared with.
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped_at = start.elapsed();
     hung.process.signal(libc::SIGSTOP);
     stopped.store(true, Ordering::SeqCst);
-    let entry = backend_when(&corelb, &hung.id(), "the breaker open on both workers", |entry| {
-        entry["circuit"]["state"] == "open"
-    });
-    let routed_around = stopped_at.elapsed();
-    let mut failures = Vec::new();
-    let mut slowest = Duration::ZERO;
+    backend_when(&corelb, &hung.id(), "the hung backend routed around", &routed);
+    let routed_around = start.elapsed() - stopped_at;
+    std::thread::sleep(Duration::from_secs(2));
+    finish.store(true, Ordering::SeqCst);
+    let mut run = HungRun {
+        failures: Vec::new(),
+        routed_around,
+        recovered: None,
+        baseline_per_second: 0.0,
+        slowest: Duration::ZERO,
+        gets: 0,
+        curve: Vec::new(),
+    };
+    let mut completions = Vec::new();
     for client in clients {
-        let (seen, slow) = client.join().expect("client thread");
-        failures.extend(seen);
-        slowest = slowest.max(slow);
+        let (seen, slow, completed) = client.join().expect("client thread");
+        run.failures.extend(seen);
+        run.slowest = run.slowest.max(slow);
+        completions.extend(completed);
     }
     hung.process.signal(libc::SIGCONT);
+    run.gets = completions.len();
+    let baseline = completions
+        .iter()
+        .filter(|at| (baseline_from..stopped_at).contains(at))
+        .count() as f64
+        / (stopped_at - baseline_from).as_secs_f64();
+    run.baseline_per_second = baseline;
+    let bucket = Duration::from_millis(100);
+    let end = completions.iter().max().copied().unwrap_or(stopped_at);
+    let mut from = stopped_at;
+    while from + bucket <= end {
+        let count = completions
+            .iter()
+            .filter(|at| (from..from + bucket).contains(at))
+            .count();
+        if run.recovered.is_none() && count as f64 >= 0.9 * baseline * bucket.as_secs_f64() {
+            run.recovered = Some(from + bucket - stopped_at);
+        }
+        run.curve.push(count);
+        from += bucket;
+    }
+    run
+}
+
+fn report_hung(label: &str, run: &HungRun) {
     eprintln!(
-        "hung backend: breaker open on both workers {routed_around:?} after SIGSTOP; slowest GET after it {slowest:?}; \
-         {} of {} failed; {entry}",
-        failures.len(),
-        8 * per_client
+        "hung backend, {label}: routed around on both workers {:?} after SIGSTOP; throughput back to >= 90 % of \
+         {:.0} GET/s {:?} after it; slowest GET after it {:?}; {} of {} GETs failed; GETs per 100 ms after it: {:?}",
+        run.routed_around,
+        run.baseline_per_second,
+        run.recovered,
+        run.slowest,
+        run.failures.len(),
+        run.gets,
+        run.curve
     );
-    assert!(failures.is_empty(), "GETs failed: {failures:?}");
+}
+
+#[test]
+fn a_hung_backend_is_routed_around_by_the_breakers_and_no_get_fails() {
+    let run = hung_backend_run(&breaker(3, "60s", 1), |entry| entry["circuit"]["state"] == "open");
+    report_hung("circuit breaker", &run);
+    assert!(run.failures.is_empty(), "GETs failed: {:?}", run.failures);
+}
+
+#[test]
+fn a_hung_backend_is_ejected_by_outlier_detection_with_active_checks_off_and_no_get_fails() {
+    let detection = "[outlier_detection]\nenabled = true\nconsecutive_errors = 3\nbase_ejection_time = \"60s\"\n";
+    let run = hung_backend_run(detection, |entry| {
+        entry["outlier"]["ejected"] == true && entry["outlier"]["ejected_on_workers"] == 2
+    });
+    report_hung("outlier detection", &run);
+    assert!(run.failures.is_empty(), "GETs failed: {:?}", run.failures);
 }
 
 #[test]
