@@ -316,12 +316,22 @@ fn print_backends(backends: &Value) {
             ]
             .iter()
             .map(|key| text(backend, key))
-            .chain(std::iter::once(circuit_text(backend)))
+            .chain([circuit_text(backend), outlier_text(backend)])
             .collect()
         })
         .collect();
     print_table(
-        &["ID", "URL", "WEIGHT", "STATE", "HEALTH", "IN-FLIGHT", "IDLE", "CIRCUIT"],
+        &[
+            "ID",
+            "URL",
+            "WEIGHT",
+            "STATE",
+            "HEALTH",
+            "IN-FLIGHT",
+            "IDLE",
+            "CIRCUIT",
+            "OUTLIER",
+        ],
         &rows,
     );
 }
@@ -334,6 +344,16 @@ fn circuit_text(backend: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("-")
         .to_string()
+}
+
+/// `ejected 27s` while passive outlier detection keeps the backend out, `-` otherwise.
+fn outlier_text(backend: &Value) -> String {
+    let outlier = backend.get("outlier");
+    let seconds = outlier
+        .filter(|outlier| outlier.get("ejected").and_then(Value::as_bool) == Some(true))
+        .and_then(|outlier| outlier.get("seconds_left"))
+        .and_then(Value::as_f64);
+    seconds.map_or_else(|| "-".to_string(), |seconds| format!("ejected {seconds:.0}s"))
 }
 
 fn print_result(verb: &Verb, result: &Value) {

@@ -32,6 +32,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let tls = tls(&mut top, &mut errors);
     let ratelimit = ratelimit(&mut top, &mut errors);
     let circuitbreaker = circuitbreaker(&mut top, &mut errors);
+    let outlier_detection = outlier_detection(&mut top, &mut errors);
     let logging = logging(&mut top, &mut errors);
     let metrics = metrics(&mut top, &mut errors);
     let control = control(&mut top, &mut errors);
@@ -63,6 +64,7 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
             tls,
             ratelimit,
             circuitbreaker,
+            outlier_detection,
             logging,
             metrics,
             control,
@@ -550,6 +552,49 @@ fn circuitbreaker(top: &mut Section, errors: &mut ConfigErrors) -> CircuitBreake
     config
 }
 
+fn outlier_detection(top: &mut Section, errors: &mut ConfigErrors) -> OutlierConfig {
+    let mut section = top.section("outlier_detection", errors);
+    let listed = section.optional::<toml::Value>("failure_statuses", errors).is_some();
+    let mut config = OutlierConfig {
+        enabled: section.or("enabled", false, errors),
+        consecutive_errors: section.integer_in("consecutive_errors", 5, 0, 10_000, errors) as u32,
+        failure_ratio: section.or("failure_ratio", 0.5, errors),
+        min_requests: section.integer_in("min_requests", 20, 1, 10_000_000, errors) as u32,
+        window: section.positive_duration("window", Duration::from_secs(10), errors),
+        base_ejection_time: section.positive_duration("base_ejection_time", Duration::from_secs(30), errors),
+        max_ejection_time: section.positive_duration("max_ejection_time", Duration::from_secs(300), errors),
+        max_ejection_percent: section.integer_in("max_ejection_percent", 50, 0, 100, errors) as u32,
+        jitter: section.or("jitter", 0.1, errors),
+        failure_statuses: five_hundreds(&mut section, "failure_statuses", errors),
+    };
+    if !listed {
+        config.failure_statuses = vec![502, 503, 504];
+    }
+    if !(0.0..=1.0).contains(&config.failure_ratio) {
+        errors.push(
+            section.key_path("failure_ratio"),
+            format!("must be between 0.0 and 1.0, got {}", config.failure_ratio),
+        );
+    }
+    if !(0.0..=1.0).contains(&config.jitter) {
+        errors.push(
+            section.key_path("jitter"),
+            format!("must be between 0.0 and 1.0, got {}", config.jitter),
+        );
+    }
+    if config.base_ejection_time > config.max_ejection_time {
+        errors.push(
+            section.key_path("base_ejection_time"),
+            "must not be longer than max_ejection_time",
+        );
+    }
+    if config.window < Duration::from_millis(100) {
+        errors.push(section.key_path("window"), "must be at least 100ms");
+    }
+    section.finish(errors);
+    config
+}
+
 /// A list of 5xx statuses (a 4xx is the client's doing, never the backend's failure).
 fn five_hundreds(section: &mut Section, key: &'static str, errors: &mut ConfigErrors) -> Vec<u16> {
     let listed = section.or(key, Vec::<i64>::new(), errors);
@@ -791,6 +836,30 @@ mod tests {
             "healthcheck.jitter: must be between 0.0 and 0.5",
             "healthcheck.panic_mode: must be one of \"fail_open\", \"fail_closed\"",
             "circuitbreaker.failure_statuses[0]: must be a 5xx status",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn outlier_detection_defaults_to_gateway_errors_and_refuses_bad_settings_by_key() {
+        let config = parse_config(MINIMAL).unwrap();
+        let outlier = &config.outlier_detection;
+        assert!(!outlier.enabled);
+        assert_eq!(outlier.failure_statuses, [502, 503, 504]);
+        assert_eq!((outlier.consecutive_errors, outlier.max_ejection_percent), (5, 50));
+        let text = format!(
+            "{MINIMAL}[outlier_detection]\nfailure_ratio = 1.5\njitter = -0.1\nbase_ejection_time = \"10m\"\n\
+             window = \"50ms\"\nmax_ejection_percent = 101\nfailure_statuses = [429]\n"
+        );
+        let errors = parse_config(&text).unwrap_err().to_string();
+        for expected in [
+            "outlier_detection.failure_ratio: must be between 0.0 and 1.0",
+            "outlier_detection.jitter: must be between 0.0 and 1.0",
+            "outlier_detection.base_ejection_time: must not be longer than max_ejection_time",
+            "outlier_detection.window: must be at least 100ms",
+            "outlier_detection.max_ejection_percent",
+            "outlier_detection.failure_statuses[0]: must be a 5xx status",
         ] {
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }

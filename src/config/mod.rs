@@ -36,6 +36,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub ratelimit: RateLimitConfig,
     pub circuitbreaker: CircuitBreakerConfig,
+    pub outlier_detection: OutlierConfig,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
@@ -361,6 +362,29 @@ pub struct CircuitBreakerConfig {
     pub timeout: Duration,
     /// Probe requests allowed at once while half-open, on each worker.
     pub max_half_open: u32,
+    /// Response statuses counted as failures (5xx only), besides connect errors, resets and timeouts.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// Passive outlier detection (`[outlier_detection]`): the control thread ejects a backend that the workers together
+/// saw fail too often, for a time that grows with each ejection (see ARCHITECTURE.md, "Outlier ejection").
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub enabled: bool,
+    /// Consecutive gateway errors (over every worker) that eject a backend; 0 turns the rule off.
+    pub consecutive_errors: u32,
+    /// The share of failed requests over `window` that ejects a backend; 0 turns the rule off.
+    pub failure_ratio: f64,
+    /// Requests a backend must have taken over `window` before its ratio counts.
+    pub min_requests: u32,
+    pub window: Duration,
+    /// The first ejection lasts this long; the n-th, n times as long, up to `max_ejection_time`.
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    /// At most this share of the backends is ejected at once, but always at least one may be.
+    pub max_ejection_percent: u32,
+    /// Each ejection lasts up to this share longer, at random, so that ejected backends do not all return at once.
+    pub jitter: f64,
     /// Response statuses counted as failures (5xx only), besides connect errors, resets and timeouts.
     pub failure_statuses: Vec<u16>,
 }

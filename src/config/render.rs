@@ -216,6 +216,21 @@ pub fn to_toml(config: &Config) -> String {
         breaker.max_half_open,
         breaker.failure_statuses
     );
+    let outlier = &config.outlier_detection;
+    let _ = writeln!(
+        out,
+        "[outlier_detection]\nenabled = {}\nconsecutive_errors = {}\nfailure_ratio = {:?}\nmin_requests = {}\nwindow = \"{}\"\nbase_ejection_time = \"{}\"\nmax_ejection_time = \"{}\"\nmax_ejection_percent = {}\njitter = {:?}\nfailure_statuses = {:?}\n",
+        outlier.enabled,
+        outlier.consecutive_errors,
+        outlier.failure_ratio,
+        outlier.min_requests,
+        format_duration(outlier.window),
+        format_duration(outlier.base_ejection_time),
+        format_duration(outlier.max_ejection_time),
+        outlier.max_ejection_percent,
+        outlier.jitter,
+        outlier.failure_statuses
+    );
     let _ = writeln!(
         out,
         "[logging]\nlevel = \"{}\"\nformat = \"{}\"\n",
@@ -298,7 +313,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             changes.push(format!("backend {} removed", backend.id));
         }
     }
-    let sections: [(&str, bool); 16] = [
+    let sections: [(&str, bool); 17] = [
         ("server", old.server != new.server),
         ("frontends", old.frontends != new.frontends),
         ("balancer", old.balancer != new.balancer),
@@ -310,6 +325,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("tls", old.tls != new.tls),
         ("ratelimit", old.ratelimit != new.ratelimit),
         ("circuitbreaker", old.circuitbreaker != new.circuitbreaker),
+        ("outlier_detection", old.outlier_detection != new.outlier_detection),
         ("logging", old.logging != new.logging),
         ("metrics", old.metrics != new.metrics),
         ("control", old.control != new.control || old.admin != new.admin),

@@ -120,6 +120,27 @@ impl Checks {
         self.table.version
     }
 
+    /// What the probes say of `id` now, when it is checked (for ending an outlier ejection early).
+    pub fn probe_word(&self, config: &Config, id: &str) -> Option<super::outliers::ProbeWord> {
+        let backend = config.backends.iter().find(|backend| backend.id == id)?;
+        let threshold = config.healthcheck.for_backend(backend)?.healthy_threshold;
+        let figures = self
+            .prober
+            .as_ref()?
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Checked but not probed yet: nothing passed so far.
+        let (passed, in_a_row) = figures
+            .get(id)
+            .map_or((0, 0), |counts| (counts.passed, counts.passed_in_a_row));
+        Some(super::outliers::ProbeWord {
+            passed,
+            in_a_row,
+            threshold,
+        })
+    }
+
     /// The prober's counters, copied.
     pub fn figures(&self) -> std::collections::BTreeMap<String, CheckCounts> {
         self.prober.as_ref().map_or_else(Default::default, |prober| {

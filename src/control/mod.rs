@@ -7,17 +7,21 @@
 //!
 //! The files: `start` (starting everything), `change` (the way of a change), `state` (the pure reducer), `jobs`
 //! (helper threads), `fleet` (talking to the workers), `rollout`, `views` (status and metrics answers), `history`,
-//! `resolve`, and the operator-facing framing in `listeners`, `socket`, `admin` and `command`.
+//! `resolve`; the per-backend judgements over every worker in `breakers`, `checks` (active health), `outliers`
+//! and `ejections` (passive outlier detection); and the operator-facing framing in `listeners`, `socket`, `admin`
+//! and `command`.
 
 mod admin;
 mod breakers;
 mod change;
 mod checks;
 pub mod command;
+mod ejections;
 mod fleet;
 mod history;
 mod jobs;
 mod listeners;
+mod outliers;
 mod probe;
 mod resolve;
 mod rollout;
@@ -151,6 +155,8 @@ pub struct Control {
     breakers: Breakers,
     /// The active health checks: the prober and the health table.
     checks: checks::Checks,
+    /// Passive outlier detection: the workers' outcome counts and the ejections they lead to.
+    ejections: ejections::Ejections,
 }
 
 /// The note a weight change gets when the balancer ignores weights.
@@ -201,6 +207,14 @@ impl Control {
                         self.combine_breakers(&news);
                     }
                 },
+                recv(self.ejections.reports) -> report => {
+                    if let Ok(report) = report {
+                        self.ejections.take(&report, &self.config, self.fleet.count());
+                        if report.has_failures() {
+                            self.ejections.tick(&self.snapshot, &self.checks, &mut self.fleet, true);
+                        }
+                    }
+                },
                 recv(self.checks.news) -> news => {
                     if let Ok(news) = news {
                         self.checks.flipped(&news, &mut self.fleet);
@@ -229,6 +243,8 @@ impl Control {
             self.run_waiting();
             // Every pass, not only idle ones: a client polling faster than TICK must not starve a rollout.
             self.rollout_tick();
+            self.ejections
+                .tick(&self.snapshot, &self.checks, &mut self.fleet, false);
             if self.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
                 self.last_rebalance = Instant::now();
                 self.rebalance_rate_limits();

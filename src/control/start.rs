@@ -12,6 +12,7 @@ use super::breakers::Breakers;
 use super::change::Changes;
 use super::checks::Checks;
 use super::command::Source;
+use super::ejections::Ejections;
 use super::fleet::Fleet;
 use super::history::{History, VersionRecord};
 use super::jobs::Jobs;
@@ -97,6 +98,7 @@ impl Control {
         };
         let (event_sender, events) = crossbeam_channel::unbounded();
         let (breaker_news_sender, breaker_news) = crossbeam_channel::unbounded();
+        let (outcome_sender, outcome_reports) = crossbeam_channel::unbounded();
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
@@ -108,6 +110,7 @@ impl Control {
                 events: event_sender.clone(),
                 access_log: access_log.clone(),
                 breaker_news: breaker_news_sender.clone(),
+                outcome_reports: outcome_sender.clone(),
                 process_seed,
                 workers: count,
                 limits: WorkerLimits {
@@ -147,6 +150,7 @@ impl Control {
             breaker_news,
             breakers: Breakers::default(),
             checks: Checks::start(),
+            ejections: Ejections::new(outcome_reports, process_seed),
         };
         let mut ready = 0;
         while ready < count {

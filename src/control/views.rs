@@ -37,6 +37,7 @@ impl Control {
                 .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
             io_driver: if epoll { "epoll" } else { "io_uring" }.to_string(),
             health_checks: self.checks.figures(),
+            outliers: self.ejections.counts(&self.config),
         };
         render(&merged, &figures)
     }
@@ -115,6 +116,7 @@ impl Control {
                 let mut share: f64 = 0.0;
                 let mut circuits = Vec::new();
                 let mut circuit_failures = 0;
+                let mut ejected_on = 0;
                 for report in &reports {
                     if let Some(seen) = report.backends.iter().find(|seen| seen.id == backend.id) {
                         in_flight += seen.in_flight;
@@ -124,6 +126,7 @@ impl Control {
                         share = share.max(seen.share);
                         circuits.extend(seen.circuit);
                         circuit_failures += seen.circuit_failures;
+                        ejected_on += usize::from(seen.ejected);
                     }
                 }
                 let health = if down_on == 0 {
@@ -146,6 +149,17 @@ impl Control {
                     "unhealthy_on_workers": unhealthy_on,
                     "share": share,
                 });
+                if let Some(outlier) = self.ejections.view(&backend.id) {
+                    let now = std::time::Instant::now();
+                    let left = outlier.ejected_until.map(|until| until.saturating_duration_since(now));
+                    shown["outlier"] = json!({
+                        "ejected": left.is_some_and(|left| !left.is_zero()),
+                        "seconds_left": left.map_or(0.0, |left| left.as_secs_f64()),
+                        "ejected_on_workers": ejected_on,
+                        "ejections": outlier.ejections.values().sum::<u64>(),
+                        "last_reason": outlier.last_reason.map(|reason| reason.label()),
+                    });
+                }
                 if !circuits.is_empty() {
                     shown["circuit"] = json!({
                         "state": circuit_summary(&circuits),

@@ -210,8 +210,14 @@ async fn watch(prober: Rc<Probing>, entry: Rc<Watched>, spread: f64) {
         entry.tracker.set(tracker);
         prober.count(&target.id, |counts| {
             match &result {
-                Ok(_) => counts.passed += 1,
-                Err(error) => *counts.failed.entry(error.label()).or_insert(0) += 1,
+                Ok(_) => {
+                    counts.passed += 1;
+                    counts.passed_in_a_row += 1;
+                }
+                Err(error) => {
+                    *counts.failed.entry(error.label()).or_insert(0) += 1;
+                    counts.passed_in_a_row = 0;
+                }
             }
             counts.healthy = tracker.healthy();
             match flip {

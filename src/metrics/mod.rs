@@ -245,10 +245,20 @@ pub struct Merged {
 pub struct CheckCounts {
     pub healthy: bool,
     pub passed: u64,
+    /// Probes passed since the last one that failed (ends an outlier ejection early).
+    pub passed_in_a_row: u32,
     /// Failed probes by reason.
     pub failed: BTreeMap<&'static str, u64>,
     pub became_unhealthy: u64,
     pub became_healthy: u64,
+}
+
+/// One backend's passive outlier detection, from the control thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutlierCounts {
+    pub ejected: bool,
+    /// Ejections so far by reason (`consecutive_errors`, `failure_ratio`).
+    pub ejections: BTreeMap<&'static str, u64>,
 }
 
 /// One backend's circuit breakers over every worker.

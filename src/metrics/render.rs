@@ -18,6 +18,8 @@ pub struct ControlFigures {
     pub io_driver: String,
     /// Active health check counters per checked backend.
     pub health_checks: std::collections::BTreeMap<String, super::CheckCounts>,
+    /// Passive outlier detection per backend it has judged.
+    pub outliers: std::collections::BTreeMap<String, super::OutlierCounts>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -299,6 +301,24 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     );
     panic.counter(&[], merged.panic_routed as f64);
     families.extend([healthy, checks, transitions, panic]);
+    let mut ejected = Family::new(
+        BACKEND_EJECTED,
+        "1 while passive outlier detection keeps the backend out.",
+        MetricType::GAUGE,
+    );
+    let mut ejections = Family::new(
+        OUTLIER_EJECTIONS,
+        "Times passive outlier detection ejected the backend, by reason.",
+        MetricType::COUNTER,
+    );
+    for (id, counts) in &control.outliers {
+        let id = id.as_str();
+        ejected.gauge(&[("backend", id)], if counts.ejected { 1.0 } else { 0.0 });
+        for (reason, count) in &counts.ejections {
+            ejections.counter(&[("backend", id), ("reason", reason)], *count as f64);
+        }
+    }
+    families.extend([ejected, ejections]);
 
     let mut version = Family::new(CONFIG_VERSION, "Version of the config in force.", MetricType::GAUGE);
     version.gauge(&[], control.config_version as f64);
@@ -372,6 +392,15 @@ mod tests {
                 last_reload_unix_seconds: 1.0,
                 io_driver: "io_uring".into(),
                 health_checks: Default::default(),
+                outliers: [(
+                    "a".to_string(),
+                    crate::metrics::OutlierCounts {
+                        ejected: true,
+                        ejections: [("failure_ratio", 2)].into_iter().collect(),
+                    },
+                )]
+                .into_iter()
+                .collect(),
             },
         );
         assert!(
@@ -395,5 +424,10 @@ mod tests {
         assert!(text.contains("corelb_config_version 3"), "{text}");
         assert!(text.contains("corelb_build_info{version=\""), "{text}");
         assert!(text.contains("# TYPE corelb_retries_total counter"), "{text}");
+        assert!(text.contains("corelb_backend_ejected{backend=\"a\"} 1"), "{text}");
+        assert!(
+            text.contains("corelb_outlier_ejections_total{backend=\"a\",reason=\"failure_ratio\"} 2"),
+            "{text}"
+        );
     }
 }

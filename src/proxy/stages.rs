@@ -74,9 +74,11 @@ mod tests {
         let generation = Generation::build(&snapshot, None, 0, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
         let (news, _) = crossbeam_channel::unbounded();
+        let (outcome_reports, _) = crossbeam_channel::unbounded();
         let outboxes = Outboxes {
             access_log: log,
             breaker_news: news,
+            outcome_reports,
         };
         let limits = WorkerLimits {
             clients: 100,

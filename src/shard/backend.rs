@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::outcomes::Tally;
 use super::warnings::WarningGate;
 use crate::config::BackendConfig;
 use crate::net::BufferedStream;
@@ -22,6 +23,8 @@ pub struct BackendReport {
     pub down: bool,
     /// The active health checks found it unhealthy.
     pub unhealthy: bool,
+    /// Ejected by passive outlier detection, on the control thread's order.
+    pub ejected: bool,
     /// The share of its turns it takes: below 1 during slow start.
     pub share: f64,
     /// The circuit breaker's state on this worker (`closed`, `open`, `half_open`), when it is enabled.
@@ -40,6 +43,8 @@ pub enum Admission {
     Resting { until: Instant },
     /// Its circuit breaker stops traffic (open, or every half-open trial slot taken): never picked.
     Stopped,
+    /// Ejected by passive outlier detection until `until`: skipped unless every other backend is skipped too.
+    Ejected { until: Instant },
     /// The active health checks found it unhealthy: picked only in panic (`healthcheck.panic_mode = "fail_open"`
     /// with every backend that is not draining unhealthy).
     Unhealthy,
@@ -48,10 +53,13 @@ pub enum Admission {
 }
 
 impl Admission {
-    /// May take a request when no backend is [`Admitted`](Admission::Admitted): a resting backend may be back,
-    /// and refusing outright helps nobody; a stopped or draining one may not.
+    /// May take a request when no backend is [`Admitted`](Admission::Admitted): a resting or ejected backend
+    /// may be back, and refusing outright helps nobody; a stopped or draining one may not.
     pub fn as_fallback(self) -> bool {
-        matches!(self, Admission::Admitted | Admission::Resting { .. })
+        matches!(
+            self,
+            Admission::Admitted | Admission::Resting { .. } | Admission::Ejected { .. }
+        )
     }
 }
 
@@ -85,6 +93,8 @@ pub struct Settings {
     /// How long a backend that joins or recovers takes to reach its full share (`upstream.slow_start`; zero: at
     /// once).
     pub slow_start: Duration,
+    /// The statuses passive outlier detection counts as gateway errors, when `[outlier_detection]` is enabled.
+    pub outlier_statuses: Option<StatusSet>,
 }
 
 /// The share of its turns a backend takes `elapsed` into its slow start of `window`: from a tenth (Envoy's
@@ -174,6 +184,10 @@ pub struct BackendState {
     ramp_credit: Cell<f64>,
     /// The last attempt to reach it failed (see [`BackendState::failed`]).
     failed: Cell<bool>,
+    /// Answers and gateway errors since the last outcome report, for passive outlier detection.
+    tally: Cell<Tally>,
+    /// Until when passive outlier detection keeps it out (the control thread's order).
+    ejected_until: Cell<Option<Instant>>,
     /// Warnings about this backend from this worker.
     pub(super) warnings: WarningGate,
 }
@@ -194,6 +208,8 @@ impl BackendState {
             ramp_since: Cell::new(None),
             ramp_credit: Cell::new(0.0),
             failed: Cell::new(false),
+            tally: Cell::new(Tally::default()),
+            ejected_until: Cell::new(None),
             warnings: WarningGate::default(),
         }
     }
@@ -224,6 +240,9 @@ impl BackendState {
             if matches!(breaker.peek(now), Verdict::Refuse { .. } | Verdict::TrialsFull) {
                 return Admission::Stopped;
             }
+        }
+        if let Some(until) = self.ejected_until.get().filter(|until| now < *until) {
+            return Admission::Ejected { until };
         }
         match self.resting_until.get() {
             Some(until) if now < until => Admission::Resting { until },
@@ -259,13 +278,21 @@ impl BackendState {
 
     fn record_attempt(&self, outcome: Outcome, now: Instant) -> Option<BreakerChange> {
         self.mark(outcome, now);
-        let attempt = match outcome {
-            Outcome::ConnectFailed | Outcome::LostBeforeResponse { fresh: true } | Outcome::BadAnswer => {
-                Attempt::Failed
-            }
-            Outcome::Responded { status } if self.settings.get().failure_statuses.contains(status) => Attempt::Failed,
-            Outcome::Responded { .. } => Attempt::Succeeded,
+        let settings = self.settings.get();
+        let (broke, status) = match outcome {
+            Outcome::ConnectFailed | Outcome::LostBeforeResponse { fresh: true } | Outcome::BadAnswer => (true, None),
+            Outcome::Responded { status } => (false, Some(status)),
             Outcome::Connected | Outcome::LostBeforeResponse { fresh: false } => return None,
+        };
+        if let Some(statuses) = settings.outlier_statuses {
+            let mut tally = self.tally.get();
+            tally.count(broke || status.is_some_and(|status| statuses.contains(status)));
+            self.tally.set(tally);
+        }
+        let attempt = if broke || status.is_some_and(|status| settings.failure_statuses.contains(status)) {
+            Attempt::Failed
+        } else {
+            Attempt::Succeeded
         };
         let mut breaker = self.breaker.borrow_mut();
         let breaker = breaker.as_mut()?;
@@ -318,6 +345,42 @@ impl BackendState {
         self.unhealthy.get()
     }
 
+    /// Whether a gateway error was counted since the last [`take_tally`](Self::take_tally).
+    pub fn has_unreported_failure(&self) -> bool {
+        self.tally.get().has_failures()
+    }
+
+    /// The answers counted since the last call, when there were any (see `shard::outcomes`).
+    pub fn take_tally(&self) -> Option<Tally> {
+        let mut tally = self.tally.get();
+        if !tally.has_news() {
+            return None;
+        }
+        let taken = tally.take();
+        self.tally.set(tally);
+        Some(taken)
+    }
+
+    /// Obeys passive outlier detection: ejected until `until`, or back now (`None`). A backend that comes back
+    /// starts its slow start then: an ejection's end is known in advance, an early return starts it at once.
+    pub fn eject(&self, until: Option<Instant>, now: Instant) {
+        let was = self.ejected_until.replace(until);
+        match until {
+            Some(until) if !self.settings.get().slow_start.is_zero() => {
+                self.ramp_since.set(Some(until));
+                self.ramp_credit.set(0.0);
+            }
+            Some(_) => {}
+            None if was.is_some_and(|was| now < was) => self.start_slow_start(now),
+            None => {}
+        }
+    }
+
+    /// Whether passive outlier detection keeps it out now.
+    pub fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.get().is_some_and(|until| now < until)
+    }
+
     /// Stops traffic until `until` on the control thread's order (the workers together saw enough failures).
     pub fn stop_traffic(&self, until: Instant) {
         if let Some(breaker) = self.breaker.borrow_mut().as_mut() {
@@ -364,6 +427,7 @@ impl BackendState {
             idle_connections: self.idle_connections(),
             down: self.failed(),
             unhealthy: self.unhealthy.get(),
+            ejected: self.ejected(Instant::now()),
             share: self.share(Instant::now()),
             circuit: self.circuit().map(|(state, _)| state),
             circuit_failures: self.breaker.borrow().as_ref().map_or(0, Breaker::consecutive_failures),
@@ -468,6 +532,7 @@ mod tests {
             breaker: None,
             failure_statuses: StatusSet::default(),
             slow_start: Duration::ZERO,
+            outlier_statuses: None,
         };
         BackendState::new(&config, "127.0.0.1:1".parse().unwrap(), 0, settings)
     }
@@ -569,6 +634,49 @@ mod tests {
         assert!((0..10).all(|_| state.takes_turn(over)));
         assert_eq!(state.share(over), 1.0);
         assert_eq!(ramp_share(Duration::from_secs(5), Duration::ZERO), 1.0, "off");
+    }
+
+    #[test]
+    fn gateway_errors_are_tallied_for_outlier_detection_and_an_ejection_ramps_back_in() {
+        let state = backend(false);
+        state.configure(Settings {
+            outlier_statuses: Some(StatusSet::of(&[503])),
+            slow_start: Duration::from_secs(10),
+            ..state.settings.get()
+        });
+        let now = Instant::now();
+        assert_eq!(state.take_tally(), None, "nothing to report");
+        for outcome in [
+            Outcome::Connected,
+            Outcome::Responded { status: 503 },
+            Outcome::Responded { status: 500 },
+            Outcome::ConnectFailed,
+            Outcome::LostBeforeResponse { fresh: false },
+            Outcome::BadAnswer,
+        ] {
+            state.record(outcome, now);
+        }
+        let tally = state.take_tally().unwrap();
+        assert_eq!((tally.requests, tally.failures, tally.longest_run), (4, 3, 2));
+        let until = now + Duration::from_secs(30);
+        state.eject(Some(until), now);
+        assert_eq!(state.admits(now), Admission::Ejected { until });
+        assert!(
+            Admission::Ejected { until }.as_fallback(),
+            "better than refusing the client"
+        );
+        assert!(!state.ejected(until), "the ejection ends by itself");
+        assert!(
+            (state.share(until) - 0.1).abs() < 1e-9,
+            "and the backend ramps up from then"
+        );
+        state.eject(Some(until), now);
+        state.eject(None, now + Duration::from_secs(1));
+        assert!(!state.ejected(now + Duration::from_secs(1)), "an early end");
+        assert!(
+            (state.share(now + Duration::from_secs(1)) - 0.1).abs() < 1e-9,
+            "ramping from then"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::backend::{BackendState, BreakerChange, Outcome};
 use super::generation::{Generation, Snapshot};
 use super::health::HealthTable;
+use super::outcomes::{BackendTally, OutcomeReport};
 use super::request_id::RequestIds;
 use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
@@ -38,6 +39,10 @@ pub struct WorkerContext {
     access_log_writer: crossbeam_channel::Sender<LogMessage>,
     /// Where changes of this worker's circuit breakers go, for the control thread to combine.
     breaker_news: crossbeam_channel::Sender<BreakerNews>,
+    /// Where the counts for passive outlier detection go (the control thread).
+    outcome_reports: crossbeam_channel::Sender<OutcomeReport>,
+    /// Outcome reports sent early (on a gateway error) since the last periodic one.
+    early_reports: Cell<u32>,
     generation: RefCell<Rc<Generation>>,
     /// The active health checks' latest word, applied to every generation's backends.
     health: RefCell<Arc<HealthTable>>,
@@ -68,11 +73,12 @@ pub struct BreakerNews {
     pub change: BreakerChange,
 }
 
-/// Where a worker sends what leaves it besides answers: access log lines to the writer thread, breaker changes to
-/// the control thread.
+/// Where a worker sends what leaves it besides answers: access log lines to the writer thread, breaker changes and
+/// outcome counts to the control thread.
 pub struct Outboxes {
     pub access_log: crossbeam_channel::Sender<LogMessage>,
     pub breaker_news: crossbeam_channel::Sender<BreakerNews>,
+    pub outcome_reports: crossbeam_channel::Sender<OutcomeReport>,
 }
 
 /// The upstream connections a worker may hold under `generation`'s config.
@@ -132,6 +138,8 @@ impl WorkerContext {
             access_log: RefCell::new(String::new()),
             access_log_writer: outboxes.access_log,
             breaker_news: outboxes.breaker_news,
+            outcome_reports: outboxes.outcome_reports,
+            early_reports: Cell::new(0),
             draining: Cell::new(false),
             peak_connections: Cell::new(0),
             watchdog: Watchdog::new(),
@@ -200,7 +208,8 @@ impl WorkerContext {
 
     /// Records how an attempt at `backend` ended ([`BackendState::record`]) and tells the control thread what
     /// changed in its circuit breaker. Only changes are sent (a failure counted, a trip, a recovery): a request
-    /// that succeeds against a healthy backend sends nothing.
+    /// that succeeds against a healthy backend sends nothing. A gateway error sends the outcome counts at once,
+    /// up to `consecutive_errors` times per report interval (see `shard::outcomes`).
     pub fn record(&self, backend: &BackendState, outcome: Outcome, now: Instant) {
         if let Some(change) = backend.record(outcome, now) {
             let news = BreakerNews {
@@ -210,6 +219,19 @@ impl WorkerContext {
             };
             let _ = self.breaker_news.send(news);
         }
+        if backend.has_unreported_failure() {
+            let early = self
+                .generation
+                .borrow()
+                .config
+                .outlier_detection
+                .consecutive_errors
+                .max(1);
+            if self.early_reports.get() < early {
+                self.early_reports.set(self.early_reports.get() + 1);
+                self.send_outcomes();
+            }
+        }
     }
 
     /// Obeys the control thread's order to stop traffic to `backend` until `until` (the workers' breakers
@@ -218,6 +240,50 @@ impl WorkerContext {
         let generation = self.generation();
         if let Some(state) = generation.backends.iter().find(|state| state.id == backend) {
             state.stop_traffic(until);
+        }
+    }
+
+    /// The periodic report: sends the control thread what this worker counted of each backend's answers since the
+    /// last report (see `shard::outcomes`); nothing when outlier detection is off or no backend had traffic.
+    pub fn report_outcomes(&self) {
+        self.early_reports.set(0);
+        self.send_outcomes();
+    }
+
+    fn send_outcomes(&self) {
+        let generation = self.generation();
+        if !generation.config.outlier_detection.enabled {
+            return;
+        }
+        let backends: Vec<BackendTally> = generation
+            .backends
+            .iter()
+            .filter_map(|state| {
+                state.take_tally().map(|tally| BackendTally {
+                    backend: state.id.clone(),
+                    addr: state.addr,
+                    tally,
+                })
+            })
+            .collect();
+        if !backends.is_empty() {
+            let _ = self.outcome_reports.send(OutcomeReport {
+                worker: self.index,
+                backends,
+            });
+        }
+    }
+
+    /// Obeys passive outlier detection's order for `backend` (ejected until then, or back now); a backend no
+    /// longer in the generation, or at another address, is left alone.
+    pub fn eject(&self, backend: &str, addr: std::net::SocketAddr, until: Option<Instant>) {
+        let generation = self.generation();
+        if let Some(state) = generation
+            .backends
+            .iter()
+            .find(|state| state.id == backend && state.addr == addr)
+        {
+            state.eject(until, Instant::now());
         }
     }
 
@@ -395,6 +461,7 @@ mod tests {
         let generation = Generation::build(&first, None, 0, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
         let (news, _) = crossbeam_channel::unbounded();
+        let (outcome_reports, _) = crossbeam_channel::unbounded();
         let limits = WorkerLimits {
             clients: 10,
             upstream: 10,
@@ -402,6 +469,7 @@ mod tests {
         let outboxes = Outboxes {
             access_log: log,
             breaker_news: news,
+            outcome_reports,
         };
         WorkerContext::new(0, generation, metrics, outboxes, 1, 1, limits)
     }

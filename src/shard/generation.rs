@@ -112,5 +112,9 @@ fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
         }),
         failure_statuses: StatusSet::of(&config.circuitbreaker.failure_statuses),
         slow_start: config.upstream.slow_start,
+        outlier_statuses: config
+            .outlier_detection
+            .enabled
+            .then(|| StatusSet::of(&config.outlier_detection.failure_statuses)),
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod context;
 pub mod generation;
 pub mod health;
+pub mod outcomes;
 pub mod request_id;
 pub mod warnings;
 
@@ -13,4 +14,5 @@ pub use backend::{Admission, BackendReport, BackendState, BreakerChange, Claim, 
 pub use context::{BreakerNews, ConnectionGuard, Outboxes, WorkerContext, WorkerLimits};
 pub use generation::{Generation, Snapshot};
 pub use health::HealthTable;
+pub use outcomes::{BackendTally, OutcomeReport, Tally};
 pub use warnings::WarningGate;

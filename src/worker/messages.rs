@@ -54,6 +54,12 @@ pub enum ToWorker {
     Health(Arc<HealthTable>),
     /// Stop traffic to a backend until then: the workers' circuit breakers together saw enough failures.
     StopTraffic { backend: String, until: std::time::Instant },
+    /// Passive outlier detection's order: the backend at `addr` is ejected until then, or back now (`None`).
+    Eject {
+        backend: String,
+        addr: std::net::SocketAddr,
+        until: Option<std::time::Instant>,
+    },
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

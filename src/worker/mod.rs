@@ -18,7 +18,7 @@ use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 pub use crate::shard::{BackendReport, Snapshot, WorkerLimits};
-use crate::shard::{BreakerNews, Generation, Outboxes, WorkerContext};
+use crate::shard::{BreakerNews, Generation, Outboxes, OutcomeReport, WorkerContext};
 pub use messages::{Driver, FromWorker, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
@@ -92,6 +92,8 @@ pub struct WorkerSpec {
     pub access_log: Sender<crate::access_log::LogMessage>,
     /// Where this worker's circuit-breaker changes go (the control thread).
     pub breaker_news: Sender<BreakerNews>,
+    /// Where this worker's counts for passive outlier detection go (the control thread).
+    pub outcome_reports: Sender<OutcomeReport>,
     pub process_seed: u64,
     /// Total workers in the process.
     pub workers: usize,
@@ -220,6 +222,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         Outboxes {
             access_log: spec.access_log.clone(),
             breaker_news: spec.breaker_news.clone(),
+            outcome_reports: spec.outcome_reports.clone(),
         },
         spec.process_seed,
         spec.workers,
@@ -238,6 +241,7 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
     monoio::spawn(Rc::clone(&context.watchdog).run());
     monoio::spawn(sweep_idle_pools(Rc::clone(&context)));
     monoio::spawn(flush_access_log(Rc::clone(&context)));
+    monoio::spawn(report_outcomes(Rc::clone(&context)));
     let _ = spec.events.send(FromWorker::Ready { worker: index, driver });
 
     serve_inbox(&context, &inbox, wake, &spec.events).await;
@@ -317,6 +321,7 @@ async fn serve_inbox(
                 }
                 ToWorker::Health(table) => context.set_health(table),
                 ToWorker::StopTraffic { backend, until } => context.stop_traffic(&backend, until),
+                ToWorker::Eject { backend, addr, until } => context.eject(&backend, addr, until),
                 ToWorker::Shutdown => return,
             }
         }
@@ -446,6 +451,15 @@ async fn flush_access_log(context: Rc<WorkerContext>) {
     while !context.draining() {
         monoio::time::sleep(crate::access_log::FLUSH_INTERVAL).await;
         context.flush_access_log();
+    }
+}
+
+/// Every `shard::outcomes::REPORT_INTERVAL`: tells the control thread what the backends answered, for passive
+/// outlier detection (see `WorkerContext::report_outcomes`).
+async fn report_outcomes(context: Rc<WorkerContext>) {
+    while !context.draining() {
+        monoio::time::sleep(crate::shard::outcomes::REPORT_INTERVAL).await;
+        context.report_outcomes();
     }
 }
 

@@ -319,6 +319,27 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `ctl backends` until `condition` holds of backend `id` (10 s at most); returns its entry.
+pub fn backend_when(
+    corelb: &Corelb,
+    id: &str,
+    what: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = corelb.control(serde_json::json!({"cmd": "backends"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        let backends = reply["result"]["backends"].as_array().unwrap();
+        let entry = backends.iter().find(|entry| entry["id"] == id).unwrap().clone();
+        if condition(&entry) {
+            return entry;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {entry}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A config for tests: one frontend on an ephemeral loopback port, the given backends, and `extra` TOML appended.
 /// `extra` may hold `[server]` keys only through `server_extra`.
 pub fn config_for(backends: &[(&Backend, u32)], workers: usize, server_extra: &str, extra: &str) -> String {
