@@ -305,19 +305,15 @@ fn print_backends(backends: &Value) {
         .into_iter()
         .flatten()
         .map(|backend| {
-            [
-                "id",
-                "url",
-                "weight",
-                "state",
-                "health",
-                "in_flight",
-                "idle_connections",
-            ]
-            .iter()
-            .map(|key| text(backend, key))
-            .chain([circuit_text(backend), outlier_text(backend)])
-            .collect()
+            [text(backend, "id"), text(backend, "url"), weight_text(backend)]
+                .into_iter()
+                .chain(
+                    ["state", "health", "in_flight", "idle_connections"]
+                        .iter()
+                        .map(|key| text(backend, key)),
+                )
+                .chain([circuit_text(backend), outlier_text(backend)])
+                .collect()
         })
         .collect();
     print_table(
@@ -334,6 +330,19 @@ fn print_backends(backends: &Value) {
         ],
         &rows,
     );
+}
+
+/// The configured weight, and with dynamic weights on the effective one: `3 (1.24)`.
+fn weight_text(backend: &Value) -> String {
+    let weight = text(backend, "weight");
+    match backend
+        .get("dynamic")
+        .and_then(|dynamic| dynamic.get("effective_weight"))
+        .and_then(Value::as_f64)
+    {
+        Some(effective) => format!("{weight} ({effective:.2})"),
+        None => weight,
+    }
 }
 
 /// The backend's circuit breaker in one word (`-` when the breaker is off).

@@ -75,6 +75,7 @@ fn merged_totals_are_exact_over_two_workers() {
         "corelb_errors_total",
         "corelb_backend_up",
         "corelb_backend_weight",
+        "corelb_backend_effective_weight",
         "corelb_config_version",
         "corelb_config_last_reload_successful",
         "corelb_config_last_reload_timestamp_seconds",
@@ -348,6 +349,7 @@ fn health_reports_tell_the_truth_after_the_skip_window_and_removed_backends_leav
         "corelb_backend_up{",
         "corelb_upstream_connections_open{",
         "corelb_backend_weight{",
+        "corelb_backend_effective_weight{",
     ] {
         assert!(
             !text

@@ -4,6 +4,8 @@
 
 use std::cell::Cell;
 
+pub mod dynamic;
+
 use crate::config::Algorithm;
 
 /// Per-worker selection state for one backend set.

@@ -270,8 +270,33 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
 fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
     let mut section = top.section("balancer", errors);
     let algorithm = section.choice("algorithm", Algorithm::RoundRobin, errors);
+    let dynamic_weights = dynamic_weights(&mut section, errors);
     section.finish(errors);
-    BalancerConfig { algorithm }
+    BalancerConfig {
+        algorithm,
+        dynamic_weights,
+    }
+}
+
+fn dynamic_weights(balancer: &mut Section, errors: &mut ConfigErrors) -> DynamicWeightsConfig {
+    let mut section = balancer.section("dynamic_weights", errors);
+    let config = DynamicWeightsConfig {
+        enabled: section.or("enabled", false, errors),
+        decay: section.positive_duration("decay", Duration::from_secs(10), errors),
+        latency_slack: section.or("latency_slack", Duration::from_millis(5), errors),
+        min_share: section.or("min_share", 0.05, errors),
+    };
+    if !(0.01..=1.0).contains(&config.min_share) {
+        errors.push(
+            section.key_path("min_share"),
+            format!("must be between 0.01 and 1.0, got {}", config.min_share),
+        );
+    }
+    if config.decay < Duration::from_millis(100) {
+        errors.push(section.key_path("decay"), "must be at least 100ms");
+    }
+    section.finish(errors);
+    config
 }
 
 fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {
@@ -860,6 +885,25 @@ mod tests {
             "outlier_detection.window: must be at least 100ms",
             "outlier_detection.max_ejection_percent",
             "outlier_detection.failure_statuses[0]: must be a 5xx status",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn dynamic_weights_are_off_by_default_and_refuse_bad_settings_by_key() {
+        let config = parse_config(MINIMAL).unwrap();
+        let dynamic = config.balancer.dynamic_weights;
+        assert!(!dynamic.enabled);
+        assert_eq!((dynamic.decay, dynamic.min_share), (Duration::from_secs(10), 0.05));
+        let text = format!(
+            "{MINIMAL}[balancer.dynamic_weights]\nenabled = true\nmin_share = 0\ndecay = \"10ms\"\nslack = \"1ms\"\n"
+        );
+        let errors = parse_config(&text).unwrap_err().to_string();
+        for expected in [
+            "balancer.dynamic_weights.min_share: must be between 0.01 and 1.0",
+            "balancer.dynamic_weights.decay: must be at least 100ms",
+            "balancer.dynamic_weights.slack",
         ] {
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }

@@ -141,9 +141,24 @@ impl BackendConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BalancerConfig {
     pub algorithm: Algorithm,
+    pub dynamic_weights: DynamicWeightsConfig,
+}
+
+/// `[balancer.dynamic_weights]`: each worker thins out the turns of backends that answer slower or fail more than
+/// their peers (`balance::dynamic`); the configured weight stays the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DynamicWeightsConfig {
+    pub enabled: bool,
+    /// The time constant of the latency and error averages: how fast old observations fade, and so how gradually
+    /// a recovered backend regains its weight.
+    pub decay: Duration,
+    /// Latency differences well under this hardly matter.
+    pub latency_slack: Duration,
+    /// The least share of its weight a backend keeps (so it goes on being measured), 0.01 to 1.
+    pub min_share: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

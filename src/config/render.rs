@@ -95,6 +95,15 @@ pub fn to_toml(config: &Config) -> String {
         "[balancer]\nalgorithm = \"{}\"\n",
         config.balancer.algorithm.name()
     );
+    let dynamic = &config.balancer.dynamic_weights;
+    let _ = writeln!(
+        out,
+        "[balancer.dynamic_weights]\nenabled = {}\ndecay = \"{}\"\nlatency_slack = \"{}\"\nmin_share = {:?}\n",
+        dynamic.enabled,
+        format_duration(dynamic.decay),
+        format_duration(dynamic.latency_slack),
+        dynamic.min_share
+    );
     for backend in &config.backends {
         let _ = writeln!(
             out,

@@ -7,6 +7,7 @@ use super::rollout::Rollout;
 use super::{Control, REPORT_TIMEOUT};
 use crate::metrics::render::{render, ControlFigures};
 use crate::metrics::{Merged, WorkerMetrics};
+use crate::shard::DynamicReport;
 use crate::worker::{Driver, ToWorker, WorkerReport};
 
 /// One word for the breakers of every worker: their common state, or `mixed`.
@@ -117,6 +118,7 @@ impl Control {
                 let mut circuits = Vec::new();
                 let mut circuit_failures = 0;
                 let mut ejected_on = 0;
+                let mut dynamic = Vec::new();
                 for report in &reports {
                     if let Some(seen) = report.backends.iter().find(|seen| seen.id == backend.id) {
                         in_flight += seen.in_flight;
@@ -127,6 +129,7 @@ impl Control {
                         circuits.extend(seen.circuit);
                         circuit_failures += seen.circuit_failures;
                         ejected_on += usize::from(seen.ejected);
+                        dynamic.extend(seen.dynamic);
                     }
                 }
                 let health = if down_on == 0 {
@@ -159,6 +162,9 @@ impl Control {
                         "ejections": outlier.ejections.values().sum::<u64>(),
                         "last_reason": outlier.last_reason.map(|reason| reason.label()),
                     });
+                }
+                if !dynamic.is_empty() {
+                    shown["dynamic"] = dynamic_json(backend.weight, &dynamic);
                 }
                 if !circuits.is_empty() {
                     shown["circuit"] = json!({
@@ -196,4 +202,23 @@ impl Control {
             },
         })
     }
+}
+
+/// A backend's dynamic weight over the workers: the effective weight (its weight times the mean share), each
+/// worker's share, and the mean latency and error averages behind them.
+fn dynamic_json(weight: u32, seen: &[DynamicReport]) -> Value {
+    let workers = seen.len() as f64;
+    let mean_share = seen.iter().map(|report| report.share).sum::<f64>() / workers;
+    let latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|report| report.latency)
+        .map(|latency| latency.as_secs_f64() * 1000.0)
+        .collect();
+    let latency_ms = (!latencies.is_empty()).then(|| latencies.iter().sum::<f64>() / latencies.len() as f64);
+    json!({
+        "effective_weight": f64::from(weight) * mean_share,
+        "share_by_worker": seen.iter().map(|report| report.share).collect::<Vec<_>>(),
+        "latency_ms": latency_ms,
+        "error_rate": seen.iter().map(|report| report.error_rate).sum::<f64>() / workers,
+    })
 }

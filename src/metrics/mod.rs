@@ -63,6 +63,9 @@ pub struct BackendSeries {
     /// Filled when a snapshot is taken.
     pub connections_idle: u64,
     pub weight: u32,
+    /// The share of its turns dynamic weights let it take on this worker (1 when they are off; filled when a
+    /// snapshot is taken). Merged: the sum over the workers that have it configured.
+    pub dynamic_share: f64,
     /// Not marked down by this worker (filled when a snapshot is taken).
     pub up: bool,
     /// The circuit breaker's state name and trips on this worker, when it is enabled (filled when a snapshot is
@@ -323,6 +326,7 @@ impl Merged {
                     let votes = merged.backend_up_votes.entry(series.id.clone()).or_insert((0, 0));
                     votes.0 += usize::from(series.up);
                     votes.1 += 1;
+                    total.dynamic_share += series.dynamic_share;
                     if let Some((state, trips)) = series.circuit {
                         let circuit = merged.circuits.entry(series.id.clone()).or_default();
                         *circuit.states.entry(state).or_insert(0) += 1;

@@ -19,6 +19,7 @@ pub const UPSTREAM_DISCARDED: &str = "corelb_upstream_connections_discarded_tota
 pub const ACCEPT_PAUSED: &str = "corelb_accept_paused_total";
 pub const BACKEND_UP: &str = "corelb_backend_up";
 pub const BACKEND_WEIGHT: &str = "corelb_backend_weight";
+pub const BACKEND_EFFECTIVE_WEIGHT: &str = "corelb_backend_effective_weight";
 pub const BACKEND_HEALTHY: &str = "corelb_backend_healthy";
 pub const HEALTH_CHECKS: &str = "corelb_health_checks_total";
 pub const HEALTH_TRANSITIONS: &str = "corelb_health_transitions_total";

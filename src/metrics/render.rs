@@ -184,6 +184,11 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         MetricType::GAUGE,
     );
     let mut weight = Family::new(BACKEND_WEIGHT, "Configured backend weight.", MetricType::GAUGE);
+    let mut effective = Family::new(
+        BACKEND_EFFECTIVE_WEIGHT,
+        "The weight the balancers use: the configured weight times the mean share dynamic weights leave it.",
+        MetricType::GAUGE,
+    );
     let mut circuit = Family::new(
         BACKEND_CIRCUIT_STATE,
         "Workers whose circuit breaker for the backend is in each state (closed, open, half_open).",
@@ -208,8 +213,12 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         }
         idle.gauge(&pairs, series.connections_idle as f64);
         open.gauge(&pairs, series.connections_open as f64);
-        if let Some((votes, workers)) = merged.backend_up_votes.get(id) {
+        if let Some(&(votes, workers)) = merged.backend_up_votes.get(id) {
             up.gauge(&pairs, if votes == workers { 1.0 } else { 0.0 });
+            if workers > 0 {
+                let share = series.dynamic_share / workers as f64;
+                effective.gauge(&pairs, f64::from(series.weight) * share);
+            }
         }
         weight.gauge(&pairs, f64::from(series.weight));
         if let Some(votes) = merged.circuits.get(id) {
@@ -220,7 +229,7 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
             trips.counter(&pairs, votes.trips as f64);
         }
     }
-    families.extend([upstream, connections, idle, open, up, weight, circuit, trips]);
+    families.extend([upstream, connections, idle, open, up, weight, effective, circuit, trips]);
 
     let mut errors = Family::new(
         ERRORS,

@@ -413,6 +413,7 @@ pub async fn forward(
                     Ok(response) => {
                         let outcome = Outcome::Responded {
                             status: response.status,
+                            latency: sent_at.elapsed(),
                         };
                         context.record(&backend, outcome, Instant::now());
                         drop(claim);

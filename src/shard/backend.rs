@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::outcomes::Tally;
 use super::warnings::WarningGate;
+use crate::balance::dynamic::{self, DynamicSettings, Performance, Samples};
 use crate::config::BackendConfig;
 use crate::net::BufferedStream;
 use crate::upstream::breaker::{Attempt, Breaker, BreakerSettings, Traffic, TrialRound, Verdict};
@@ -27,10 +28,22 @@ pub struct BackendReport {
     pub ejected: bool,
     /// The share of its turns it takes: below 1 during slow start.
     pub share: f64,
+    /// What dynamic weights made of it on this worker, when they are on.
+    pub dynamic: Option<DynamicReport>,
     /// The circuit breaker's state on this worker (`closed`, `open`, `half_open`), when it is enabled.
     pub circuit: Option<&'static str>,
     /// Consecutive failures the breaker has counted on this worker.
     pub circuit_failures: u32,
+}
+
+/// One backend's dynamic weight on one worker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DynamicReport {
+    /// The share of its turns it takes (its effective weight over its configured one).
+    pub share: f64,
+    /// Its average time to a response head, once it answered.
+    pub latency: Option<Duration>,
+    pub error_rate: f64,
 }
 
 /// Whether a backend takes a new request on this worker right now. Every coming per-backend rule (active health,
@@ -73,14 +86,15 @@ pub enum Outcome {
     /// The connection ended before any response byte. `fresh`: it was opened for this request, so the backend
     /// itself is failing; a pooled one may just have been closed by the backend's keep-alive timer.
     LostBeforeResponse { fresh: bool },
-    /// The exchange ended: a response head arrived (`status`), whatever happened to the body after it.
-    Responded { status: u16 },
+    /// The exchange ended: a response head arrived (`status`, `latency` after the request was sent), whatever
+    /// happened to the body after it.
+    Responded { status: u16, latency: Duration },
     /// The backend answered too slowly, or with something that is not HTTP.
     BadAnswer,
 }
 
 /// What a backend's entry in the config says, applied to its state on every generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub weight: u32,
     pub draining: bool,
@@ -95,6 +109,8 @@ pub struct Settings {
     pub slow_start: Duration,
     /// The statuses passive outlier detection counts as gateway errors, when `[outlier_detection]` is enabled.
     pub outlier_statuses: Option<StatusSet>,
+    /// Dynamic weights, when `[balancer.dynamic_weights]` is enabled.
+    pub dynamic: Option<DynamicSettings>,
 }
 
 /// The share of its turns a backend takes `elapsed` into its slow start of `window`: from a tenth (Envoy's
@@ -188,6 +204,12 @@ pub struct BackendState {
     tally: Cell<Tally>,
     /// Until when passive outlier detection keeps it out (the control thread's order).
     ejected_until: Cell<Option<Instant>>,
+    /// Latencies and errors since the last fold into `performance`, for dynamic weights.
+    samples: Cell<Samples>,
+    /// Its latency and error averages on this worker.
+    performance: Cell<Performance>,
+    /// The share of its turns dynamic weights let it take (1 when they are off).
+    dynamic_share: Cell<f64>,
     /// Warnings about this backend from this worker.
     pub(super) warnings: WarningGate,
 }
@@ -210,6 +232,9 @@ impl BackendState {
             failed: Cell::new(false),
             tally: Cell::new(Tally::default()),
             ejected_until: Cell::new(None),
+            samples: Cell::new(Samples::default()),
+            performance: Cell::new(Performance::default()),
+            dynamic_share: Cell::new(1.0),
             warnings: WarningGate::default(),
         }
     }
@@ -281,9 +306,17 @@ impl BackendState {
         let settings = self.settings.get();
         let (broke, status) = match outcome {
             Outcome::ConnectFailed | Outcome::LostBeforeResponse { fresh: true } | Outcome::BadAnswer => (true, None),
-            Outcome::Responded { status } => (false, Some(status)),
+            Outcome::Responded { status, .. } => (false, Some(status)),
             Outcome::Connected | Outcome::LostBeforeResponse { fresh: false } => return None,
         };
+        if settings.dynamic.is_some() {
+            let mut samples = self.samples.get();
+            match outcome {
+                Outcome::Responded { status, latency } if status < 500 => samples.responded(latency),
+                _ => samples.failed(),
+            }
+            self.samples.set(samples);
+        }
         if let Some(statuses) = settings.outlier_statuses {
             let mut tally = self.tally.get();
             tally.count(broke || status.is_some_and(|status| statuses.contains(status)));
@@ -317,14 +350,21 @@ impl BackendState {
     }
 
     /// Whether the backend takes this turn of the balancer: always, except during slow start, when it takes its
-    /// [`ramp_share`] of its turns (a credit counter, so the share is exact and no random number is drawn).
+    /// [`ramp_share`] of its turns, and when dynamic weights thin them out; the two shares multiply. A credit
+    /// counter, so the share is exact and no random number is drawn.
     pub fn takes_turn(&self, now: Instant) -> bool {
-        let Some(since) = self.ramp_since.get() else {
-            return true;
+        let ramp = match self.ramp_since.get() {
+            None => 1.0,
+            Some(since) => {
+                let share = ramp_share(now.saturating_duration_since(since), self.settings.get().slow_start);
+                if share >= 1.0 {
+                    self.ramp_since.set(None);
+                }
+                share
+            }
         };
-        let share = ramp_share(now.saturating_duration_since(since), self.settings.get().slow_start);
+        let share = ramp * self.dynamic_share.get();
         if share >= 1.0 {
-            self.ramp_since.set(None);
             return true;
         }
         let credit = self.ramp_credit.get() + share;
@@ -334,11 +374,45 @@ impl BackendState {
         takes
     }
 
-    /// The share of its turns it takes now: below 1 during slow start.
+    /// The share of its turns slow start lets it take now: below 1 while it ramps up.
     pub fn share(&self, now: Instant) -> f64 {
         self.ramp_since.get().map_or(1.0, |since| {
             ramp_share(now.saturating_duration_since(since), self.settings.get().slow_start)
         })
+    }
+
+    /// Folds the samples since the last call into its averages (dynamic weights); `elapsed` since that call.
+    pub fn fold_performance(&self, elapsed: Duration) {
+        let samples = self.samples.take();
+        match self.settings.get().dynamic {
+            Some(dynamic) => {
+                let mut performance = self.performance.get();
+                performance.fold(samples, elapsed, dynamic.decay);
+                self.performance.set(performance);
+            }
+            // Off: turned on again later, it starts afresh rather than from stale averages.
+            None => self.performance.set(Performance::default()),
+        }
+    }
+
+    pub fn performance(&self) -> Performance {
+        self.performance.get()
+    }
+
+    /// Sets its share from its averages against `best`, the lowest latency average among its peers; back to 1
+    /// when dynamic weights are off.
+    pub fn update_dynamic_share(&self, best: Option<f64>) {
+        let share = self
+            .settings
+            .get()
+            .dynamic
+            .map_or(1.0, |dynamic| dynamic::share(&self.performance.get(), best, &dynamic));
+        self.dynamic_share.set(share);
+    }
+
+    /// The share of its turns dynamic weights let it take: its weight times this is its effective weight.
+    pub fn dynamic_share(&self) -> f64 {
+        self.dynamic_share.get()
     }
 
     pub fn unhealthy(&self) -> bool {
@@ -429,6 +503,11 @@ impl BackendState {
             unhealthy: self.unhealthy.get(),
             ejected: self.ejected(Instant::now()),
             share: self.share(Instant::now()),
+            dynamic: self.settings.get().dynamic.map(|_| DynamicReport {
+                share: self.dynamic_share.get(),
+                latency: self.performance.get().latency(),
+                error_rate: self.performance.get().error_rate(),
+            }),
             circuit: self.circuit().map(|(state, _)| state),
             circuit_failures: self.breaker.borrow().as_ref().map_or(0, Breaker::consecutive_failures),
         }
@@ -533,6 +612,7 @@ mod tests {
             failure_statuses: StatusSet::default(),
             slow_start: Duration::ZERO,
             outlier_statuses: None,
+            dynamic: None,
         };
         BackendState::new(&config, "127.0.0.1:1".parse().unwrap(), 0, settings)
     }
@@ -562,11 +642,23 @@ mod tests {
             Some(BreakerChange::FailureCounted { consecutive: 1 })
         );
         assert_eq!(
-            state.record(Outcome::Responded { status: 500 }, now),
+            state.record(
+                Outcome::Responded {
+                    status: 500,
+                    latency: Duration::ZERO
+                },
+                now
+            ),
             Some(BreakerChange::Cleared),
             "500 is not a listed failure status: a success"
         );
-        state.record(Outcome::Responded { status: 503 }, now);
+        state.record(
+            Outcome::Responded {
+                status: 503,
+                latency: Duration::ZERO,
+            },
+            now,
+        );
         let until = now + Duration::from_secs(10);
         assert_eq!(
             state.record(Outcome::BadAnswer, now),
@@ -609,7 +701,13 @@ mod tests {
         );
         assert_eq!(state.admits(later), Admission::Stopped);
         assert_eq!(
-            state.record(Outcome::Responded { status: 200 }, later),
+            state.record(
+                Outcome::Responded {
+                    status: 200,
+                    latency: Duration::ZERO
+                },
+                later
+            ),
             Some(BreakerChange::Closed)
         );
         drop(trial);
@@ -637,10 +735,65 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_weights_thin_out_turns_by_the_observed_latency_and_multiply_with_slow_start() {
+        let state = backend(false);
+        let dynamic = DynamicSettings {
+            decay: Duration::from_secs(1),
+            latency_slack: Duration::from_millis(5),
+            min_share: 0.05,
+        };
+        state.configure(Settings {
+            dynamic: Some(dynamic),
+            ..state.settings.get()
+        });
+        let now = Instant::now();
+        for outcome in [
+            Outcome::Connected,
+            Outcome::Responded {
+                status: 200,
+                latency: Duration::from_millis(15),
+            },
+            Outcome::LostBeforeResponse { fresh: false },
+        ] {
+            state.record(outcome, now);
+        }
+        state.fold_performance(Duration::from_millis(100));
+        assert_eq!(
+            state.performance().latency(),
+            Some(Duration::from_millis(15)),
+            "the first sample is the average"
+        );
+        // Against a peer at 5 ms: (5 + 5) / (15 + 5) = one half of its turns, exactly, by the credit counter.
+        state.update_dynamic_share(Some(0.005));
+        assert!((state.dynamic_share() - 0.5).abs() < 1e-9, "{}", state.dynamic_share());
+        let taken = (0..100).filter(|_| state.takes_turn(now)).count();
+        assert_eq!(taken, 50);
+        // During a slow start (a tenth at first) the shares multiply: a twentieth.
+        state.configure(Settings {
+            slow_start: Duration::from_secs(60),
+            ..state.settings.get()
+        });
+        state.start_slow_start(now);
+        assert_eq!((0..100).filter(|_| state.takes_turn(now)).count(), 5);
+        // Turned off: every turn again.
+        state.configure(Settings {
+            dynamic: None,
+            slow_start: Duration::ZERO,
+            ..state.settings.get()
+        });
+        state.update_dynamic_share(Some(0.005));
+        assert_eq!(state.dynamic_share(), 1.0);
+        state.record(Outcome::BadAnswer, now);
+        state.fold_performance(Duration::from_millis(100));
+        assert_eq!(state.performance().error_rate(), 0.0, "nothing is sampled while off");
+    }
+
+    #[test]
     fn gateway_errors_are_tallied_for_outlier_detection_and_an_ejection_ramps_back_in() {
         let state = backend(false);
         state.configure(Settings {
             outlier_statuses: Some(StatusSet::of(&[503])),
+            dynamic: None,
             slow_start: Duration::from_secs(10),
             ..state.settings.get()
         });
@@ -648,8 +801,14 @@ mod tests {
         assert_eq!(state.take_tally(), None, "nothing to report");
         for outcome in [
             Outcome::Connected,
-            Outcome::Responded { status: 503 },
-            Outcome::Responded { status: 500 },
+            Outcome::Responded {
+                status: 503,
+                latency: Duration::ZERO,
+            },
+            Outcome::Responded {
+                status: 500,
+                latency: Duration::ZERO,
+            },
             Outcome::ConnectFailed,
             Outcome::LostBeforeResponse { fresh: false },
             Outcome::BadAnswer,

@@ -5,15 +5,16 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::backend::{BackendState, BreakerChange, Outcome};
+use super::backend::{Admission, BackendState, BreakerChange, Outcome};
 use super::generation::{Generation, Snapshot};
 use super::health::HealthTable;
 use super::outcomes::{BackendTally, OutcomeReport};
 use super::request_id::RequestIds;
 use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
+use crate::balance::dynamic;
 use crate::config::Config;
 use crate::metrics::WorkerMetrics;
 use crate::net::slots::{Slot, Slots};
@@ -245,6 +246,26 @@ impl WorkerContext {
 
     /// The periodic report: sends the control thread what this worker counted of each backend's answers since the
     /// last report (see `shard::outcomes`); nothing when outlier detection is off or no backend had traffic.
+    /// Dynamic weights: folds each backend's samples of the last `elapsed` into its averages, then sets its share
+    /// against the lowest latency among the backends admitted now (`balance::dynamic`). Called every
+    /// `REPORT_INTERVAL`; with dynamic weights off every share is 1.
+    pub fn refresh_dynamic_weights(&self, elapsed: Duration, now: Instant) {
+        let generation = self.generation();
+        for state in &generation.backends {
+            state.fold_performance(elapsed);
+        }
+        let best = dynamic::best_latency(
+            generation
+                .backends
+                .iter()
+                .filter(|state| state.admits(now) == Admission::Admitted)
+                .map(|state| state.performance()),
+        );
+        for state in &generation.backends {
+            state.update_dynamic_share(best);
+        }
+    }
+
     pub fn report_outcomes(&self) {
         self.early_reports.set(0);
         self.send_outcomes();
@@ -349,6 +370,7 @@ impl WorkerContext {
                 series.connections_open = idle + u64::from(state.in_flight());
                 series.up = !state.failed();
                 series.weight = state.weight();
+                series.dynamic_share = state.dynamic_share();
                 series.circuit = state.circuit();
                 series.configured = true;
             }

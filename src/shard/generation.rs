@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backend::{BackendState, Settings, StatusSet};
+use crate::balance::dynamic::DynamicSettings;
 use crate::balance::Balancer;
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
@@ -116,5 +117,13 @@ fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
             .outlier_detection
             .enabled
             .then(|| StatusSet::of(&config.outlier_detection.failure_statuses)),
+        dynamic: config.balancer.dynamic_weights.enabled.then(|| {
+            let dynamic = config.balancer.dynamic_weights;
+            DynamicSettings {
+                decay: dynamic.decay,
+                latency_slack: dynamic.latency_slack,
+                min_share: dynamic.min_share,
+            }
+        }),
     }
 }

@@ -10,7 +10,9 @@ pub mod outcomes;
 pub mod request_id;
 pub mod warnings;
 
-pub use backend::{Admission, BackendReport, BackendState, BreakerChange, Claim, Outcome, Settings, StatusSet};
+pub use backend::{
+    Admission, BackendReport, BackendState, BreakerChange, Claim, DynamicReport, Outcome, Settings, StatusSet,
+};
 pub use context::{BreakerNews, ConnectionGuard, Outboxes, WorkerContext, WorkerLimits};
 pub use generation::{Generation, Snapshot};
 pub use health::HealthTable;

@@ -455,11 +455,15 @@ async fn flush_access_log(context: Rc<WorkerContext>) {
 }
 
 /// Every `shard::outcomes::REPORT_INTERVAL`: tells the control thread what the backends answered, for passive
-/// outlier detection (see `WorkerContext::report_outcomes`).
+/// outlier detection (see `WorkerContext::report_outcomes`), and refreshes the dynamic weights from it.
 async fn report_outcomes(context: Rc<WorkerContext>) {
+    let mut last = Instant::now();
     while !context.draining() {
         monoio::time::sleep(crate::shard::outcomes::REPORT_INTERVAL).await;
         context.report_outcomes();
+        let now = Instant::now();
+        context.refresh_dynamic_weights(now.saturating_duration_since(last), now);
+        last = now;
     }
 }
 
