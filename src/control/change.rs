@@ -16,6 +16,7 @@ use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Work};
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
+use crate::health::ProbeTarget;
 use crate::worker::Snapshot;
 
 /// How long a config read or a name lookup may take before the change that waits for it is refused.
@@ -196,15 +197,31 @@ impl Control {
         );
     }
 
-    /// `GET`s the health path of a rollout's new backends on a helper.
-    pub(super) fn probe(&mut self, targets: Vec<super::probe::ProbeTarget>, step: Step) {
-        // Each target may use its timeout to connect, to send and to read.
-        let timeout: Duration = targets.iter().map(|target| target.timeout * 3).sum();
-        self.start_job(
-            Work::Probe(targets),
-            timeout + Duration::from_secs(1),
-            Awaiting::Probe(step),
-        );
+    /// `GET`s the health path of a rollout's new backends, all at once on the prober thread; the result comes
+    /// back as a job's. Each probe's timeout bounds all of it, so the slowest bounds the wait.
+    pub(super) fn probe(&mut self, targets: Vec<ProbeTarget>, step: Step) {
+        let slowest = targets.iter().map(|target| target.timeout).max().unwrap_or_default();
+        let timeout = slowest + Duration::from_secs(1);
+        let (job, results) = self.jobs.elsewhere("probing the new backends");
+        let id = job.id;
+        let reply = Box::new(move |result| {
+            // The control thread may have given the probe up, or stopped: nobody to tell.
+            let _ = results.send(Done {
+                id,
+                finished: Finished::Probe(result),
+            });
+        });
+        match self.checks.probe_once(targets, reply) {
+            Ok(()) => {
+                self.changes.in_flight = Some(InFlight {
+                    job,
+                    deadline: Instant::now() + timeout,
+                    timeout,
+                    awaiting: Awaiting::Probe(step),
+                });
+            }
+            Err(reason) => self.fail(Awaiting::Probe(step), CommandError::new(ErrorKind::Unavailable, reason)),
+        }
     }
 
     fn start_job(&mut self, work: Work, timeout: Duration, awaiting: Awaiting) {

@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 
 use super::fleet::Fleet;
 use crate::config::Config;
-use crate::health::{HealthNews, Prober, Target};
+use crate::health::{HealthNews, ProbeReply, ProbeTarget, Prober, Target};
 use crate::metrics::CheckCounts;
 use crate::shard::HealthTable;
 use crate::worker::ToWorker;
@@ -38,6 +38,14 @@ impl Checks {
             targets: Vec::new(),
             table: HealthTable::default(),
         }
+    }
+
+    /// Probes a rollout's new backends once on the prober thread; `reply` gets the result. Without a prober
+    /// (its thread could not start) nothing can prove them, and the caller is told so.
+    pub fn probe_once(&self, targets: Vec<ProbeTarget>, reply: ProbeReply) -> Result<(), &'static str> {
+        let prober = self.prober.as_ref().ok_or("the health prober is not running")?;
+        prober.probe_once(targets, reply);
+        Ok(())
     }
 
     /// Checks what `config` asks for from now on; a backend no longer checked (or moved to a new address) is

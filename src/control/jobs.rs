@@ -1,6 +1,7 @@
 //! Blocking work the control thread hands off, so that it keeps answering `/metrics`, `/health` and `ctl` while a
-//! DNS lookup, a config-file read or a rollout's health probe takes its time. Each job runs on a thread of its own
-//! and sends its result back on a channel the control loop selects on, tagged with the job's id.
+//! DNS lookup or a config-file read takes its time. Each job runs on a thread of its own and sends its result back
+//! on a channel the control loop selects on, tagged with the job's id. A rollout's health probe is a job too, but
+//! run by the prober thread ([`Jobs::elsewhere`]): its result comes back on the same channel.
 //!
 //! Every job has a deadline. A job past it is given up: the control thread answers the change that waited for it
 //! and forgets the id, so the result that may still come is dropped. A thread stuck in a call that never returns
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::probe::{probe, ProbeTarget};
 use super::resolve::{resolve_backends, ResolveError};
 use crate::config::{load_config, Config, LoadError};
 
@@ -27,8 +27,6 @@ pub enum Work {
     ReadConfig(PathBuf),
     /// Resolve every backend of a candidate config; the candidate comes back with the addresses.
     Resolve(Box<Config>),
-    /// `GET` the health path of backends a rollout added.
-    Probe(Vec<ProbeTarget>),
 }
 
 impl Work {
@@ -36,7 +34,6 @@ impl Work {
         match self {
             Work::ReadConfig(_) => "reading the config file",
             Work::Resolve(_) => "resolving the backends",
-            Work::Probe(_) => "probing the new backends",
         }
     }
 
@@ -47,11 +44,6 @@ impl Work {
                 let addresses = resolve_backends(&candidate);
                 Finished::Resolve(candidate, addresses)
             }
-            Work::Probe(targets) => {
-                Finished::Probe(targets.iter().try_for_each(|target| {
-                    probe(target).map_err(|reason| format!("new backend {}: {reason}", target.id))
-                }))
-            }
         }
     }
 }
@@ -61,6 +53,7 @@ impl Work {
 pub enum Finished {
     ReadConfig(Result<Box<Config>, LoadError>),
     Resolve(Box<Config>, Result<Vec<SocketAddr>, ResolveError>),
+    /// A rollout's probe of its new backends (run by the prober): `Err` names the first that failed.
     Probe(Result<(), String>),
 }
 
@@ -106,6 +99,13 @@ impl Jobs {
         &self.results
     }
 
+    /// A job done by someone else (the prober): its id, and where to send its [`Done`]. Needs no thread of ours.
+    pub fn elsewhere(&mut self, what: &'static str) -> (Job, Sender<Done>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        (Job { id, what }, self.sender.clone())
+    }
+
     /// Starts `work` on a thread of its own and returns the id its result will carry.
     pub fn start(&mut self, work: Work) -> Result<Job, JobError> {
         self.threads.retain(|thread| !thread.is_finished());
@@ -143,7 +143,6 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::net::TcpListener;
 
     use super::*;
 
@@ -174,53 +173,17 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_reports_the_backend_that_failed() {
-        // A listener that answers 503 to whatever it is sent.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let answering = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let _ = std::io::Read::read(&mut stream, &mut request);
-            stream
-                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-                .unwrap();
-        });
-        let mut jobs = Jobs::default();
-        jobs.start(Work::Probe(vec![ProbeTarget {
-            id: "b9".into(),
-            address,
-            host: address.to_string(),
-            path: "/health".into(),
-            timeout: Duration::from_secs(10),
-        }]))
-        .unwrap();
-        match wait(&jobs).finished {
-            Finished::Probe(Err(reason)) => {
-                assert!(reason.starts_with("new backend b9:"), "{reason}");
-                assert!(reason.contains("503"), "{reason}");
-            }
-            other => panic!("expected a failed probe, got {other:?}"),
-        }
-        answering.join().unwrap();
-    }
-
-    #[test]
     fn jobs_that_never_end_are_bounded() {
-        // Each of these jobs probes a listener that never accepts its connection's request nor answers: it stays
-        // blocked until its (long) timeout, like a given-up job.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
+        // Each of these jobs reads a config path that is a FIFO nobody writes: it stays blocked in open(2), like a
+        // given-up job, until a writer comes.
+        let folder = std::env::temp_dir().join(format!("corelb-stuck-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let fifo = folder.join("config.toml");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
         let mut jobs = Jobs::default();
-        let stuck = || {
-            Work::Probe(vec![ProbeTarget {
-                id: "slow".into(),
-                address,
-                host: address.to_string(),
-                path: "/".into(),
-                timeout: Duration::from_secs(60),
-            }])
-        };
+        let stuck = || Work::ReadConfig(fifo.clone());
         for _ in 0..MAX_STUCK {
             jobs.start(stuck()).unwrap();
         }
@@ -228,9 +191,11 @@ mod tests {
             Err(JobError::TooManyStuck(count)) => assert_eq!(count, MAX_STUCK),
             other => panic!("expected a refusal, got {:?}", other.map(|job| job.id)),
         }
-        // Ending the listener ends every stuck probe; then jobs start again.
-        drop(listener);
+        // A writer that opens and closes the FIFO ends every stuck read (each sees an empty file); then jobs start
+        // again. Each turn of the loop lets one more reader through, including the one that started last.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let release = || drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        release();
         loop {
             match jobs.start(stuck()) {
                 Ok(_) => break,
@@ -240,5 +205,7 @@ mod tests {
                 Err(error) => panic!("jobs never started again: {error}"),
             }
         }
+        release();
+        let _ = std::fs::remove_dir_all(folder);
     }
 }

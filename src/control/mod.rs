@@ -2,8 +2,8 @@
 //! change — from the Unix socket, the admin API, a file reload or SIGHUP — through one function, [`Control::execute`].
 //! A change becomes a new [`Snapshot`] broadcast to every worker and is acknowledged only once every worker has
 //! applied it. The blocking work workers must never do (DNS, reading files, health probes) is not done on this
-//! thread either: it runs on helper threads (`jobs`) whose results come back as events, so the control thread
-//! always answers reads at once (`change` says how a change waits for them).
+//! thread either: it runs on helper threads (`jobs`), and probes on the prober thread, whose results come back as
+//! events, so the control thread always answers reads at once (`change` says how a change waits for them).
 //!
 //! The files: `start` (starting everything), `change` (the way of a change), `state` (the pure reducer), `jobs`
 //! (helper threads), `fleet` (talking to the workers), `rollout`, `views` (status and metrics answers), `history`,
@@ -22,7 +22,6 @@ mod history;
 mod jobs;
 mod listeners;
 mod outliers;
-mod probe;
 mod resolve;
 mod rollout;
 mod socket;

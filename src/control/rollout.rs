@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use super::change::{Asker, Step, Then, Ticket};
 use super::command::{CommandError, ErrorKind, Source};
 use super::history::rfc3339;
-use super::probe::ProbeTarget;
 use super::Control;
 use crate::config::Config;
+use crate::health::ProbeTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -9,4 +9,4 @@ pub mod probe;
 pub mod prober;
 pub mod tracker;
 
-pub use prober::{CheckCounts, Figures, HealthNews, Prober, Target};
+pub use prober::{CheckCounts, Figures, HealthNews, ProbeReply, ProbeTarget, Prober, Target};

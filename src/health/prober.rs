@@ -3,6 +3,10 @@
 //! it the targets after every config change; it sends back only flips of a backend's health (`HealthNews`), which
 //! the control thread turns into a versioned health table for the workers. Counters for metrics sit behind a
 //! mutex the control thread reads when scraped: neither side is the request path.
+//!
+//! The rollout's proof that its new backends answer is a one-off probe on the same thread and with the same
+//! probe (`ProberCommand::ProbeOnce`): every target at once, the first failure in target order reported through
+//! the caller's reply.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -30,11 +34,27 @@ pub struct Target {
     pub settings: CheckSettings,
 }
 
+/// A backend to probe once, apart from the periodic checks (a rollout's new backend): `GET path` with `Host`,
+/// passing on a 2xx within `timeout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeTarget {
+    pub id: String,
+    pub address: SocketAddr,
+    /// The `Host` header: the backend's authority.
+    pub host: String,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// Where a one-off probe's result goes: `Err` names the first target that failed, and why.
+pub type ProbeReply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// What the control thread tells the prober.
-#[derive(Debug)]
 pub enum ProberCommand {
     /// Check exactly these backends from now on (an empty list stops every check).
     Targets(Vec<Target>),
+    /// Probe these backends once, all at once, and answer through the reply.
+    ProbeOnce(Vec<ProbeTarget>, ProbeReply),
     Stop,
 }
 
@@ -78,6 +98,11 @@ impl Prober {
     pub fn set_targets(&self, targets: Vec<Target>) {
         let _ = self.commands.send(ProberCommand::Targets(targets));
     }
+
+    /// Probes `targets` once; `reply` gets the result (never called if the prober has stopped).
+    pub fn probe_once(&self, targets: Vec<ProbeTarget>, reply: ProbeReply) {
+        let _ = self.commands.send(ProberCommand::ProbeOnce(targets, reply));
+    }
 }
 
 impl Drop for Prober {
@@ -113,6 +138,9 @@ fn run(inbox: Receiver<ProberCommand>, news: Sender<HealthNews>, figures: Figure
         loop {
             match inbox.try_recv() {
                 Ok(ProberCommand::Targets(targets)) => prober.set_targets(targets),
+                Ok(ProberCommand::ProbeOnce(targets, reply)) => {
+                    monoio::spawn(probe_once(targets, reply));
+                }
                 Ok(ProberCommand::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     prober.set_targets(Vec::new());
                     return;
@@ -191,6 +219,30 @@ impl Probing {
     }
 }
 
+/// Probes every target at once and replies with the first failure in target order, or success.
+async fn probe_once(targets: Vec<ProbeTarget>, reply: ProbeReply) {
+    let probes: Vec<_> = targets
+        .into_iter()
+        .map(|target| {
+            monoio::spawn(async move {
+                let request = probe_request("GET", &target.path, &target.host);
+                probe(target.address, request, target.timeout, (200, 299))
+                    .await
+                    .map(drop)
+                    .map_err(|error| format!("new backend {}: {error}", target.id))
+            })
+        })
+        .collect();
+    let mut result = Ok(());
+    for probe in probes {
+        let outcome = probe.await;
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    reply(result);
+}
+
 /// Probes one backend until it is no longer a target.
 async fn watch(prober: Rc<Probing>, entry: Rc<Watched>, spread: f64) {
     let first = first_wait(entry.target.borrow().settings.interval, spread);
@@ -251,5 +303,64 @@ async fn watch(prober: Rc<Probing>, entry: Rc<Watched>, spread: f64) {
             prober.jitter.borrow_mut().fraction(),
         );
         monoio::time::sleep(wait.saturating_sub(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A listener that answers each of `count` connections with `status` once it has read the request.
+    fn answering(status: &'static str, count: usize) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            for _ in 0..count {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (address, thread)
+    }
+
+    fn target(id: &str, address: SocketAddr) -> ProbeTarget {
+        ProbeTarget {
+            id: id.into(),
+            address,
+            host: address.to_string(),
+            path: "/health".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn probe_once_and_wait(prober: &Prober, targets: Vec<ProbeTarget>) -> Result<(), String> {
+        let (sender, result) = crossbeam_channel::bounded(1);
+        prober.probe_once(
+            targets,
+            Box::new(move |outcome| {
+                let _ = sender.send(outcome);
+            }),
+        );
+        result.recv_timeout(Duration::from_secs(30)).expect("a reply")
+    }
+
+    #[test]
+    fn a_one_off_probe_passes_on_2xx_and_names_the_first_backend_that_failed() {
+        let (news, _flips) = crossbeam_channel::unbounded();
+        let prober = Prober::spawn(news).unwrap();
+        let (good, good_thread) = answering("200 OK", 2);
+        let (bad, bad_thread) = answering("503 Service Unavailable", 1);
+        assert_eq!(probe_once_and_wait(&prober, vec![target("b1", good)]), Ok(()));
+        let failed = probe_once_and_wait(&prober, vec![target("b1", good), target("b2", bad)]).unwrap_err();
+        assert!(failed.starts_with("new backend b2:"), "{failed}");
+        assert!(failed.contains("503"), "{failed}");
+        good_thread.join().unwrap();
+        bad_thread.join().unwrap();
     }
 }
