@@ -155,6 +155,8 @@ struct KillReport {
     failed_before_reaped: Vec<String>,
     /// Failed requests sent after the victim had exited and been reaped, so none of them could have reached it.
     failed_after_reaped: Vec<String>,
+    /// The slowest request sent after the kill: how long routing around the dead backend cost a client.
+    slowest_after_kill: Duration,
 }
 
 /// Keep-alive load from 8 clients on 3 backends, one of them killed (SIGKILL) once the load is under way.
@@ -173,11 +175,13 @@ fn kill_one_backend_under_load(method: &str, per_client: usize) -> KillReport {
         "",
     ));
     let done = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
     let reaped = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let addr = corelb.addr;
             let done = Arc::clone(&done);
+            let killed = Arc::clone(&killed);
             let reaped = Arc::clone(&reaped);
             let method = method.to_string();
             std::thread::spawn(move || {
@@ -185,12 +189,17 @@ fn kill_one_backend_under_load(method: &str, per_client: usize) -> KillReport {
                 let mut report = KillReport::default();
                 for _ in 0..per_client {
                     let after_reaped = reaped.load(Ordering::SeqCst);
+                    let after_kill = killed.load(Ordering::SeqCst);
+                    let started = std::time::Instant::now();
                     let request = match method.as_str() {
                         "GET" => "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n".to_string(),
                         _ => "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_string(),
                     };
                     client.send(request.as_bytes());
                     let response = client.read_response();
+                    if after_kill {
+                        report.slowest_after_kill = report.slowest_after_kill.max(started.elapsed());
+                    }
                     report.sent += 1;
                     if response.status != 200 {
                         let failure = format!("{} {}", response.status, response.text().trim());
@@ -213,6 +222,7 @@ fn kill_one_backend_under_load(method: &str, per_client: usize) -> KillReport {
     while done.load(Ordering::Relaxed) < total / 3 {
         std::thread::yield_now();
     }
+    killed.store(true, Ordering::SeqCst);
     victim.process.signal(libc::SIGKILL);
     victim.process.wait_exit(Duration::from_secs(10));
     // Exited and reaped: every socket it had is closed, and its listener gone (the port stays reserved).
@@ -223,12 +233,15 @@ fn kill_one_backend_under_load(method: &str, per_client: usize) -> KillReport {
         report.sent += seen.sent;
         report.failed_before_reaped.extend(seen.failed_before_reaped);
         report.failed_after_reaped.extend(seen.failed_after_reaped);
+        report.slowest_after_kill = report.slowest_after_kill.max(seen.slowest_after_kill);
     }
     println!(
-        "{method}: {} of {total} failed with one of three backends killed mid-run ({} after it was reaped): {:?}",
+        "{method}: {} of {total} failed with one of three backends killed mid-run ({} after it was reaped): {:?}; \
+         slowest request after the kill {:.1} ms",
         report.failed_before_reaped.len() + report.failed_after_reaped.len(),
         report.failed_after_reaped.len(),
-        report.failed_before_reaped
+        report.failed_before_reaped,
+        report.slowest_after_kill.as_secs_f64() * 1000.0
     );
     drop(reserved);
     report
