@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use corelb::balance::Balancer;
+use corelb::balance::{Balancer, Everyone};
 use corelb::config::{parse_config, Algorithm};
 use corelb::http::head::{parse_request, HeadLimits};
 use corelb::http::rewrite::{write_upstream_request, ClientSide};
@@ -29,16 +29,18 @@ Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n";
 
 fn balancer_pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("balancer_pick");
-    for count in [3usize, 1000] {
+    for count in [3usize, 10, 50, 1000] {
         for (name, algorithm) in [
             ("round_robin", Algorithm::RoundRobin),
             ("smooth_weighted", Algorithm::WeightedRoundRobin),
+            ("least_connections", Algorithm::LeastConnections),
+            ("power_of_two", Algorithm::PowerOfTwo),
+            ("random", Algorithm::Random),
         ] {
             let weights: Vec<u32> = (0..count).map(|index| 1 + (index % 5) as u32).collect();
-            let balancer = Balancer::new(algorithm, &weights);
-            let accepting = vec![true; count];
+            let balancer = Balancer::new(algorithm, &weights, 1);
             group.bench_with_input(BenchmarkId::new(name, count), &count, |bench, _| {
-                bench.iter(|| black_box(balancer.pick(|index| accepting[index])))
+                bench.iter(|| black_box(balancer.pick(&Everyone)))
             });
         }
     }

@@ -1,5 +1,7 @@
-//! Balancing through the real binary: exact round-robin, exact smooth weighted round-robin per worker, and every
-//! worker serving when there are several.
+//! Balancing through the real binary: exact round-robin, exact smooth weighted round-robin per worker, the
+//! load-based and random algorithms (by weight when idle, away from a loaded backend, away from a slow one), and
+//! every worker serving when there are several. The random draws are seeded differently on every start, so
+//! statistical checks allow six standard deviations: a false failure is a one-in-a-hundred-million event.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on any surprise
 
 mod common;
@@ -7,6 +9,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{config_for, Backend, Client, Corelb};
+use serde_json::json;
 
 #[test]
 fn round_robin_over_three_backends_is_exact() {
@@ -92,4 +95,122 @@ fn both_workers_accept_connections() {
         })
         .collect();
     assert_eq!(workers.len(), 2, "connections landed on workers {workers:?}");
+}
+
+/// `[balancer] algorithm = "…"`.
+fn algorithm(name: &str) -> String {
+    format!("[balancer]\nalgorithm = \"{name}\"\n")
+}
+
+/// Who answered `count` GETs, each on a fresh connection (so that both workers take some).
+fn split_of(corelb: &Corelb, count: usize) -> HashMap<String, usize> {
+    let mut split = HashMap::new();
+    for _ in 0..count {
+        let response = corelb.get("/");
+        assert_eq!(response.status, 200);
+        *split.entry(response.backend_id()).or_insert(0) += 1;
+    }
+    split
+}
+
+/// Asserts `split` follows `weights` within six standard deviations of a binomial count.
+fn assert_by_weight(split: &HashMap<String, usize>, weights: &[(&str, u32)], what: &str) {
+    let total: usize = split.values().sum();
+    let weight_sum: u32 = weights.iter().map(|(_, weight)| weight).sum();
+    for (id, weight) in weights {
+        let p = f64::from(*weight) / f64::from(weight_sum);
+        let expected = total as f64 * p;
+        let allowed = 6.0 * (total as f64 * p * (1.0 - p)).sqrt();
+        let seen = split.get(*id).copied().unwrap_or(0) as f64;
+        assert!(
+            (seen - expected).abs() <= allowed,
+            "{what}: {id} took {seen} of {total}, expected {expected:.0} ± {allowed:.0}: {split:?}"
+        );
+    }
+}
+
+#[test]
+fn idle_backends_take_requests_by_weight_under_every_drawing_algorithm_on_one_and_two_workers() {
+    let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+    let weights = [("a", 5), ("b", 3), ("c", 1)];
+    for name in ["random", "least_connections", "power_of_two"] {
+        for workers in [1, 2] {
+            let config = config_for(
+                &[(&backends[0], 5), (&backends[1], 3), (&backends[2], 1)],
+                workers,
+                "",
+                &algorithm(name),
+            );
+            let corelb = Corelb::start(&config);
+            let split = split_of(&corelb, 900);
+            println!("{name} on {workers} worker(s), idle, weights 5:3:1: {split:?}");
+            assert_by_weight(&split, &weights, &format!("{name} on {workers} workers"));
+        }
+    }
+}
+
+#[test]
+fn the_load_based_algorithms_send_nothing_to_a_backend_holding_requests_while_others_are_idle() {
+    for name in ["least_connections", "power_of_two"] {
+        let busy = Backend::start("busy");
+        let others = [Backend::start("b"), Backend::start("c")];
+        let corelb = Corelb::start(&config_for(&[(&busy, 1)], 1, "", &algorithm(name)));
+        // Three requests held in flight on the only backend, then two idle backends join.
+        let mut held: Vec<Client> = (0..3).map(|_| corelb.client()).collect();
+        for client in &mut held {
+            client.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while busy.held() < 3 {
+            assert!(std::time::Instant::now() < deadline, "the requests were never held");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for other in &others {
+            let added = corelb.control(json!({"cmd": "backend_add", "url": other.url()}));
+            assert_eq!(added["ok"], true, "{added}");
+        }
+        let split = split_of(&corelb, 60);
+        println!("{name}, one backend with 3 requests in flight: {split:?}");
+        assert_eq!(
+            split.get("busy"),
+            None,
+            "{name} sent new requests to the busy backend: {split:?}"
+        );
+        assert_eq!(split.values().sum::<usize>(), 60);
+        busy.release();
+        for client in &mut held {
+            assert_eq!(client.read_response().status, 200);
+        }
+    }
+}
+
+#[test]
+fn a_slow_backend_gets_a_small_share_under_the_load_based_algorithms() {
+    for name in ["least_connections", "power_of_two"] {
+        let backends = [
+            Backend::start("a"),
+            Backend::start("b"),
+            Backend::start_with("slow", &["--latency", "50ms"]),
+        ];
+        let refs: Vec<(&Backend, u32)> = backends.iter().map(|backend| (backend, 1)).collect();
+        let corelb = Corelb::start(&config_for(&refs, 2, "", &algorithm(name)));
+        // Six keep-alive clients at once: the slow backend keeps requests in flight, the fast ones hardly any.
+        let answers: Vec<String> = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut client = corelb.client();
+                        (0..100).map(|_| client.get("/").backend_id()).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            clients.into_iter().flat_map(|client| client.join().unwrap()).collect()
+        });
+        let slow = answers.iter().filter(|id| *id == "slow").count();
+        println!(
+            "{name}: the slow backend (50 ms) took {slow} of {} (round-robin: a third)",
+            answers.len()
+        );
+        assert!(slow < answers.len() / 4, "{name}: {slow} of {}", answers.len());
+    }
 }

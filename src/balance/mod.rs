@@ -1,33 +1,86 @@
 //! Backend selection. A [`Balancer`] is built once per backend-set change and owned by one worker, so its state is
-//! plain `Cell`s; each pick is a few lines. Health and passive failures are applied outside the algorithm through
-//! the `admit` predicate.
+//! plain `Cell`s; each pick is a few lines. Health, breakers, ejection and draining are applied outside the
+//! algorithm through [`Candidates::admitted`]; slow start and dynamic weights through [`Candidates::takes_turn`]
+//! (the rotations: a declined turn passes on) or [`Candidates::share`] (the load-based and random algorithms: a
+//! backend's weight counts times its share).
+//!
+//! Every algorithm decides per worker, from what that worker knows: its own requests in flight, its own random
+//! draws. Nothing on the request path is shared between cores.
 
 use std::cell::Cell;
 
 pub mod dynamic;
+pub mod least;
+pub mod random;
+pub mod rng;
 
 use crate::config::Algorithm;
+use least::{LeastConnections, PowerOfTwo};
+use random::WeightedRandom;
+
+/// What a balancer may ask about backend `index` while it picks.
+pub trait Candidates {
+    /// Whether it may take this request at all (health, breaker, ejection, draining, already tried). No side
+    /// effect: a balancer may ask it of every backend.
+    fn admitted(&self, index: usize) -> bool;
+    /// Whether it takes the turn it is offered: slow start and dynamic weights let it take only a share of its
+    /// turns, by a credit counter that this spends. Asked only of the one backend a rotation is about to pick.
+    fn takes_turn(&self, index: usize) -> bool;
+    /// The share of its weight it has now (slow start × dynamic weights), 0 to 1.
+    fn share(&self, index: usize) -> f64;
+    /// Requests this worker has in flight to it.
+    fn in_flight(&self, index: usize) -> u32;
+}
+
+/// Every backend admitted, at its full share and idle: for warming a rotation up, and for benchmarks.
+pub struct Everyone;
+
+impl Candidates for Everyone {
+    fn admitted(&self, _: usize) -> bool {
+        true
+    }
+    fn takes_turn(&self, _: usize) -> bool {
+        true
+    }
+    fn share(&self, _: usize) -> f64 {
+        1.0
+    }
+    fn in_flight(&self, _: usize) -> u32 {
+        0
+    }
+}
 
 /// Per-worker selection state for one backend set.
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
     Weighted(SmoothWeighted),
+    LeastConnections(LeastConnections),
+    PowerOfTwo(PowerOfTwo),
+    Random(WeightedRandom),
 }
 
 impl Balancer {
-    pub fn new(algorithm: Algorithm, weights: &[u32]) -> Balancer {
+    /// The balancer for `weights` (one per backend, in config order); `seed` starts the worker's random draws.
+    pub fn new(algorithm: Algorithm, weights: &[u32], seed: u64) -> Balancer {
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(weights.len())),
             Algorithm::WeightedRoundRobin => Balancer::Weighted(SmoothWeighted::new(weights)),
+            Algorithm::LeastConnections => Balancer::LeastConnections(LeastConnections::new(weights, seed)),
+            Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(weights, seed)),
+            Algorithm::Random => Balancer::Random(WeightedRandom::new(weights, seed)),
         }
     }
 
-    /// Picks the index of a backend for which `admit` holds, or `None` when none does.
-    pub fn pick(&self, admit: impl Fn(usize) -> bool) -> Option<usize> {
+    /// Picks the index of a backend the candidates admit, or `None` when they admit none.
+    pub fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
+        let rotation = |index| candidates.admitted(index) && candidates.takes_turn(index);
         match self {
-            Balancer::RoundRobin(round_robin) => round_robin.pick(admit),
-            Balancer::Weighted(weighted) => weighted.pick(admit),
+            Balancer::RoundRobin(round_robin) => round_robin.pick(rotation),
+            Balancer::Weighted(weighted) => weighted.pick(rotation),
+            Balancer::LeastConnections(least) => least.pick(candidates),
+            Balancer::PowerOfTwo(two) => two.pick(candidates),
+            Balancer::Random(random) => random.pick(candidates),
         }
     }
 }
@@ -137,27 +190,45 @@ impl SmoothWeighted {
 mod tests {
     use super::*;
 
+    /// Every backend admitted except those `refused` lists.
+    struct Refusing(Vec<usize>);
+
+    impl Candidates for Refusing {
+        fn admitted(&self, index: usize) -> bool {
+            !self.0.contains(&index)
+        }
+        fn takes_turn(&self, _: usize) -> bool {
+            true
+        }
+        fn share(&self, _: usize) -> f64 {
+            1.0
+        }
+        fn in_flight(&self, _: usize) -> u32 {
+            0
+        }
+    }
+
     fn picks(balancer: &Balancer, count: usize) -> Vec<usize> {
-        (0..count).map(|_| balancer.pick(|_| true).unwrap()).collect()
+        (0..count).map(|_| balancer.pick(&Everyone).unwrap()).collect()
     }
 
     #[test]
     fn round_robin_cycles_in_order() {
-        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1], 1);
         assert_eq!(picks(&balancer, 7), [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn round_robin_skips_refused_backends() {
-        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1]);
-        let chosen: Vec<usize> = (0..4).map(|_| balancer.pick(|index| index != 1).unwrap()).collect();
+        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1], 1);
+        let chosen: Vec<usize> = (0..4).map(|_| balancer.pick(&Refusing(vec![1])).unwrap()).collect();
         assert_eq!(chosen, [0, 2, 0, 2]);
-        assert_eq!(balancer.pick(|_| false), None);
+        assert_eq!(balancer.pick(&Refusing(vec![0, 1, 2])), None);
     }
 
     #[test]
     fn smooth_weighted_is_exact_and_interleaved_in_every_window() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1]);
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1], 1);
         let sequence = picks(&balancer, 9 * 20);
         for window in sequence.chunks(9) {
             let count = |backend| window.iter().filter(|&&index| index == backend).count();
@@ -171,7 +242,7 @@ mod tests {
 
     #[test]
     fn huge_weight_sums_run_the_algorithm_live_with_the_same_proportions() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[1000; 100]);
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[1000; 100], 1);
         let picks = picks(&balancer, 100);
         let mut sorted = picks.clone();
         sorted.sort_unstable();
@@ -181,8 +252,8 @@ mod tests {
 
     #[test]
     fn smooth_weighted_redistributes_when_a_backend_is_refused() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1]);
-        let chosen: Vec<usize> = (0..8).map(|_| balancer.pick(|index| index != 0).unwrap()).collect();
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1], 1);
+        let chosen: Vec<usize> = (0..8).map(|_| balancer.pick(&Refusing(vec![0])).unwrap()).collect();
         assert_eq!(chosen.iter().filter(|&&index| index == 1).count(), 6);
         assert_eq!(chosen.iter().filter(|&&index| index == 2).count(), 2);
     }

@@ -163,9 +163,23 @@ pub struct DynamicWeightsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// Each backend in turn; weights are not used.
     RoundRobin,
     /// Smooth weighted round-robin (nginx's): proportional and interleaved.
     WeightedRoundRobin,
+    /// The fewest requests in flight on this worker, by weight; ties at random.
+    LeastConnections,
+    /// The less loaded of two backends drawn at random.
+    PowerOfTwo,
+    /// A backend drawn at random, by weight.
+    Random,
+}
+
+impl Algorithm {
+    /// Whether backend weights change what it picks.
+    pub fn uses_weights(self) -> bool {
+        self != Algorithm::RoundRobin
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

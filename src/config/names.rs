@@ -44,7 +44,13 @@ macro_rules! choice {
 }
 
 choice!(IoDriverChoice { Auto => "auto", IoUring => "io_uring", Epoll => "epoll" });
-choice!(Algorithm { RoundRobin => "round_robin", WeightedRoundRobin => "weighted_round_robin" });
+choice!(Algorithm {
+    RoundRobin => "round_robin",
+    WeightedRoundRobin => "weighted_round_robin",
+    LeastConnections => "least_connections",
+    PowerOfTwo => "power_of_two",
+    Random => "random",
+});
 choice!(ClientAuth { None => "none", Optional => "optional", Required => "required" });
 choice!(RateLimitAlgorithm { TokenBucket => "token_bucket", SlidingWindow => "sliding_window" });
 choice!(RateLimitScope { Global => "global", ClientIp => "client_ip" });

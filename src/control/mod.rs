@@ -350,8 +350,7 @@ impl Control {
                 return self.finish(ticket, Err(error));
             }
         };
-        let weightless = matches!(command, Command::BackendSet { .. })
-            && candidate.balancer.algorithm == crate::config::Algorithm::RoundRobin;
+        let weightless = matches!(command, Command::BackendSet { .. }) && !candidate.balancer.algorithm.uses_weights();
         // Applied, so a later switch to a weighted algorithm uses it; but it changes nothing today.
         let then = if weightless {
             Then::TellWithNote(asker, ROUND_ROBIN_WEIGHT_NOTE)

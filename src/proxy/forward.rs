@@ -340,6 +340,9 @@ pub async fn forward(
         let backend = Rc::clone(&generation.backends[index]);
         // Held until this attempt's outcome is recorded: a half-open trial slot is given back if it never is.
         let claim = backend.claim(now);
+        // In flight from the pick, not from the connect: the load-based balancers must see a request that is still
+        // connecting, or a burst would all go to the backend that looked idle.
+        let in_flight = backend.begin_request();
         let Opened {
             connection: mut upstream,
             reused,
@@ -377,7 +380,6 @@ pub async fn forward(
         if !reused {
             context.record(&backend, Outcome::Connected, now);
         }
-        let in_flight = backend.begin_request();
         stats.backend = Some(Rc::clone(&backend));
         context.with_metrics(|metrics| metrics.upstream_connected(backend.metrics_slot, reused));
         let client_side = ClientSide {

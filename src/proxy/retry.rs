@@ -2,9 +2,11 @@
 //! ([`ProxyError::retry`]); the request says whether it can be sent again ([`replayable`]); the [`Route`] bounds
 //! how often and remembers which backends were tried, so that a retry goes elsewhere when there is an elsewhere.
 
+use std::rc::Rc;
 use std::time::Instant;
 
-use crate::shard::{Admission, Generation};
+use crate::balance::Candidates;
+use crate::shard::{Admission, BackendState, Generation};
 
 /// How far an exchange got when its connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,56 @@ pub fn every_serving_backend_unhealthy(generation: &Generation) -> bool {
         .filter(|backend| backend.serving())
         .peekable();
     serving.peek().is_some() && serving.all(|backend| backend.unhealthy())
+}
+
+/// Which backends one of [`Route::pick`]'s passes offers the balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Untried and admitted, taking their share of turns (slow start, dynamic weights).
+    Admitted,
+    /// Untried and usable as a last resort (resting after a failure, ejected), at full share.
+    Fallback,
+    /// Any usable as a last resort, tried or not: a replay's fresh connection.
+    AnyFallback,
+    /// Untried and unhealthy: the fail-open panic.
+    Panic,
+}
+
+/// The backends of one pass, as the balancer sees them.
+struct Pass<'a> {
+    backends: &'a [Rc<BackendState>],
+    tried: &'a [usize],
+    now: Instant,
+    tier: Tier,
+}
+
+impl Candidates for Pass<'_> {
+    fn admitted(&self, index: usize) -> bool {
+        let untried = !self.tried.contains(&index);
+        let admission = self.backends[index].admits(self.now);
+        match self.tier {
+            Tier::Admitted => untried && admission == Admission::Admitted,
+            Tier::Fallback => untried && admission.as_fallback(),
+            Tier::AnyFallback => admission.as_fallback(),
+            Tier::Panic => untried && admission == Admission::Unhealthy,
+        }
+    }
+
+    fn takes_turn(&self, index: usize) -> bool {
+        self.tier != Tier::Admitted || self.backends[index].takes_turn(self.now)
+    }
+
+    fn share(&self, index: usize) -> f64 {
+        let backend = &self.backends[index];
+        match self.tier {
+            Tier::Admitted => backend.share(self.now) * backend.dynamic_share(),
+            _ => 1.0,
+        }
+    }
+
+    fn in_flight(&self, index: usize) -> u32 {
+        self.backends[index].in_flight()
+    }
 }
 
 /// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at
@@ -69,26 +121,20 @@ impl Route {
     /// be back, and refusing outright helps nobody); else, for a replay, a fresh connection to one already tried.
     /// A draining backend, or one whose circuit breaker stops traffic, is never picked.
     pub fn pick(&self, generation: &Generation, now: Instant) -> Option<usize> {
-        let backends = &generation.backends;
-        let untried = |index: usize| !self.tried.contains(&index);
+        let pass = |tier| Pass {
+            backends: &generation.backends,
+            tried: &self.tried,
+            now,
+            tier,
+        };
         generation
             .balancer
-            .pick(|index| {
-                untried(index) && backends[index].admits(now) == Admission::Admitted && backends[index].takes_turn(now)
-            })
+            .pick(&pass(Tier::Admitted))
+            .or_else(|| generation.balancer.pick(&pass(Tier::Fallback)))
             .or_else(|| {
-                generation
-                    .balancer
-                    .pick(|index| untried(index) && backends[index].admits(now).as_fallback())
-            })
-            .or_else(|| {
-                if self.may_reuse_tried {
-                    generation
-                        .balancer
-                        .pick(|index| backends[index].admits(now).as_fallback())
-                } else {
-                    None
-                }
+                self.may_reuse_tried
+                    .then(|| generation.balancer.pick(&pass(Tier::AnyFallback)))
+                    .flatten()
             })
     }
 
@@ -100,9 +146,12 @@ impl Route {
         if !every_serving_backend_unhealthy(generation) {
             return None;
         }
-        generation
-            .balancer
-            .pick(|index| !self.tried.contains(&index) && backends[index].admits(now) == Admission::Unhealthy)
+        generation.balancer.pick(&Pass {
+            backends,
+            tried: &self.tried,
+            now,
+            tier: Tier::Panic,
+        })
     }
 
     /// Records that connecting to `index` failed; whether the request may try another backend.

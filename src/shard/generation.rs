@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::dynamic::DynamicSettings;
-use crate::balance::Balancer;
+use crate::balance::{Balancer, Everyone};
 use crate::config::{BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
@@ -76,9 +76,13 @@ impl Generation {
             })
             .collect();
         let weights: Vec<u32> = config.backends.iter().map(|backend| backend.weight).collect();
-        let balancer = Balancer::new(config.balancer.algorithm, &weights);
+        // Each worker draws its own random numbers (power of two, random, tie-breaks), different on every start.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let balancer = Balancer::new(config.balancer.algorithm, &weights, nonce ^ ((worker as u64) << 48));
         for _ in 0..worker {
-            balancer.pick(|_| true);
+            balancer.pick(&Everyone);
         }
         Generation {
             version: snapshot.version,
