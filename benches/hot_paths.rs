@@ -36,6 +36,7 @@ fn balancer_pick(c: &mut Criterion) {
             ("least_connections", Algorithm::LeastConnections),
             ("power_of_two", Algorithm::PowerOfTwo),
             ("random", Algorithm::Random),
+            ("least_response_time", Algorithm::LeastResponseTime),
         ] {
             let weights: Vec<u32> = (0..count).map(|index| 1 + (index % 5) as u32).collect();
             let balancer = Balancer::new(algorithm, &weights, 1);

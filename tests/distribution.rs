@@ -151,7 +151,7 @@ fn idle_backends_take_requests_by_weight_under_every_drawing_algorithm_on_one_an
 
 #[test]
 fn the_load_based_algorithms_send_nothing_to_a_backend_holding_requests_while_others_are_idle() {
-    for name in ["least_connections", "power_of_two"] {
+    for name in ["least_connections", "power_of_two", "least_response_time"] {
         let busy = Backend::start("busy");
         let others = [Backend::start("b"), Backend::start("c")];
         let corelb = Corelb::start(&config_for(&[(&busy, 1)], 1, "", &algorithm(name)));
@@ -186,7 +186,7 @@ fn the_load_based_algorithms_send_nothing_to_a_backend_holding_requests_while_ot
 
 #[test]
 fn a_slow_backend_gets_a_small_share_under_the_load_based_algorithms() {
-    for name in ["least_connections", "power_of_two"] {
+    for name in ["least_connections", "power_of_two", "least_response_time"] {
         let backends = [
             Backend::start("a"),
             Backend::start("b"),

@@ -11,11 +11,12 @@ use std::cell::Cell;
 
 pub mod dynamic;
 pub mod least;
+pub mod peak;
 pub mod random;
 pub mod rng;
 
 use crate::config::Algorithm;
-use least::{LeastConnections, PowerOfTwo};
+use least::{LeastConnections, LeastResponseTime, PowerOfTwo};
 use random::WeightedRandom;
 
 /// What a balancer may ask about backend `index` while it picks.
@@ -30,6 +31,10 @@ pub trait Candidates {
     fn share(&self, index: usize) -> f64;
     /// Requests this worker has in flight to it.
     fn in_flight(&self, index: usize) -> u32;
+    /// Its response time as `least_response_time` counts it (peak EWMA, seconds); only that algorithm asks.
+    fn response_time(&self, _index: usize) -> f64 {
+        0.0
+    }
 }
 
 /// Every backend admitted, at its full share and idle: for warming a rotation up, and for benchmarks.
@@ -58,6 +63,7 @@ pub enum Balancer {
     LeastConnections(LeastConnections),
     PowerOfTwo(PowerOfTwo),
     Random(WeightedRandom),
+    LeastResponseTime(LeastResponseTime),
 }
 
 impl Balancer {
@@ -69,6 +75,7 @@ impl Balancer {
             Algorithm::LeastConnections => Balancer::LeastConnections(LeastConnections::new(weights, seed)),
             Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(weights, seed)),
             Algorithm::Random => Balancer::Random(WeightedRandom::new(weights, seed)),
+            Algorithm::LeastResponseTime => Balancer::LeastResponseTime(LeastResponseTime::new(weights, seed)),
         }
     }
 
@@ -81,6 +88,7 @@ impl Balancer {
             Balancer::LeastConnections(least) => least.pick(candidates),
             Balancer::PowerOfTwo(two) => two.pick(candidates),
             Balancer::Random(random) => random.pick(candidates),
+            Balancer::LeastResponseTime(fastest) => fastest.pick(candidates),
         }
     }
 }

@@ -173,6 +173,8 @@ pub enum Algorithm {
     PowerOfTwo,
     /// A backend drawn at random, by weight.
     Random,
+    /// The shorter expected wait (peak EWMA response time × requests in flight) of two drawn at random.
+    LeastResponseTime,
 }
 
 impl Algorithm {

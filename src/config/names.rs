@@ -50,6 +50,7 @@ choice!(Algorithm {
     LeastConnections => "least_connections",
     PowerOfTwo => "power_of_two",
     Random => "random",
+    LeastResponseTime => "least_response_time",
 });
 choice!(ClientAuth { None => "none", Optional => "optional", Required => "required" });
 choice!(RateLimitAlgorithm { TokenBucket => "token_bucket", SlidingWindow => "sliding_window" });

@@ -86,6 +86,10 @@ impl Candidates for Pass<'_> {
     fn in_flight(&self, index: usize) -> u32 {
         self.backends[index].in_flight()
     }
+
+    fn response_time(&self, index: usize) -> f64 {
+        self.backends[index].response_time(self.now)
+    }
 }
 
 /// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::outcomes::Tally;
 use super::warnings::WarningGate;
 use crate::balance::dynamic::{self, DynamicSettings, Performance, Samples};
+use crate::balance::peak::PeakEwma;
 use crate::config::BackendConfig;
 use crate::net::BufferedStream;
 use crate::upstream::breaker::{Attempt, Breaker, BreakerSettings, Traffic, TrialRound, Verdict};
@@ -111,6 +112,8 @@ pub struct Settings {
     pub outlier_statuses: Option<StatusSet>,
     /// Dynamic weights, when `[balancer.dynamic_weights]` is enabled.
     pub dynamic: Option<DynamicSettings>,
+    /// Keep the peak EWMA of response times (`least_response_time`).
+    pub response_time: bool,
 }
 
 /// The share of its turns a backend takes `elapsed` into its slow start of `window`: from a tenth (Envoy's
@@ -210,6 +213,8 @@ pub struct BackendState {
     performance: Cell<Performance>,
     /// The share of its turns dynamic weights let it take (1 when they are off).
     dynamic_share: Cell<f64>,
+    /// Its response time for `least_response_time`, when that is the algorithm.
+    peak: Cell<PeakEwma>,
     /// Warnings about this backend from this worker.
     pub(super) warnings: WarningGate,
 }
@@ -235,6 +240,7 @@ impl BackendState {
             samples: Cell::new(Samples::default()),
             performance: Cell::new(Performance::default()),
             dynamic_share: Cell::new(1.0),
+            peak: Cell::new(PeakEwma::new(Instant::now())),
             warnings: WarningGate::default(),
         }
     }
@@ -309,6 +315,11 @@ impl BackendState {
             Outcome::Responded { status, .. } => (false, Some(status)),
             Outcome::Connected | Outcome::LostBeforeResponse { fresh: false } => return None,
         };
+        if let (true, Outcome::Responded { latency, .. }) = (settings.response_time, outcome) {
+            let mut peak = self.peak.get();
+            peak.observe(latency, now);
+            self.peak.set(peak);
+        }
         if settings.dynamic.is_some() {
             let mut samples = self.samples.get();
             match outcome {
@@ -408,6 +419,11 @@ impl BackendState {
             .dynamic
             .map_or(1.0, |dynamic| dynamic::share(&self.performance.get(), best, &dynamic));
         self.dynamic_share.set(share);
+    }
+
+    /// Its response time as `least_response_time` counts it at `now` (peak EWMA, seconds).
+    pub fn response_time(&self, now: Instant) -> f64 {
+        self.peak.get().get(now)
     }
 
     /// The share of its turns dynamic weights let it take: its weight times this is its effective weight.
@@ -613,6 +629,7 @@ mod tests {
             slow_start: Duration::ZERO,
             outlier_statuses: None,
             dynamic: None,
+            response_time: false,
         };
         BackendState::new(&config, "127.0.0.1:1".parse().unwrap(), 0, settings)
     }
@@ -778,6 +795,7 @@ mod tests {
         // Turned off: every turn again.
         state.configure(Settings {
             dynamic: None,
+            response_time: false,
             slow_start: Duration::ZERO,
             ..state.settings.get()
         });
@@ -794,6 +812,7 @@ mod tests {
         state.configure(Settings {
             outlier_statuses: Some(StatusSet::of(&[503])),
             dynamic: None,
+            response_time: false,
             slow_start: Duration::from_secs(10),
             ..state.settings.get()
         });

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::dynamic::DynamicSettings;
 use crate::balance::{Balancer, Everyone};
-use crate::config::{BackendConfig, Config};
+use crate::config::{Algorithm, BackendConfig, Config};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::upstream::breaker::BreakerSettings;
@@ -121,6 +121,7 @@ fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
             .outlier_detection
             .enabled
             .then(|| StatusSet::of(&config.outlier_detection.failure_statuses)),
+        response_time: config.balancer.algorithm == Algorithm::LeastResponseTime,
         dynamic: config.balancer.dynamic_weights.enabled.then(|| {
             let dynamic = config.balancer.dynamic_weights;
             DynamicSettings {
