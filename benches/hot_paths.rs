@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use corelb::balance::hash::Method;
 use corelb::balance::{Balancer, Everyone};
 use corelb::config::{parse_config, Algorithm};
 use corelb::http::head::{parse_request, HeadLimits};
@@ -37,9 +38,14 @@ fn balancer_pick(c: &mut Criterion) {
             ("power_of_two", Algorithm::PowerOfTwo),
             ("random", Algorithm::Random),
             ("least_response_time", Algorithm::LeastResponseTime),
+            ("maglev", Algorithm::ConsistentHash),
         ] {
             let weights: Vec<u32> = (0..count).map(|index| 1 + (index % 5) as u32).collect();
-            let balancer = Balancer::new(algorithm, &weights, 1);
+            let ids: Vec<String> = (0..count)
+                .map(|index| format!("10.0.{}.{}:80", index / 256, index % 256))
+                .collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let balancer = Balancer::new(algorithm, Method::Maglev, &ids, &weights, 1);
             group.bench_with_input(BenchmarkId::new(name, count), &count, |bench, _| {
                 bench.iter(|| black_box(balancer.pick(&Everyone)))
             });

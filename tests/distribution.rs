@@ -214,3 +214,101 @@ fn a_slow_backend_gets_a_small_share_under_the_load_based_algorithms() {
         assert!(slow < answers.len() / 4, "{name}: {slow} of {}", answers.len());
     }
 }
+
+/// Which backend answered a GET carrying `X-User: user`, on a fresh connection.
+fn backend_for_user(corelb: &Corelb, user: usize) -> String {
+    let mut client = Client::connect(corelb.addr);
+    client.send(format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\n\r\n").as_bytes());
+    let response = client.read_response();
+    assert_eq!(response.status, 200);
+    response.backend_id()
+}
+
+#[test]
+fn consistent_hashing_keeps_a_key_on_its_backend_on_every_worker_across_reloads_and_falls_back_in_a_fixed_order() {
+    for method in ["maglev", "rendezvous"] {
+        let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+        let refs: Vec<(&Backend, u32)> = backends.iter().map(|backend| (backend, 1)).collect();
+        let balancer = format!(
+            "[balancer]\nalgorithm = \"consistent_hash\"\nhash_key = \"header:x-user\"\nhash_method = \"{method}\"\n"
+        );
+        let corelb = Corelb::start(&config_for(&refs, 2, "", &balancer));
+        let mapping: Vec<String> = (0..30).map(|user| backend_for_user(&corelb, user)).collect();
+        let mut workers = std::collections::HashSet::new();
+        for round in 0..5 {
+            for (user, expected) in mapping.iter().enumerate() {
+                let mut client = Client::connect(corelb.addr);
+                client.send(format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: u{user}\r\n\r\n").as_bytes());
+                let response = client.read_response();
+                workers.insert(response.header("X-Corelb-Worker").unwrap().to_string());
+                assert_eq!(
+                    &response.backend_id(),
+                    expected,
+                    "{method}: user {user} moved in round {round}"
+                );
+            }
+        }
+        assert_eq!(workers.len(), 2, "both workers served, and agreed");
+        let used: std::collections::HashSet<&String> = mapping.iter().collect();
+        assert!(used.len() > 1, "{method}: 30 keys all on one backend: {mapping:?}");
+
+        // A backend added and removed again: two reloads, and every key is back where it was.
+        let extra = Backend::start("d");
+        let added = corelb.control(json!({"cmd": "backend_add", "url": extra.url(), "id": "d"}));
+        assert_eq!(added["ok"], true, "{added}");
+        let during: Vec<String> = (0..30).map(|user| backend_for_user(&corelb, user)).collect();
+        let moved = during
+            .iter()
+            .zip(&mapping)
+            .filter(|(now, before)| now != before)
+            .count();
+        assert!(
+            during
+                .iter()
+                .zip(&mapping)
+                .all(|(now, before)| now == before || now == "d"),
+            "{method}: keys moved only to the new backend"
+        );
+        println!("{method}: adding a fourth backend moved {moved} of 30 keys");
+        let removed = corelb.control(json!({"cmd": "backend_remove", "backend": "d"}));
+        assert_eq!(removed["ok"], true, "{removed}");
+        let after: Vec<String> = (0..30).map(|user| backend_for_user(&corelb, user)).collect();
+        assert_eq!(after, mapping, "{method}: the same mapping after the reloads");
+
+        // The backend of user 0 drained: its users move, each to one fixed backend; nobody else moves.
+        // Answers name a backend by its own label; corelb's config names it by address.
+        let drained = backends.iter().find(|backend| backend.id == mapping[0]).unwrap();
+        let reply = corelb.control(json!({"cmd": "backend_drain", "backend": drained.id()}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        let fallback: Vec<String> = (0..30).map(|user| backend_for_user(&corelb, user)).collect();
+        for (user, (now, before)) in fallback.iter().zip(&mapping).enumerate() {
+            if before == &mapping[0] {
+                assert_ne!(now, before, "{method}: user {user} still on the drained backend");
+                assert_eq!(
+                    &backend_for_user(&corelb, user),
+                    now,
+                    "{method}: user {user}'s fallback is fixed"
+                );
+            } else {
+                assert_eq!(now, before, "{method}: user {user} moved though its backend serves");
+            }
+        }
+    }
+}
+
+#[test]
+fn ip_hash_keeps_each_client_address_on_one_backend() {
+    let backends = [Backend::start("a"), Backend::start("b"), Backend::start("c")];
+    let refs: Vec<(&Backend, u32)> = backends.iter().map(|backend| (backend, 1)).collect();
+    let corelb = Corelb::start(&config_for(&refs, 2, "", &algorithm("ip_hash")));
+    let mut seen = std::collections::HashSet::new();
+    for host in 1..=20u8 {
+        let source = std::net::IpAddr::from([127, 0, 0, host]);
+        let answers: std::collections::HashSet<String> = (0..5)
+            .map(|_| Client::connect_from(corelb.addr, source).get("/").backend_id())
+            .collect();
+        assert_eq!(answers.len(), 1, "{source} was sent to {answers:?}");
+        seen.extend(answers);
+    }
+    assert!(seen.len() > 1, "twenty addresses all on one backend");
+}

@@ -10,12 +10,14 @@
 use std::cell::Cell;
 
 pub mod dynamic;
+pub mod hash;
 pub mod least;
 pub mod peak;
 pub mod random;
 pub mod rng;
 
 use crate::config::Algorithm;
+use hash::{ConsistentHash, Method};
 use least::{LeastConnections, LeastResponseTime, PowerOfTwo};
 use random::WeightedRandom;
 
@@ -34,6 +36,10 @@ pub trait Candidates {
     /// Its response time as `least_response_time` counts it (peak EWMA, seconds); only that algorithm asks.
     fn response_time(&self, _index: usize) -> f64 {
         0.0
+    }
+    /// The request's hash key (`ip_hash`, `consistent_hash`); only those algorithms ask.
+    fn hash_key(&self) -> u64 {
+        0
     }
 }
 
@@ -64,12 +70,17 @@ pub enum Balancer {
     PowerOfTwo(PowerOfTwo),
     Random(WeightedRandom),
     LeastResponseTime(LeastResponseTime),
+    Hashed(ConsistentHash),
 }
 
 impl Balancer {
-    /// The balancer for `weights` (one per backend, in config order); `seed` starts the worker's random draws.
-    pub fn new(algorithm: Algorithm, weights: &[u32], seed: u64) -> Balancer {
+    /// The balancer for backends with these `ids` and `weights` (in config order); `seed` starts the worker's
+    /// random draws, `method` is how the hashing algorithms map keys.
+    pub fn new(algorithm: Algorithm, method: Method, ids: &[&str], weights: &[u32], seed: u64) -> Balancer {
         match algorithm {
+            Algorithm::IpHash | Algorithm::ConsistentHash => {
+                Balancer::Hashed(ConsistentHash::new(method, ids, weights))
+            }
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(weights.len())),
             Algorithm::WeightedRoundRobin => Balancer::Weighted(SmoothWeighted::new(weights)),
             Algorithm::LeastConnections => Balancer::LeastConnections(LeastConnections::new(weights, seed)),
@@ -89,6 +100,7 @@ impl Balancer {
             Balancer::PowerOfTwo(two) => two.pick(candidates),
             Balancer::Random(random) => random.pick(candidates),
             Balancer::LeastResponseTime(fastest) => fastest.pick(candidates),
+            Balancer::Hashed(hashed) => hashed.pick(candidates.hash_key(), candidates),
         }
     }
 }
@@ -222,13 +234,13 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_in_order() {
-        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1], 1);
+        let balancer = Balancer::new(Algorithm::RoundRobin, Method::Maglev, &[], &[1, 1, 1], 1);
         assert_eq!(picks(&balancer, 7), [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn round_robin_skips_refused_backends() {
-        let balancer = Balancer::new(Algorithm::RoundRobin, &[1, 1, 1], 1);
+        let balancer = Balancer::new(Algorithm::RoundRobin, Method::Maglev, &[], &[1, 1, 1], 1);
         let chosen: Vec<usize> = (0..4).map(|_| balancer.pick(&Refusing(vec![1])).unwrap()).collect();
         assert_eq!(chosen, [0, 2, 0, 2]);
         assert_eq!(balancer.pick(&Refusing(vec![0, 1, 2])), None);
@@ -236,7 +248,7 @@ mod tests {
 
     #[test]
     fn smooth_weighted_is_exact_and_interleaved_in_every_window() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1], 1);
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, Method::Maglev, &[], &[5, 3, 1], 1);
         let sequence = picks(&balancer, 9 * 20);
         for window in sequence.chunks(9) {
             let count = |backend| window.iter().filter(|&&index| index == backend).count();
@@ -250,7 +262,7 @@ mod tests {
 
     #[test]
     fn huge_weight_sums_run_the_algorithm_live_with_the_same_proportions() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[1000; 100], 1);
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, Method::Maglev, &[], &[1000; 100], 1);
         let picks = picks(&balancer, 100);
         let mut sorted = picks.clone();
         sorted.sort_unstable();
@@ -260,7 +272,7 @@ mod tests {
 
     #[test]
     fn smooth_weighted_redistributes_when_a_backend_is_refused() {
-        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &[5, 3, 1], 1);
+        let balancer = Balancer::new(Algorithm::WeightedRoundRobin, Method::Maglev, &[], &[5, 3, 1], 1);
         let chosen: Vec<usize> = (0..8).map(|_| balancer.pick(&Refusing(vec![0])).unwrap()).collect();
         assert_eq!(chosen.iter().filter(|&&index| index == 1).count(), 6);
         assert_eq!(chosen.iter().filter(|&&index| index == 2).count(), 2);

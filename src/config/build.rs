@@ -270,10 +270,28 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
 fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
     let mut section = top.section("balancer", errors);
     let algorithm = section.choice("algorithm", Algorithm::RoundRobin, errors);
+    let hash_method = section.choice("hash_method", HashMethod::Maglev, errors);
+    let listed = section.optional::<String>("hash_key", errors);
+    let hash_key = match listed.as_deref().map(HashKey::parse) {
+        None => HashKey::ClientIp,
+        Some(Ok(key)) => key,
+        Some(Err(reason)) => {
+            errors.push(section.key_path("hash_key"), reason);
+            HashKey::ClientIp
+        }
+    };
+    if algorithm == Algorithm::IpHash && hash_key != HashKey::ClientIp {
+        errors.push(
+            section.key_path("hash_key"),
+            "ip_hash always hashes the client address; use algorithm = \"consistent_hash\" for another key",
+        );
+    }
     let dynamic_weights = dynamic_weights(&mut section, errors);
     section.finish(errors);
     BalancerConfig {
         algorithm,
+        hash_key,
+        hash_method,
         dynamic_weights,
     }
 }
@@ -905,6 +923,31 @@ mod tests {
             "balancer.dynamic_weights.decay: must be at least 100ms",
             "balancer.dynamic_weights.slack",
         ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn hash_keys_are_read_and_bad_ones_refused_by_key() {
+        let keyed = format!("{MINIMAL}[balancer]\nalgorithm = \"consistent_hash\"\nhash_key = \"cookie:sid\"\n");
+        let config = parse_config(&keyed).unwrap();
+        assert_eq!(config.balancer.hash_key, HashKey::Cookie("sid".into()));
+        assert_eq!(config.balancer.hash_method, HashMethod::Maglev);
+        assert_eq!(HashKey::parse("header:X-User"), Ok(HashKey::Header("x-user".into())));
+        for (text, expected) in [
+            (
+                "algorithm = \"consistent_hash\"\nhash_key = \"header:\"",
+                "balancer.hash_key: must be",
+            ),
+            (
+                "algorithm = \"ip_hash\"\nhash_key = \"path\"",
+                "balancer.hash_key: ip_hash always hashes",
+            ),
+            ("hash_method = \"ring\"", "balancer.hash_method: must be one of"),
+        ] {
+            let errors = parse_config(&format!("{MINIMAL}[balancer]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }
     }

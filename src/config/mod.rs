@@ -144,6 +144,9 @@ impl BackendConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalancerConfig {
     pub algorithm: Algorithm,
+    /// What `consistent_hash` hashes (`ip_hash` always hashes the client address).
+    pub hash_key: HashKey,
+    pub hash_method: HashMethod,
     pub dynamic_weights: DynamicWeightsConfig,
 }
 
@@ -175,6 +178,62 @@ pub enum Algorithm {
     Random,
     /// The shorter expected wait (peak EWMA response time × requests in flight) of two drawn at random.
     LeastResponseTime,
+    /// Consistent hashing on the client address.
+    IpHash,
+    /// Consistent hashing on `hash_key`.
+    ConsistentHash,
+}
+
+/// How the hashing algorithms map keys to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashMethod {
+    /// A lookup table, one probe per pick (the default).
+    Maglev,
+    /// Highest random weight: minimal movement, O(backends) per pick.
+    Rendezvous,
+}
+
+/// What the hashing algorithms hash (`balancer.hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// The request path, without the query.
+    Path,
+    /// A request header's value (the name lowercased); a request without it hashes its client address.
+    Header(String),
+    /// A cookie's value; a request without it hashes its client address.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Reads `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> Result<HashKey, String> {
+        let token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(HashKey::ClientIp),
+            None if text == "path" => Ok(HashKey::Path),
+            Some(("header", name)) if token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
+            Some(("cookie", name)) if token(name) => Ok(HashKey::Cookie(name.to_string())),
+            _ => Err(format!(
+                "must be \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\", got {text:?}"
+            )),
+        }
+    }
+
+    /// The spelling `parse` reads.
+    pub fn name(&self) -> String {
+        match self {
+            HashKey::ClientIp => "client_ip".into(),
+            HashKey::Path => "path".into(),
+            HashKey::Header(name) => format!("header:{name}"),
+            HashKey::Cookie(name) => format!("cookie:{name}"),
+        }
+    }
 }
 
 impl Algorithm {

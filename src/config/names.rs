@@ -5,8 +5,8 @@
 //! [`Section::choice`]: super::reader::Section::choice
 
 use super::{
-    AccessLogFormat, Algorithm, ClientAuth, IoDriverChoice, LogFormat, LogLevel, PanicMode, RateLimitAlgorithm,
-    RateLimitScope,
+    AccessLogFormat, Algorithm, ClientAuth, HashMethod, IoDriverChoice, LogFormat, LogLevel, PanicMode,
+    RateLimitAlgorithm, RateLimitScope,
 };
 
 /// A config value chosen by name from a fixed set.
@@ -51,7 +51,10 @@ choice!(Algorithm {
     PowerOfTwo => "power_of_two",
     Random => "random",
     LeastResponseTime => "least_response_time",
+    IpHash => "ip_hash",
+    ConsistentHash => "consistent_hash",
 });
+choice!(HashMethod { Maglev => "maglev", Rendezvous => "rendezvous" });
 choice!(ClientAuth { None => "none", Optional => "optional", Required => "required" });
 choice!(RateLimitAlgorithm { TokenBucket => "token_bucket", SlidingWindow => "sliding_window" });
 choice!(RateLimitScope { Global => "global", ClientIp => "client_ip" });

@@ -92,8 +92,10 @@ pub fn to_toml(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "[balancer]\nalgorithm = \"{}\"\n",
-        config.balancer.algorithm.name()
+        "[balancer]\nalgorithm = \"{}\"\nhash_key = {}\nhash_method = \"{}\"\n",
+        config.balancer.algorithm.name(),
+        quote(&config.balancer.hash_key.name()),
+        config.balancer.hash_method.name()
     );
     let dynamic = &config.balancer.dynamic_weights;
     let _ = writeln!(

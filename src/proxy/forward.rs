@@ -14,6 +14,7 @@ use std::time::Instant;
 use super::body::{copy_body, BodyBudget, BodyError, BodyRole, CopyTimeouts, Encoding};
 use super::connect::{open, Opened};
 use super::error::{ProxyError, Retry, Side};
+use super::hash_key;
 use super::retry::{every_serving_backend_unhealthy, replayable, Route, Stage};
 use crate::config::PanicMode;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
@@ -307,6 +308,9 @@ pub async fn forward(
     let idempotent = head.method.is_idempotent();
     let pipes = generation.config.server.splice_bodies.then_some(&context.pipes);
     let mut route = Route::new(generation.config.upstream.max_connect_attempts);
+    if let Some(key) = hash_key::of_request(&generation.config.balancer, &request) {
+        route = route.keyed(key);
+    }
     let max_body_bytes = generation.config.limits.max_body_bytes;
     if let BodyFraming::Length(length) = head.framing {
         if length > max_body_bytes {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod hash_key;
 pub mod linger;
 pub mod local;
 pub mod record;

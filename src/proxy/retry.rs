@@ -57,6 +57,7 @@ struct Pass<'a> {
     tried: &'a [usize],
     now: Instant,
     tier: Tier,
+    key: u64,
 }
 
 impl Candidates for Pass<'_> {
@@ -90,6 +91,10 @@ impl Candidates for Pass<'_> {
     fn response_time(&self, index: usize) -> f64 {
         self.backends[index].response_time(self.now)
     }
+
+    fn hash_key(&self) -> u64 {
+        self.key
+    }
 }
 
 /// A request is replayed after a failed exchange at most this often, and at most `max_connect_attempts` times; at
@@ -108,6 +113,8 @@ pub struct Route {
     may_reuse_tried: bool,
     /// Tries made after the first, of every kind.
     retries: u32,
+    /// The request's hash key, for the hashing algorithms.
+    key: u64,
 }
 
 impl Route {
@@ -118,7 +125,13 @@ impl Route {
             replays: 0,
             may_reuse_tried: false,
             retries: 0,
+            key: 0,
         }
+    }
+
+    /// The route of a request whose hash key is `key` (`ip_hash`, `consistent_hash`).
+    pub fn keyed(self, key: u64) -> Route {
+        Route { key, ..self }
     }
 
     /// The backend for the next attempt: an admitted one not tried yet; else one resting after a failure (it may
@@ -130,6 +143,7 @@ impl Route {
             tried: &self.tried,
             now,
             tier,
+            key: self.key,
         };
         generation
             .balancer
@@ -155,6 +169,7 @@ impl Route {
             tried: &self.tried,
             now,
             tier: Tier::Panic,
+            key: self.key,
         })
     }
 

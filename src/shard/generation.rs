@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::dynamic::DynamicSettings;
+use crate::balance::hash::Method;
 use crate::balance::{Balancer, Everyone};
-use crate::config::{Algorithm, BackendConfig, Config};
+use crate::config::{Algorithm, BackendConfig, Config, HashMethod};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::upstream::breaker::BreakerSettings;
@@ -80,7 +81,13 @@ impl Generation {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-        let balancer = Balancer::new(config.balancer.algorithm, &weights, nonce ^ ((worker as u64) << 48));
+        let ids: Vec<&str> = config.backends.iter().map(|backend| backend.id.as_str()).collect();
+        let method = match config.balancer.hash_method {
+            HashMethod::Maglev => Method::Maglev,
+            HashMethod::Rendezvous => Method::Rendezvous,
+        };
+        let seed = nonce ^ ((worker as u64) << 48);
+        let balancer = Balancer::new(config.balancer.algorithm, method, &ids, &weights, seed);
         for _ in 0..worker {
             balancer.pick(&Everyone);
         }
