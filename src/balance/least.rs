@@ -63,72 +63,86 @@ impl LeastConnections {
     }
 }
 
-/// Power of two choices: two distinct admitted backends drawn at random by weight, the less loaded one taken
-/// (Mitzenmacher; Envoy's and Finagle's default), the first on a tie. O(1) per pick, whatever the number of
-/// backends, and it never herds: two cores drawing independently rarely see the same pair.
-#[derive(Debug)]
-pub struct PowerOfTwo {
-    weights: Vec<u32>,
-    draws: WeightedDraw,
+/// What the better of two drawn backends is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    /// Fewer requests in flight per unit of capacity.
+    Load,
+    /// A shorter expected wait: response time × (in flight + 1) / capacity.
+    Wait,
 }
 
-impl PowerOfTwo {
-    pub fn new(weights: &[u32], seed: u64) -> PowerOfTwo {
-        PowerOfTwo {
+/// Two distinct admitted backends drawn at random by weight, the better one taken, the first on a tie. O(1) per
+/// pick whatever the number of backends, and it never herds: two cores drawing independently rarely see the same
+/// pair.
+#[derive(Debug)]
+struct TwoChoices {
+    weights: Vec<u32>,
+    draws: WeightedDraw,
+    judge: Judge,
+}
+
+impl TwoChoices {
+    fn new(weights: &[u32], seed: u64, judge: Judge) -> TwoChoices {
+        TwoChoices {
             weights: weights.to_vec(),
             draws: WeightedDraw::new(weights, seed),
+            judge,
         }
     }
 
-    pub fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
+    fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
         let first = self.draws.draw(candidates, None)?;
         let Some(second) = self.draws.draw(candidates, Some(first)) else {
             return Some(first);
         };
-        let loads = (
-            load(candidates, &self.weights, first),
-            load(candidates, &self.weights, second),
-        );
-        Some(match loads {
-            (Some((_, a)), Some((_, b))) if b < a => second,
-            (None, Some(_)) => second,
-            _ => first,
-        })
-    }
-}
-
-/// Least response time: power of two choices by expected wait, `response_time × (in_flight + 1) / capacity`, with
-/// the response time a peak EWMA (`balance::peak`; Finagle's and Linkerd's). O(1) per pick; a backend that turns
-/// slow loses its share at its first slow answer, and regains it as its average fades.
-#[derive(Debug)]
-pub struct LeastResponseTime {
-    weights: Vec<u32>,
-    draws: WeightedDraw,
-}
-
-impl LeastResponseTime {
-    pub fn new(weights: &[u32], seed: u64) -> LeastResponseTime {
-        LeastResponseTime {
-            weights: weights.to_vec(),
-            draws: WeightedDraw::new(weights, seed),
-        }
-    }
-
-    pub fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
-        let first = self.draws.draw(candidates, None)?;
-        let Some(second) = self.draws.draw(candidates, Some(first)) else {
-            return Some(first);
+        let score = |index: usize| {
+            let (_, load) = load(candidates, &self.weights, index)?;
+            Some(match self.judge {
+                Judge::Load => load,
+                Judge::Wait => {
+                    let capacity = f64::from(self.weights[index]) * candidates.share(index);
+                    candidates.response_time(index) * (load + 1.0 / capacity)
+                }
+            })
         };
-        let wait = |index: usize| {
-            let capacity = f64::from(self.weights[index]) * candidates.share(index);
-            (capacity > 0.0)
-                .then(|| candidates.response_time(index) * (f64::from(candidates.in_flight(index)) + 1.0) / capacity)
-        };
-        Some(match (wait(first), wait(second)) {
+        Some(match (score(first), score(second)) {
             (Some(a), Some(b)) if b < a => second,
             (None, Some(_)) => second,
             _ => first,
         })
+    }
+}
+
+/// Power of two choices (Mitzenmacher; Envoy's and Finagle's default): of two backends drawn by weight, the one
+/// with fewer requests in flight per unit of capacity.
+#[derive(Debug)]
+pub struct PowerOfTwo(TwoChoices);
+
+impl PowerOfTwo {
+    pub fn new(weights: &[u32], seed: u64) -> PowerOfTwo {
+        PowerOfTwo(TwoChoices::new(weights, seed, Judge::Load))
+    }
+
+    pub fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
+        self.0.pick(candidates)
+    }
+}
+
+/// Least response time: of two backends drawn by weight, the shorter expected wait,
+/// `response_time × (in_flight + 1) / capacity`, with the response time a peak EWMA (`balance::peak`; Finagle's and
+/// Linkerd's). A backend that turns slow loses its share at its first slow answer, and regains it as its average
+/// fades.
+#[derive(Debug)]
+pub struct LeastResponseTime(TwoChoices);
+
+impl LeastResponseTime {
+    pub fn new(weights: &[u32], seed: u64) -> LeastResponseTime {
+        LeastResponseTime(TwoChoices::new(weights, seed, Judge::Wait))
+    }
+
+    pub fn pick(&self, candidates: &impl Candidates) -> Option<usize> {
+        self.0.pick(candidates)
     }
 }
 
