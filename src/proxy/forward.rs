@@ -308,7 +308,7 @@ pub async fn forward(
     let idempotent = head.method.is_idempotent();
     let pipes = generation.config.server.splice_bodies.then_some(&context.pipes);
     let mut route = Route::new(generation.config.upstream.max_connect_attempts);
-    if let Some(key) = hash_key::of_request(&generation.config.balancer, &request) {
+    if let Some(key) = hash_key::of_request(&generation.config.balancer, request.head_bytes, head, request.peer_ip) {
         route = route.keyed(key);
     }
     let max_body_bytes = generation.config.limits.max_body_bytes;

@@ -2,19 +2,18 @@
 //! value or a cookie's. A request without the header or cookie hashes its client address instead, so it still
 //! keeps to one backend.
 
-use super::forward::Request;
 use crate::balance::hash::stable_hash;
 use crate::config::{Algorithm, BalancerConfig, HashKey};
+use crate::http::head::RequestHead;
 
-/// The request's hash key under `balancer`; `None` when its algorithm does not hash.
-pub fn of_request(balancer: &BalancerConfig, request: &Request<'_>) -> Option<u64> {
+/// The hash key under `balancer` of the request `head` parsed from `bytes`, from the client at `peer_ip`; `None`
+/// when the algorithm does not hash.
+pub fn of_request(balancer: &BalancerConfig, bytes: &[u8], head: &RequestHead, peer_ip: &str) -> Option<u64> {
     let key = match balancer.algorithm {
         Algorithm::IpHash => &HashKey::ClientIp,
         Algorithm::ConsistentHash => &balancer.hash_key,
         _ => return None,
     };
-    let bytes = request.head_bytes;
-    let head = request.head;
     let field = |wanted: &str| {
         head.fields
             .iter()
@@ -34,7 +33,7 @@ pub fn of_request(balancer: &BalancerConfig, request: &Request<'_>) -> Option<u6
             .filter(|field| bytes[field.name.clone()].eq_ignore_ascii_case(b"cookie"))
             .find_map(|field| cookie_value(&bytes[field.value.clone()], name.as_bytes())),
     };
-    Some(stable_hash(chosen.unwrap_or(request.peer_ip.as_bytes())))
+    Some(stable_hash(chosen.unwrap_or(peer_ip.as_bytes())))
 }
 
 /// The value of cookie `name` in a `Cookie` field (`a=1; b=2`).
