@@ -719,3 +719,27 @@ fn reads_are_answered_while_a_dns_lookup_hangs() {
     assert_eq!(late["id"], "late", "{backends}");
     assert_eq!(late["address"], format!("127.0.0.1:{port}").as_str(), "{backends}");
 }
+
+#[test]
+fn backend_tags_show_in_ctl_backends_and_health_detail_and_survive_a_change() {
+    let backend = Backend::start("a");
+    let config = config_for(&[(&backend, 1)], 1, "", "").replace(
+        "weight = 1\n",
+        "weight = 1\ntags = { zone = \"eu-1\", rack = \"r3\" }\n",
+    );
+    let corelb = Corelb::start(&config);
+    let tags = json!({"zone": "eu-1", "rack": "r3"});
+    let listed = corelb.control(json!({"cmd": "backends"}));
+    assert_eq!(listed["result"]["backends"][0]["tags"], tags, "{listed}");
+    let health = Client::connect(corelb.metrics_addr()).get("/health");
+    let body: serde_json::Value = serde_json::from_str(&health.text()).unwrap();
+    assert_eq!(body["detail"][0]["tags"], tags, "{body}");
+    assert_eq!(body["detail"][0]["id"], backend.id());
+
+    // Another change to the backend keeps its tags: they are config, carried through every edit.
+    let set = corelb.control(json!({"cmd": "backend_set", "backend": backend.id(), "weight": 2}));
+    assert_eq!(set["ok"], true, "{set}");
+    let listed = corelb.control(json!({"cmd": "backends"}));
+    assert_eq!(listed["result"]["backends"][0]["tags"], tags, "{listed}");
+    assert_eq!(listed["result"]["backends"][0]["weight"], 2);
+}

@@ -1,6 +1,6 @@
 //! Builds a typed [`Config`] from TOML text, section by section, collecting every error.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -189,6 +189,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let id = section.optional::<String>("id", errors);
         let drain = section.or("drain", false, errors);
         let healthcheck = backend_healthcheck(&mut section, errors);
+        let tags = backend_tags(&mut section, errors);
         let parsed = url.as_deref().and_then(|url| match parse_backend_url(url) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
@@ -209,6 +210,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
             weight,
             drain,
             healthcheck,
+            tags,
         };
         backend.id = id.unwrap_or_else(|| backend.authority());
         if !ids.insert(backend.id.clone()) {
@@ -490,6 +492,36 @@ fn check_probe_host(section: &Section, key: &str, host: &str, errors: &mut Confi
             format!("must be a host name with no spaces or control characters, got {host:?}"),
         );
     }
+}
+
+/// `[[backends]] tags = { name = "value", ... }`: free-form metadata, strings only, bounded in count and length.
+fn backend_tags(section: &mut Section, errors: &mut ConfigErrors) -> BTreeMap<String, String> {
+    let path = section.key_path("tags");
+    let mut tags = BTreeMap::new();
+    let Some(value) = section.optional::<toml::Value>("tags", errors) else {
+        return tags;
+    };
+    let Some(table) = value.as_table() else {
+        errors.push(path, "must be a table of strings, like { zone = \"eu-1\" }");
+        return tags;
+    };
+    if table.len() > MAX_TAGS {
+        errors.push(path.clone(), format!("at most {MAX_TAGS} tags, got {}", table.len()));
+    }
+    for (name, value) in table {
+        let key = format!("{path}.{name}");
+        match value.as_str() {
+            _ if name.is_empty() || name.len() > MAX_TAG_NAME => {
+                errors.push(key, format!("a tag name must be 1 to {MAX_TAG_NAME} bytes"))
+            }
+            Some(text) if text.len() <= MAX_TAG_VALUE => {
+                tags.insert(name.clone(), text.to_string());
+            }
+            Some(_) => errors.push(key, format!("must be at most {MAX_TAG_VALUE} bytes")),
+            None => errors.push(key, "must be a string"),
+        }
+    }
+    tags
 }
 
 /// `[[backends]] healthcheck = { ... }`: the backend's own health check settings.
@@ -948,6 +980,29 @@ mod tests {
             let errors = parse_config(&format!("{MINIMAL}[balancer]\n{text}\n"))
                 .unwrap_err()
                 .to_string();
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn backend_tags_are_strings_and_bounded() {
+        let text = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n\
+                    tags = { zone = \"eu-1\", rack = \"r3\" }\n";
+        let config = parse_config(text).unwrap();
+        assert_eq!(config.backends[0].tags.get("zone").map(String::as_str), Some("eu-1"));
+        assert_eq!(config.backends[0].tags.len(), 2);
+        let rendered = parse_config(&crate::config::to_toml(&config)).unwrap();
+        assert_eq!(
+            rendered.backends[0].tags, config.backends[0].tags,
+            "rendered and read back"
+        );
+        let bad = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n\
+                   tags = { zone = 3 }\n[[backends]]\nurl = \"http://127.0.0.1:9002\"\ntags = \"eu\"\n";
+        let errors = parse_config(bad).unwrap_err().to_string();
+        for expected in [
+            "backends[0].tags.zone: must be a string",
+            "backends[1].tags: must be a table of strings",
+        ] {
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }
     }

@@ -112,7 +112,14 @@ pub struct BackendConfig {
     pub drain: bool,
     /// This backend's own active health check settings, over `[healthcheck]`.
     pub healthcheck: BackendHealthCheck,
+    /// Free-form metadata (`tags = { zone = "eu-1" }`), shown by `ctl backends`, the admin API and `/health`.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
+
+/// Most tags one backend may carry, and the longest name and value.
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_NAME: usize = 64;
+pub const MAX_TAG_VALUE: usize = 256;
 
 /// A backend's overrides of `[healthcheck]` (`[[backends]] healthcheck = { ... }`); unset keys take the section's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

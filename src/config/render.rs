@@ -22,6 +22,18 @@ fn duration_line(key: &str, value: Option<std::time::Duration>) -> String {
     })
 }
 
+/// A backend's `tags = { ... }` line, empty when it has none.
+fn backend_tags(tags: &std::collections::BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = tags
+        .iter()
+        .map(|(name, value)| format!("{} = {}", quote(name), quote(value)))
+        .collect();
+    format!("\ntags = {{ {} }}", pairs.join(", "))
+}
+
 /// A backend's own health check line, empty when it has none.
 fn backend_healthcheck(check: &BackendHealthCheck) -> String {
     if check.is_empty() {
@@ -109,12 +121,13 @@ pub fn to_toml(config: &Config) -> String {
     for backend in &config.backends {
         let _ = writeln!(
             out,
-            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}\n",
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}{}\n",
             quote(&backend.id),
             quote(&backend.url),
             backend.weight,
             backend.drain,
-            backend_healthcheck(&backend.healthcheck)
+            backend_healthcheck(&backend.healthcheck),
+            backend_tags(&backend.tags)
         );
     }
     let timeouts = &config.timeouts;

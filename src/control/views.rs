@@ -91,10 +91,24 @@ impl Control {
                     .any(|report| report.backends.iter().any(|seen| seen.id == backend.id && !seen.down))
             })
             .count();
+        let detail: Vec<Value> = self
+            .config
+            .backends
+            .iter()
+            .map(|backend| {
+                json!({
+                    "id": backend.id,
+                    "draining": backend.drain,
+                    "unhealthy": self.checks.is_unhealthy(&backend.id),
+                    "tags": backend.tags,
+                })
+            })
+            .collect();
         json!({
             "status": if healthy > 0 { "ok" } else { "unavailable" },
             "healthy_backends": healthy,
             "backends": self.config.backends.len(),
+            "detail": detail,
         })
     }
 
@@ -151,6 +165,7 @@ impl Control {
                     "check": self.checks.word_for(&backend.id),
                     "unhealthy_on_workers": unhealthy_on,
                     "share": share,
+                    "tags": backend.tags,
                 });
                 if let Some(outlier) = self.ejections.view(&backend.id) {
                     let now = std::time::Instant::now();

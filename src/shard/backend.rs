@@ -619,6 +619,7 @@ mod tests {
             weight: 1,
             drain: draining,
             healthcheck: Default::default(),
+            tags: Default::default(),
         };
         let settings = Settings {
             weight: 1,
