@@ -97,13 +97,11 @@ impl TwoChoices {
             return Some(first);
         };
         let score = |index: usize| {
-            let (_, load) = load(candidates, &self.weights, index)?;
+            let (capacity, load) = load(candidates, &self.weights, index)?;
             Some(match self.judge {
                 Judge::Load => load,
-                Judge::Wait => {
-                    let capacity = f64::from(self.weights[index]) * candidates.share(index);
-                    candidates.response_time(index) * (load + 1.0 / capacity)
-                }
+                // response_time × (in_flight + 1) / capacity.
+                Judge::Wait => candidates.response_time(index) * (load + 1.0 / capacity),
             })
         };
         Some(match (score(first), score(second)) {

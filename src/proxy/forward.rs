@@ -417,11 +417,12 @@ pub async fn forward(
                 stats.body_received = received;
                 match read_response_head(&mut upstream, head.method, generation, &backend, try_deadline).await {
                     Ok(response) => {
+                        let answered = Instant::now();
                         let outcome = Outcome::Responded {
                             status: response.status,
-                            latency: sent_at.elapsed(),
+                            latency: answered.saturating_duration_since(sent_at),
                         };
-                        context.record(&backend, outcome, Instant::now());
+                        context.record(&backend, outcome, answered);
                         drop(claim);
                         let retry_status = complete
                             && replayable_anywhere

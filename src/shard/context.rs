@@ -254,13 +254,18 @@ impl WorkerContext {
         for state in &generation.backends {
             state.fold_performance(elapsed);
         }
-        let best = dynamic::best_latency(
-            generation
-                .backends
-                .iter()
-                .filter(|state| state.admits(now) == Admission::Admitted)
-                .map(|state| state.performance()),
-        );
+        // Off, no reference is needed: every share goes back to 1 without asking each backend's admission.
+        let best = if generation.config.balancer.dynamic_weights.enabled {
+            dynamic::best_latency(
+                generation
+                    .backends
+                    .iter()
+                    .filter(|state| state.admits(now) == Admission::Admitted)
+                    .map(|state| state.performance()),
+            )
+        } else {
+            None
+        };
         for state in &generation.backends {
             state.update_dynamic_share(best);
         }
