@@ -101,10 +101,13 @@ fn a_backend_made_slow_loses_most_of_its_share_and_regains_it_once_fast_again() 
         entry["dynamic"]["latency_ms"].as_f64().unwrap() > 20.0,
         "its average latency shows why: {entry}"
     );
+    // A fast one keeps most of its weight. How much exactly depends on how far its latency strays from its fast
+    // peer's on a busy machine (1 ms against 0.1 ms already costs 15 %), so it is compared with the slow one's.
     let fast = backend_when(&corelb, &a.id(), "listed", |_| true);
+    let fast_weight = fast["dynamic"]["effective_weight"].as_f64().unwrap();
     assert!(
-        fast["dynamic"]["effective_weight"].as_f64().unwrap() > 0.9,
-        "a fast one keeps its weight: {fast}"
+        fast_weight > 0.5 && fast_weight > 2.0 * weight,
+        "a fast one keeps most of its weight: {fast}"
     );
     let metrics = corelb.scrape();
     let label = format!("backend=\"{}\"", slow.id());
