@@ -190,6 +190,18 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let drain = section.or("drain", false, errors);
         let healthcheck = backend_healthcheck(&mut section, errors);
         let tags = backend_tags(&mut section, errors);
+        let max_connections = section
+            .optional::<i64>("max_connections", errors)
+            .and_then(|limit| match u32::try_from(limit) {
+                Ok(limit @ 1..=1_000_000) => Some(limit),
+                _ => {
+                    errors.push(
+                        section.key_path("max_connections"),
+                        format!("must be between 1 and 1000000, got {limit}"),
+                    );
+                    None
+                }
+            });
         let parsed = url.as_deref().and_then(|url| match parse_backend_url(url) {
             Ok(parsed) => Some(parsed),
             Err(reason) => {
@@ -211,6 +223,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
             drain,
             healthcheck,
             tags,
+            max_connections,
         };
         backend.id = id.unwrap_or_else(|| backend.authority());
         if !ids.insert(backend.id.clone()) {
@@ -383,6 +396,8 @@ fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
         slow_start: section.or("slow_start", Duration::ZERO, errors),
         max_connections_per_backend: section.integer_in("max_connections_per_backend", 256, 1, 1_000_000, errors)
             as usize,
+        capacity_queue: section.integer_in("capacity_queue", 1024, 0, 1_000_000, errors) as usize,
+        capacity_queue_timeout: section.positive_duration("capacity_queue_timeout", Duration::from_secs(1), errors),
     };
     section.finish(errors);
     upstream
@@ -982,6 +997,37 @@ mod tests {
                 .to_string();
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }
+    }
+
+    #[test]
+    fn max_connections_is_bounded_rendered_back_and_split_exactly_over_workers() {
+        let text = "[[frontends]]\nport = 0\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\nmax_connections = 7\n\
+                    [[backends]]\nurl = \"http://127.0.0.1:9002\"\n";
+        let config = parse_config(text).unwrap();
+        assert_eq!(config.backends[0].max_connections, Some(7));
+        assert_eq!(config.backends[1].max_connections, None);
+        let rendered = parse_config(&crate::config::to_toml(&config)).unwrap();
+        assert_eq!(rendered.backends[0].max_connections, Some(7));
+        for total in [1, 2, 3, 7, 64, 1000] {
+            for workers in 1..=total.min(16) as usize {
+                let shares: Vec<u32> = (0..workers)
+                    .map(|worker| crate::config::capacity_share(total, worker, workers))
+                    .collect();
+                assert_eq!(shares.iter().sum::<u32>(), total, "{total} over {workers}: {shares:?}");
+                let (least, most) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+                assert!(most - least <= 1 && *least >= 1, "{total} over {workers}: {shares:?}");
+            }
+        }
+        assert!(crate::config::capacity_below_workers(&config, 7).is_none());
+        let (path, reason) = crate::config::capacity_below_workers(&config, 8).unwrap();
+        assert_eq!(path, "backends[0].max_connections");
+        assert!(reason.contains("fewer than the 8 workers"), "{reason}");
+        let zero = text.replace("max_connections = 7", "max_connections = 0");
+        let errors = parse_config(&zero).unwrap_err().to_string();
+        assert!(
+            errors.contains("backends[0].max_connections: must be between 1 and 1000000, got 0"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -114,6 +114,34 @@ pub struct BackendConfig {
     pub healthcheck: BackendHealthCheck,
     /// Free-form metadata (`tags = { zone = "eu-1" }`), shown by `ctl backends`, the admin API and `/health`.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Most connections corelb opens to it at once, across every worker (the specification's capacity); each
+    /// worker enforces its part ([`capacity_share`]). `None`: no limit of its own.
+    pub max_connections: Option<u32>,
+}
+
+/// The first backend whose `max_connections` is smaller than `workers`, as (key path, reason): split evenly, some
+/// worker would get no connection to it at all and refuse every request it could have served.
+pub fn capacity_below_workers(config: &Config, workers: usize) -> Option<(String, String)> {
+    config.backends.iter().enumerate().find_map(|(index, backend)| {
+        let limit = backend.max_connections?;
+        ((limit as usize) < workers).then(|| {
+            (
+                format!("backends[{index}].max_connections"),
+                format!(
+                    "{limit} is fewer than the {workers} workers it is split over (each needs at least one \
+                     connection); raise it or lower server.workers"
+                ),
+            )
+        })
+    })
+}
+
+/// Worker `worker`'s part of a process-wide connection limit `total` split over `workers`: the split is even and
+/// the parts add up to `total` exactly, so no worker needs to ask another before it connects.
+pub fn capacity_share(total: u32, worker: usize, workers: usize) -> u32 {
+    let workers = workers.max(1) as u32;
+    let worker = worker as u32 % workers;
+    total / workers + u32::from(worker < total % workers)
 }
 
 /// Most tags one backend may carry, and the longest name and value.
@@ -288,6 +316,11 @@ pub struct UpstreamConfig {
     /// queue, first come first served, for up to `timeouts.connect`. Bounding it keeps the queue in corelb, where
     /// it is fair, instead of in thousands of connections at the backend.
     pub max_connections_per_backend: usize,
+    /// Requests that may wait, on each worker, for a backend under its `max_connections` when every backend it
+    /// could use is at capacity; zero answers 503 at once.
+    pub capacity_queue: usize,
+    /// How long such a request waits before it is answered 503 `backend_at_capacity`.
+    pub capacity_queue_timeout: Duration,
 }
 
 /// When and how a failed try is sent again (`[retries]`); tries are bounded by `upstream.max_connect_attempts`.

@@ -121,11 +121,14 @@ pub fn to_toml(config: &Config) -> String {
     for backend in &config.backends {
         let _ = writeln!(
             out,
-            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}{}\n",
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}{}{}\n",
             quote(&backend.id),
             quote(&backend.url),
             backend.weight,
             backend.drain,
+            backend
+                .max_connections
+                .map_or(String::new(), |limit| format!("\nmax_connections = {limit}")),
             backend_healthcheck(&backend.healthcheck),
             backend_tags(&backend.tags)
         );
@@ -156,13 +159,15 @@ pub fn to_toml(config: &Config) -> String {
     let upstream = &config.upstream;
     let _ = writeln!(
         out,
-        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\nmax_connections_per_backend = {}\nslow_start = \"{}\"\n",
+        "[upstream]\nmax_idle_per_backend = {}\nidle_timeout = \"{}\"\nmax_connect_attempts = {}\nfail_timeout = \"{}\"\nmax_connections_per_backend = {}\nslow_start = \"{}\"\ncapacity_queue = {}\ncapacity_queue_timeout = \"{}\"\n",
         upstream.max_idle_per_backend,
         format_duration(upstream.idle_timeout),
         upstream.max_connect_attempts,
         format_duration(upstream.fail_timeout),
         upstream.max_connections_per_backend,
-        format_duration(upstream.slow_start)
+        format_duration(upstream.slow_start),
+        upstream.capacity_queue,
+        format_duration(upstream.capacity_queue_timeout)
     );
     let limits = &config.limits;
     let _ = writeln!(

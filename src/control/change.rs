@@ -177,6 +177,10 @@ impl Control {
             Ok(candidate) => candidate,
             Err(error) => return self.finish(ticket, Err(error)),
         };
+        if let Some((path, reason)) = crate::config::capacity_below_workers(&candidate, self.fleet.count()) {
+            let error = CommandError::new(ErrorKind::InvalidConfig, format!("{path}: {reason}"));
+            return self.finish(ticket, Err(error));
+        }
         let reasons = self.restart_reasons(&candidate);
         if !reasons.is_empty() {
             let error = CommandError::new(

@@ -92,6 +92,8 @@ pub enum StartError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{path}: {reason}")]
+    Capacity { path: String, reason: String },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -91,6 +91,9 @@ impl Control {
         let process_seed = crate::shard::request_id::process_seed();
 
         let count = worker_count(config.server.workers);
+        if let Some((path, reason)) = crate::config::capacity_below_workers(&config, count) {
+            return Err(StartError::Capacity { path, reason });
+        }
         let cores = if config.server.pin_workers {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {

@@ -166,6 +166,7 @@ impl Control {
                     "unhealthy_on_workers": unhealthy_on,
                     "share": share,
                     "tags": backend.tags,
+                    "max_connections": backend.max_connections,
                 });
                 if let Some(outlier) = self.ejections.view(&backend.id) {
                     let now = std::time::Instant::now();

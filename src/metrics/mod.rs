@@ -108,6 +108,8 @@ pub struct WorkerMetrics {
     pub accept_paused: u64,
     /// Requests sent to an unhealthy backend because every backend was (panic mode `fail_open`).
     pub panic_routed: u64,
+    /// Requests waiting for a backend under its `max_connections` (filled when a snapshot is taken).
+    pub capacity_queued: u64,
 }
 
 impl WorkerMetrics {
@@ -129,6 +131,7 @@ impl WorkerMetrics {
             spliced_bytes: 0,
             accept_paused: 0,
             panic_routed: 0,
+            capacity_queued: 0,
         };
         metrics.backend_slot(NO_BACKEND);
         metrics
@@ -237,6 +240,7 @@ pub struct Merged {
     pub spliced_bytes: u64,
     pub accept_paused: u64,
     pub panic_routed: u64,
+    pub capacity_queued: u64,
     /// Workers that said a backend is up, and that reported it at all.
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
     /// Per backend: how many workers have its breaker in each state, and its trips on all workers.
@@ -281,6 +285,7 @@ impl Merged {
             merged.spliced_bytes += worker.spliced_bytes;
             merged.accept_paused += worker.accept_paused;
             merged.panic_routed += worker.panic_routed;
+            merged.capacity_queued += worker.capacity_queued;
             if merged.frontend_names.is_empty() {
                 merged.frontend_names = worker.frontends.iter().map(|series| series.name.clone()).collect();
             }

@@ -25,6 +25,7 @@ pub const HEALTH_CHECKS: &str = "corelb_health_checks_total";
 pub const HEALTH_TRANSITIONS: &str = "corelb_health_transitions_total";
 pub const BACKEND_EJECTED: &str = "corelb_backend_ejected";
 pub const OUTLIER_EJECTIONS: &str = "corelb_outlier_ejections_total";
+pub const CAPACITY_QUEUED: &str = "corelb_capacity_queue_requests";
 pub const PANIC_ROUTED: &str = "corelb_panic_routed_requests_total";
 pub const BACKEND_CIRCUIT_STATE: &str = "corelb_backend_circuit_state";
 pub const BACKEND_CIRCUIT_TRIPS: &str = "corelb_backend_circuit_trips_total";

@@ -309,7 +309,13 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         MetricType::COUNTER,
     );
     panic.counter(&[], merged.panic_routed as f64);
-    families.extend([healthy, checks, transitions, panic]);
+    let mut queued = Family::new(
+        CAPACITY_QUEUED,
+        "Requests waiting for a backend under its max_connections (upstream.capacity_queue).",
+        MetricType::GAUGE,
+    );
+    queued.gauge(&[], merged.capacity_queued as f64);
+    families.extend([healthy, checks, transitions, panic, queued]);
     let mut ejected = Family::new(
         BACKEND_EJECTED,
         "1 while passive outlier detection keeps the backend out.",

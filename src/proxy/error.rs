@@ -37,6 +37,8 @@ pub enum ProxyError {
     OutOfDescriptors,
     #[error("every upstream connection this worker may open is in use")]
     UpstreamLimit,
+    #[error("every backend that could take the request is at its max_connections ({})", if *.waited { "the wait in the capacity queue ran out" } else { "and the capacity queue is full" })]
+    AtCapacity { waited: bool },
     #[error("connect to backend {backend} failed: {source}")]
     ConnectFailed { backend: String, source: io::Error },
     #[error("connect to backend {backend} timed out")]
@@ -85,7 +87,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen
             | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
-            | ProxyError::UpstreamLimit => Some(503),
+            | ProxyError::UpstreamLimit
+            | ProxyError::AtCapacity { .. } => Some(503),
             ProxyError::ConnectFailed { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::RequestTimeout => {
                 Some(504)
@@ -122,6 +125,7 @@ impl ProxyError {
             ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::OutOfDescriptors => "out_of_descriptors",
             ProxyError::UpstreamLimit => "upstream_limit",
+            ProxyError::AtCapacity { .. } => "backend_at_capacity",
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -148,7 +152,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen
             | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
-            | ProxyError::UpstreamLimit => Side::Proxy,
+            | ProxyError::UpstreamLimit
+            | ProxyError::AtCapacity { .. } => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
@@ -181,6 +186,7 @@ impl ProxyError {
             | ProxyError::NoHealthyBackend
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
+            | ProxyError::AtCapacity { .. }
             | ProxyError::RequestTimeout
             | ProxyError::RetryBudgetExhausted(_)
             | ProxyError::BadResponse { .. } => Retry::No,
@@ -302,6 +308,11 @@ mod tests {
             ),
             (ProxyError::NoBackend, Some(503), "no_backend"),
             (ProxyError::CircuitOpen, Some(503), "circuit_open"),
+            (
+                ProxyError::AtCapacity { waited: true },
+                Some(503),
+                "backend_at_capacity",
+            ),
             (ProxyError::NoHealthyBackend, Some(503), "no_healthy_backend"),
             (
                 ProxyError::ConnectFailed {

@@ -21,6 +21,7 @@ use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
 use crate::net::{BufferedStream, PipePool};
+use crate::shard::capacity::NoRoom;
 use crate::shard::{Admission, BackendState, Generation, Outcome, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
@@ -326,6 +327,9 @@ pub async fn forward(
     let deadline = request.started + request.request_timeout;
     context.count_request(Instant::now());
     let mut last_connect_error = None;
+    // Set when the request first waits for a backend under its max_connections: its wait ends there.
+    let mut queued_until: Option<Instant> = None;
+    let mut woken = false;
     let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
         if now >= deadline {
@@ -338,6 +342,22 @@ pub async fn forward(
             Some(index)
         });
         let Some(index) = picked else {
+            if route.held_back_by_capacity(generation, now) {
+                let upstream = &generation.config.upstream;
+                let until = *queued_until.get_or_insert_with(|| (now + upstream.capacity_queue_timeout).min(deadline));
+                match context.capacity.next_turn(upstream.capacity_queue, until, woken).await {
+                    Ok(()) => {
+                        woken = true;
+                        continue;
+                    }
+                    Err(no_room) => {
+                        let error = ProxyError::AtCapacity {
+                            waited: no_room == NoRoom::TimedOut,
+                        };
+                        return Err(fail(error, false, bodiless, None));
+                    }
+                }
+            }
             let error = last_connect_error.unwrap_or_else(|| nobody_to_ask(generation, now));
             return Err(fail(error, false, bodiless, None));
         };
@@ -346,7 +366,7 @@ pub async fn forward(
         let claim = backend.claim(now);
         // In flight from the pick, not from the connect: the load-based balancers must see a request that is still
         // connecting, or a burst would all go to the backend that looked idle.
-        let in_flight = backend.begin_request();
+        let in_flight = backend.begin_request(&context.capacity);
         let Opened {
             connection: mut upstream,
             reused,

@@ -63,7 +63,11 @@ struct Pass<'a> {
 impl Candidates for Pass<'_> {
     fn admitted(&self, index: usize) -> bool {
         let untried = !self.tried.contains(&index);
-        let admission = self.backends[index].admits(self.now);
+        let backend = &self.backends[index];
+        if backend.at_capacity() {
+            return false;
+        }
+        let admission = backend.admits(self.now);
         match self.tier {
             Tier::Admitted => untried && admission == Admission::Admitted,
             Tier::Fallback => untried && admission.as_fallback(),
@@ -201,11 +205,18 @@ impl Route {
 
     /// Whether a backend not tried yet could take the request now (without moving the balancer's rotation).
     pub fn can_go_elsewhere(&self, generation: &Generation, now: Instant) -> bool {
-        generation
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(index, backend)| !self.tried.contains(&index) && backend.admits(now).as_fallback())
+        generation.backends.iter().enumerate().any(|(index, backend)| {
+            !self.tried.contains(&index) && !backend.at_capacity() && backend.admits(now).as_fallback()
+        })
+    }
+
+    /// Whether a backend this request could use is at capacity (so it may wait for room rather than fail).
+    pub fn held_back_by_capacity(&self, generation: &Generation, now: Instant) -> bool {
+        generation.backends.iter().enumerate().any(|(index, backend)| {
+            (self.may_reuse_tried || !self.tried.contains(&index))
+                && backend.at_capacity()
+                && backend.admits(now).as_fallback()
+        })
     }
 
     /// Tries this request has made, or is about to make, beyond its first.

@@ -19,7 +19,7 @@ mod tests {
     use crate::config::parse_config;
     use crate::metrics::WorkerMetrics;
     use crate::net::transport::Transport;
-    use crate::shard::{Generation, Outboxes, Snapshot, WorkerContext, WorkerLimits};
+    use crate::shard::{Generation, Outboxes, Place, Snapshot, WorkerContext, WorkerLimits};
 
     /// What the backend thread saw.
     #[derive(Default)]
@@ -71,7 +71,7 @@ mod tests {
         };
         let names: Vec<String> = config.frontends.iter().map(|frontend| frontend.name.clone()).collect();
         let mut metrics = WorkerMetrics::new(0, &names);
-        let generation = Generation::build(&snapshot, None, 0, &mut metrics);
+        let generation = Generation::build(&snapshot, None, Place { index: 0, workers: 1 }, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
         let (news, _) = crossbeam_channel::unbounded();
         let (outcome_reports, _) = crossbeam_channel::unbounded();

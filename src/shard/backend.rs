@@ -1,6 +1,7 @@
 //! One backend as one worker sees it: its idle connection pool, requests in flight and passive failure marks.
 //! Carried from one generation to the next while the backend keeps its id and address.
 
+use super::capacity::CapacityQueue;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -98,6 +99,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub weight: u32,
+    /// Requests (and so connections) this worker may have in flight to it at once: its part of `max_connections`,
+    /// `u32::MAX` when there is none.
+    pub capacity: u32,
     pub draining: bool,
     /// How long a failed backend rests (`upstream.fail_timeout`).
     pub fail_timeout: Duration,
@@ -502,11 +506,13 @@ impl BackendState {
         }
     }
 
-    /// Counts a request in flight to this backend until the guard is dropped.
-    pub fn begin_request(self: &Rc<Self>) -> InFlightGuard {
+    /// Counts a request in flight to this backend until the guard is dropped; when the backend has a
+    /// `max_connections`, the end of the request gives its turn to the first request in `queue`.
+    pub fn begin_request(self: &Rc<Self>, queue: &Rc<CapacityQueue>) -> InFlightGuard {
         self.in_flight.set(self.in_flight.get() + 1);
         InFlightGuard {
             backend: Rc::clone(self),
+            queue: self.has_capacity_limit().then(|| Rc::clone(queue)),
         }
     }
 
@@ -559,6 +565,18 @@ impl BackendState {
         self.in_flight.get()
     }
 
+    /// This worker's requests in flight to it fill its part of `max_connections`: every algorithm skips it. Each
+    /// request in flight holds at most one connection, and every idle one was left by a request that ended, so
+    /// the worker's connections to it (in use and idle) never exceed its part either.
+    pub fn at_capacity(&self) -> bool {
+        self.in_flight.get() >= self.settings.get().capacity
+    }
+
+    /// It has a `max_connections` of its own.
+    pub fn has_capacity_limit(&self) -> bool {
+        self.settings.get().capacity != u32::MAX
+    }
+
     /// Closes the idle connection that has waited longest; false when none is idle.
     pub fn close_oldest_idle(&self) -> bool {
         self.idle.borrow_mut().drop_oldest()
@@ -597,12 +615,17 @@ fn change_between(before: Traffic, after: Traffic) -> Option<BreakerChange> {
 
 pub struct InFlightGuard {
     backend: Rc<BackendState>,
+    /// Told when the request ends, for a backend with a `max_connections`.
+    queue: Option<Rc<CapacityQueue>>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         let count = &self.backend.in_flight;
         count.set(count.get().saturating_sub(1));
+        if let Some(queue) = &self.queue {
+            queue.freed();
+        }
     }
 }
 
@@ -620,9 +643,11 @@ mod tests {
             drain: draining,
             healthcheck: Default::default(),
             tags: Default::default(),
+            max_connections: None,
         };
         let settings = Settings {
             weight: 1,
+            capacity: u32::MAX,
             draining,
             fail_timeout: Duration::from_secs(10),
             breaker: None,

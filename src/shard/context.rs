@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::{Admission, BackendState, BreakerChange, Outcome};
-use super::generation::{Generation, Snapshot};
+use super::capacity::CapacityQueue;
+use super::generation::{Generation, Place, Snapshot};
 use super::health::HealthTable;
 use super::outcomes::{BackendTally, OutcomeReport};
 use super::request_id::RequestIds;
@@ -63,6 +64,8 @@ pub struct WorkerContext {
     /// Upstream connections (in use and idle) this worker holds: `upstream.max_connections_per_backend` times
     /// the backends, within its share of the descriptor budget.
     pub upstream_slots: Rc<Slots>,
+    /// Requests waiting for a backend under its `max_connections`.
+    pub capacity: Rc<CapacityQueue>,
     limits: WorkerLimits,
 }
 
@@ -148,6 +151,7 @@ impl WorkerContext {
             warnings: WarningGate::default(),
             client_slots: Slots::new(limits.clients),
             upstream_slots: Slots::new(upstream_limit(&generation, limits)),
+            capacity: Rc::default(),
             generation: RefCell::new(Rc::new(generation)),
             health: RefCell::new(Arc::default()),
             prepared: RefCell::new(None),
@@ -164,7 +168,15 @@ impl WorkerContext {
     /// using the current one until [`commit`](Self::commit). A second prepare replaces the first.
     pub fn prepare(&self, snapshot: &Snapshot) {
         let current = self.generation();
-        let next = Generation::build(snapshot, Some(&current), self.index, &mut self.metrics.borrow_mut());
+        let next = Generation::build(
+            snapshot,
+            Some(&current),
+            Place {
+                index: self.index,
+                workers: self.workers,
+            },
+            &mut self.metrics.borrow_mut(),
+        );
         *self.prepared.borrow_mut() = Some(next);
     }
 
@@ -205,6 +217,7 @@ impl WorkerContext {
             *self.retry_budget.borrow_mut() = RetryBudget::new(budget, Instant::now());
         }
         *self.generation.borrow_mut() = Rc::new(next);
+        self.capacity.changed();
     }
 
     /// Records how an attempt at `backend` ended ([`BackendState::record`]) and tells the control thread what
@@ -364,6 +377,7 @@ impl WorkerContext {
     pub fn metrics_snapshot(&self) -> WorkerMetrics {
         let mut snapshot = self.metrics.borrow().clone();
         snapshot.spliced_bytes = self.pipes.spliced_bytes();
+        snapshot.capacity_queued = self.capacity.waiting() as u64;
         let generation = self.generation();
         for series in &mut snapshot.backends {
             series.configured = false;
@@ -485,7 +499,7 @@ mod tests {
     fn context() -> WorkerContext {
         let first = snapshot(1, false);
         let mut metrics = WorkerMetrics::new(0, &["web".to_string()]);
-        let generation = Generation::build(&first, None, 0, &mut metrics);
+        let generation = Generation::build(&first, None, Place { index: 0, workers: 1 }, &mut metrics);
         let (log, _) = crossbeam_channel::unbounded();
         let (news, _) = crossbeam_channel::unbounded();
         let (outcome_reports, _) = crossbeam_channel::unbounded();

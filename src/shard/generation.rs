@@ -10,7 +10,7 @@ use super::backend::{BackendState, Settings, StatusSet};
 use crate::balance::dynamic::DynamicSettings;
 use crate::balance::hash::Method;
 use crate::balance::{Balancer, Everyone};
-use crate::config::{Algorithm, BackendConfig, Config, HashMethod};
+use crate::config::{capacity_share, Algorithm, BackendConfig, Config, HashMethod};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::upstream::breaker::BreakerSettings;
@@ -26,6 +26,13 @@ pub struct Snapshot {
     pub frontend_addrs: Vec<SocketAddr>,
 }
 
+/// Which worker a generation is built for, of how many: process-wide limits are split by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub index: usize,
+    pub workers: usize,
+}
+
 /// Everything a request needs that changes only with the config. A request keeps the `Rc<Generation>` it started
 /// with, so a config change never alters a request in flight.
 pub struct Generation {
@@ -35,6 +42,7 @@ pub struct Generation {
     pub backends: Vec<Rc<BackendState>>,
     pub balancer: Balancer,
     pub limits: HeadLimits,
+    place: Place,
 }
 
 impl Generation {
@@ -47,16 +55,17 @@ impl Generation {
     pub fn build(
         snapshot: &Snapshot,
         previous: Option<&Generation>,
-        worker: usize,
+        place: Place,
         metrics: &mut WorkerMetrics,
     ) -> Generation {
+        let worker = place.index;
         let config = &snapshot.config;
         let backends = config
             .backends
             .iter()
             .zip(&snapshot.backend_addrs)
             .map(|(backend, &addr)| {
-                let settings = settings_for(backend, config);
+                let settings = settings_for(backend, config, place);
                 previous
                     .and_then(|previous| {
                         previous
@@ -101,20 +110,24 @@ impl Generation {
                 max_request_line: config.limits.max_request_line,
                 max_headers: config.limits.max_headers,
             },
+            place,
         }
     }
 
     /// Gives every backend this generation's settings; called when it is installed.
     pub fn configure_backends(&self) {
         for (state, backend) in self.backends.iter().zip(&self.config.backends) {
-            state.configure(settings_for(backend, &self.config));
+            state.configure(settings_for(backend, &self.config, self.place));
         }
     }
 }
 
-fn settings_for(backend: &BackendConfig, config: &Config) -> Settings {
+fn settings_for(backend: &BackendConfig, config: &Config, place: Place) -> Settings {
     Settings {
         weight: backend.weight,
+        capacity: backend
+            .max_connections
+            .map_or(u32::MAX, |limit| capacity_share(limit, place.index, place.workers)),
         draining: backend.drain,
         fail_timeout: config.upstream.fail_timeout,
         breaker: config.circuitbreaker.enabled.then_some(BreakerSettings {

@@ -3,6 +3,7 @@
 //! per-backend features (health, breaker, capacity) land here without touching the request path's imports.
 
 pub mod backend;
+pub mod capacity;
 pub mod context;
 pub mod generation;
 pub mod health;
@@ -14,7 +15,7 @@ pub use backend::{
     Admission, BackendReport, BackendState, BreakerChange, Claim, DynamicReport, Outcome, Settings, StatusSet,
 };
 pub use context::{BreakerNews, ConnectionGuard, Outboxes, WorkerContext, WorkerLimits};
-pub use generation::{Generation, Snapshot};
+pub use generation::{Generation, Place, Snapshot};
 pub use health::HealthTable;
 pub use outcomes::{BackendTally, OutcomeReport, Tally};
 pub use warnings::WarningGate;

@@ -18,7 +18,7 @@ use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::serve_client;
 pub use crate::shard::{BackendReport, Snapshot, WorkerLimits};
-use crate::shard::{BreakerNews, Generation, Outboxes, OutcomeReport, WorkerContext};
+use crate::shard::{BreakerNews, Generation, Outboxes, OutcomeReport, Place, WorkerContext};
 pub use messages::{Driver, FromWorker, ToWorker, WorkerReport};
 
 /// io_uring submission queue size per worker.
@@ -214,7 +214,15 @@ async fn worker_main(spec: WorkerSpec, driver: Driver, inbox: Receiver<ToWorker>
         .map(|frontend| frontend.name.clone())
         .collect();
     let mut metrics = WorkerMetrics::new(index, &frontend_names);
-    let generation = Generation::build(&spec.snapshot, None, index, &mut metrics);
+    let generation = Generation::build(
+        &spec.snapshot,
+        None,
+        Place {
+            index,
+            workers: spec.workers,
+        },
+        &mut metrics,
+    );
     let context = Rc::new(WorkerContext::new(
         index,
         generation,

@@ -242,6 +242,22 @@ impl Backend {
         assert_eq!(Client::connect(self.addr).get("/control/release").status, 200);
     }
 
+    /// (connections open now, most open at once), counting only connections that carried a request other than
+    /// `/stats`, `/health` and `/control/`: what corelb holds open to this backend.
+    pub fn open_connections(&self) -> (u64, u64) {
+        let body = Client::connect(self.addr).get("/stats").text();
+        let number = |key: &str| -> u64 {
+            let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
+            body[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap()
+        };
+        (number("\"open\":"), number("\"peak_open\":"))
+    }
+
     fn stats_with_held(&self) -> [u64; 3] {
         let response = Client::connect(self.addr).get("/stats");
         let body = response.text();

@@ -67,6 +67,10 @@ struct Backend {
     releases: Cell<u64>,
     /// Requests held on `/hold` right now.
     held: Cell<u64>,
+    /// Connections open now that have carried a counted request (not only `/stats`, `/health`, `/control/`),
+    /// and the most open at once: what a proxy's connection limit is checked against.
+    open: Cell<u64>,
+    peak_open: Cell<u64>,
     /// Keeps the socket timeouts of every connection.
     watchdog: Rc<Watchdog>,
 }
@@ -128,6 +132,8 @@ fn main() -> ExitCode {
         requests: Cell::new(0),
         releases: Cell::new(0),
         held: Cell::new(0),
+        open: Cell::new(0),
+        peak_open: Cell::new(0),
         watchdog: Watchdog::new(),
     });
     let address = SocketAddr::new(args.address, args.port);
@@ -185,9 +191,38 @@ fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+/// Counts a connection among the open ones from its first counted request until it closes.
+struct OpenConnection<'a> {
+    backend: &'a Backend,
+    counted: bool,
+}
+
+impl OpenConnection<'_> {
+    fn count(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            let open = self.backend.open.get() + 1;
+            self.backend.open.set(open);
+            self.backend.peak_open.set(self.backend.peak_open.get().max(open));
+        }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.backend.open.set(self.backend.open.get() - 1);
+        }
+    }
+}
+
 async fn serve(backend: Rc<Backend>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut connection = BufferedStream::new(stream, &backend.watchdog);
+    let mut open = OpenConnection {
+        backend: &backend,
+        counted: false,
+    };
     loop {
         let head = loop {
             match parse_head(connection.buffered()) {
@@ -219,6 +254,7 @@ async fn serve(backend: Rc<Backend>, stream: TcpStream) {
         // Asking for figures, flipping a switch or a health probe is not a request a test counts.
         if !(target.starts_with("/stats") || target.starts_with("/control/") || target.starts_with("/health")) {
             backend.requests.set(backend.requests.get() + 1);
+            open.count();
         }
         if !backend.quiet {
             eprintln!("backend {} {method} {target} body={body_length}", backend.id);
@@ -395,11 +431,13 @@ async fn answer(
         respond_json(id, &body, close)
     } else if path == "/stats" {
         let body = format!(
-            "{{\"id\":{},\"connections\":{},\"requests\":{},\"held\":{}}}\n",
+            "{{\"id\":{},\"connections\":{},\"requests\":{},\"held\":{},\"open\":{},\"peak_open\":{}}}\n",
             json_string(id),
             backend.connections.get(),
             backend.requests.get(),
-            backend.held.get()
+            backend.held.get(),
+            backend.open.get(),
+            backend.peak_open.get()
         );
         respond_json(id, &body, close)
     } else if path == "/bytes" {
