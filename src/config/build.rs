@@ -302,12 +302,14 @@ fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
         );
     }
     let dynamic_weights = dynamic_weights(&mut section, errors);
+    let sticky = sticky(&mut section, errors);
     section.finish(errors);
     BalancerConfig {
         algorithm,
         hash_key,
         hash_method,
         dynamic_weights,
+        sticky,
     }
 }
 
@@ -330,6 +332,71 @@ fn dynamic_weights(balancer: &mut Section, errors: &mut ConfigErrors) -> Dynamic
     }
     section.finish(errors);
     config
+}
+
+/// Browsers keep a cookie at most 400 days (RFC 6265bis); a longer `Max-Age` would silently be cut.
+const MAX_STICKY_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+
+fn sticky(balancer: &mut Section, errors: &mut ConfigErrors) -> StickyConfig {
+    let mut section = balancer.section("sticky", errors);
+    let config = StickyConfig {
+        enabled: section.or("enabled", false, errors),
+        cookie: section.or("cookie", "corelb_srv".to_string(), errors),
+        ttl: optional_positive(&mut section, "ttl", errors),
+        path: section.or("path", "/".to_string(), errors),
+        domain: section.optional::<String>("domain", errors),
+        secure: section.or("secure", false, errors),
+        http_only: section.or("http_only", true, errors),
+        same_site: section.choice("same_site", SameSite::Lax, errors),
+        secret_file: section.optional::<String>("secret_file", errors).map(PathBuf::from),
+    };
+    if !is_cookie_token(&config.cookie) {
+        errors.push(
+            section.key_path("cookie"),
+            format!(
+                "{:?} is not a cookie name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~",
+                config.cookie
+            ),
+        );
+    }
+    if config.ttl.is_some_and(|ttl| ttl > MAX_STICKY_TTL) {
+        errors.push(section.key_path("ttl"), "browsers keep a cookie at most 400 days");
+    }
+    let attribute_safe = |text: &str| text.bytes().all(|byte| byte.is_ascii_graphic() && byte != b';');
+    if !config.path.starts_with('/') || !attribute_safe(&config.path) {
+        errors.push(
+            section.key_path("path"),
+            format!(
+                "{:?} must start with / and hold no spaces, controls or ';'",
+                config.path
+            ),
+        );
+    }
+    if let Some(domain) = &config.domain {
+        let valid = !domain.is_empty()
+            && domain
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-');
+        if !valid {
+            errors.push(section.key_path("domain"), format!("{domain:?} is not a host name"));
+        }
+    }
+    if config.same_site == SameSite::None && !config.secure {
+        errors.push(
+            section.key_path("same_site"),
+            "\"none\" needs secure = true (browsers refuse SameSite=None without Secure)",
+        );
+    }
+    section.finish(errors);
+    config
+}
+
+/// An RFC 6265 cookie name (an RFC 9110 token), at most 64 bytes.
+fn is_cookie_token(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
 }
 
 fn timeouts(top: &mut Section, errors: &mut ConfigErrors) -> Timeouts {

@@ -183,6 +183,35 @@ pub struct BalancerConfig {
     pub hash_key: HashKey,
     pub hash_method: HashMethod,
     pub dynamic_weights: DynamicWeightsConfig,
+    pub sticky: StickyConfig,
+}
+
+/// `[balancer.sticky]`: cookie-inserted sticky sessions. The cookie names the backend by an opaque value the
+/// control thread signs (`control::sticky`), never by its address, so a client cannot steer itself to a backend it
+/// was not sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub enabled: bool,
+    /// The cookie's name (an RFC 6265 token).
+    pub cookie: String,
+    /// `Max-Age`; `None`: a session cookie, gone when the browser closes.
+    pub ttl: Option<Duration>,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    /// A file of at least 32 bytes to sign cookie values with, so that several corelb processes (and restarts)
+    /// agree on them; `None`: a random key per process, so cookies last until corelb restarts.
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
 }
 
 /// `[balancer.dynamic_weights]`: each worker thins out the turns of backends that answer slower or fail more than
@@ -623,6 +652,15 @@ pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
         config.control.socket = folder.join(&config.control.socket);
     }
     if let Some(path) = config.access_log.path.as_mut().filter(|path| path.is_relative()) {
+        *path = folder.join(&*path);
+    }
+    if let Some(path) = config
+        .balancer
+        .sticky
+        .secret_file
+        .as_mut()
+        .filter(|path| path.is_relative())
+    {
         *path = folder.join(&*path);
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{
     AccessLogFormat, Algorithm, ClientAuth, HashMethod, IoDriverChoice, LogFormat, LogLevel, PanicMode,
-    RateLimitAlgorithm, RateLimitScope,
+    RateLimitAlgorithm, RateLimitScope, SameSite,
 };
 
 /// A config value chosen by name from a fixed set.
@@ -62,6 +62,7 @@ choice!(LogLevel { Error => "error", Warn => "warn", Info => "info", Debug => "d
 choice!(LogFormat { Text => "text", Json => "json" });
 choice!(AccessLogFormat { Json => "json", Combined => "combined" });
 choice!(PanicMode { FailOpen => "fail_open", FailClosed => "fail_closed" });
+choice!(SameSite { Lax => "lax", Strict => "strict", None => "none" });
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,20 @@ pub fn to_toml(config: &Config) -> String {
         format_duration(dynamic.latency_slack),
         dynamic.min_share
     );
+    let sticky = &config.balancer.sticky;
+    let _ = writeln!(
+        out,
+        "[balancer.sticky]\nenabled = {}\ncookie = {}\npath = {}\nsecure = {}\nhttp_only = {}\nsame_site = \"{}\"{}{}{}\n",
+        sticky.enabled,
+        quote(&sticky.cookie),
+        quote(&sticky.path),
+        sticky.secure,
+        sticky.http_only,
+        sticky.same_site.name(),
+        sticky.ttl.map_or(String::new(), |ttl| format!("\nttl = \"{}\"", format_duration(ttl))),
+        sticky.domain.as_ref().map_or(String::new(), |domain| format!("\ndomain = {}", quote(domain))),
+        path(&sticky.secret_file).map_or(String::new(), |file| format!("\nsecret_file = {file}")),
+    );
     for backend in &config.backends {
         let _ = writeln!(
             out,

@@ -3,6 +3,7 @@
 //! generation applied on every worker (prepare → commit | abort, `fleet`). One change is in flight at a time; a
 //! change that arrives meanwhile waits its turn, while reads (`status`, `/metrics`, `/health`) are answered at once.
 
+use super::sticky::{cookie_values, StickyKey};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,10 +257,12 @@ impl Control {
                 Ok(candidate) => self.propose(*candidate, ticket),
                 Err(error) => self.finish(ticket, Err(invalid_config(error))),
             },
-            (Awaiting::Resolve(ticket), Finished::Resolve(candidate, result)) => {
-                let result = result
+            (Awaiting::Resolve(ticket), Finished::Resolve(candidate, addresses, key)) => {
+                let key = key.transpose().map_err(invalid_config);
+                let result = addresses
                     .map_err(invalid_config)
-                    .and_then(|addresses| self.apply(*candidate, addresses, &ticket));
+                    .and_then(|addresses| Ok((addresses, key?)))
+                    .and_then(|(addresses, key)| self.apply(*candidate, addresses, key, &ticket));
                 self.finish(ticket, result);
             }
             (Awaiting::Probe(step), Finished::Probe(result)) => self.rollout_step_done(step, result),
@@ -308,6 +311,7 @@ impl Control {
         &mut self,
         candidate: Config,
         backend_addrs: Vec<SocketAddr>,
+        sticky_key: Option<StickyKey>,
         ticket: &Ticket,
     ) -> Result<Value, CommandError> {
         let changes = diff(&self.config, &candidate);
@@ -320,6 +324,7 @@ impl Control {
             config: Arc::clone(&candidate),
             backend_addrs,
             frontend_addrs: self.snapshot.frontend_addrs.clone(),
+            sticky_cookies: cookie_values(&candidate, sticky_key.as_ref(), &self.sticky_key),
         });
         self.broadcast(&snapshot)?;
         let elapsed = started.elapsed();

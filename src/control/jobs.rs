@@ -16,6 +16,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::resolve::{resolve_backends, ResolveError};
+use super::sticky::{file_key, SecretError, StickyKey};
 use crate::config::{load_config, Config, LoadError};
 
 /// How many given-up job threads may still be running before new jobs are refused.
@@ -25,7 +26,8 @@ pub const MAX_STUCK: usize = 4;
 pub enum Work {
     /// Read and check the config file (`reload`, SIGHUP).
     ReadConfig(PathBuf),
-    /// Resolve every backend of a candidate config; the candidate comes back with the addresses.
+    /// Resolve every backend of a candidate config and read its sticky-cookie secret file; the candidate comes back
+    /// with the addresses and the key.
     Resolve(Box<Config>),
 }
 
@@ -42,7 +44,8 @@ impl Work {
             Work::ReadConfig(path) => Finished::ReadConfig(load_config(&path).map(Box::new)),
             Work::Resolve(candidate) => {
                 let addresses = resolve_backends(&candidate);
-                Finished::Resolve(candidate, addresses)
+                let key = file_key(&candidate);
+                Finished::Resolve(candidate, addresses, key)
             }
         }
     }
@@ -52,7 +55,13 @@ impl Work {
 #[derive(Debug)]
 pub enum Finished {
     ReadConfig(Result<Box<Config>, LoadError>),
-    Resolve(Box<Config>, Result<Vec<SocketAddr>, ResolveError>),
+    /// The candidate, its backends' addresses and, when it names a `balancer.sticky.secret_file`, the key read
+    /// from it.
+    Resolve(
+        Box<Config>,
+        Result<Vec<SocketAddr>, ResolveError>,
+        Option<Result<StickyKey, SecretError>>,
+    ),
     /// A rollout's probe of its new backends (run by the prober): `Err` names the first that failed.
     Probe(Result<(), String>),
 }

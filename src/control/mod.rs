@@ -27,6 +27,7 @@ mod rollout;
 mod socket;
 mod start;
 mod state;
+mod sticky;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -94,6 +95,8 @@ pub enum StartError {
     },
     #[error("{path}: {reason}")]
     Capacity { path: String, reason: String },
+    #[error(transparent)]
+    Sticky(#[from] sticky::SecretError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -158,6 +161,8 @@ pub struct Control {
     checks: checks::Checks,
     /// Passive outlier detection: the workers' outcome counts and the ejections they lead to.
     ejections: ejections::Ejections,
+    /// This process's own key for sticky cookies, used when the config names no `secret_file`.
+    sticky_key: sticky::StickyKey,
 }
 
 /// The note a weight change gets when the balancer ignores weights.

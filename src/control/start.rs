@@ -1,6 +1,7 @@
 //! Starting the control plane: the descriptor budget, the frontends' ports, the operator listeners, the access-log
 //! writer and every worker, waiting until all of them listen.
 
+use super::sticky::{cookie_values, file_key, StickyKey};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -72,9 +73,12 @@ impl Control {
                 frontend_addrs.push(frontend.listen);
             }
         }
+        let sticky_key = StickyKey::random()?;
+        let file_key = file_key(&config).transpose()?;
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot {
             version: 1,
+            sticky_cookies: cookie_values(&config, file_key.as_ref(), &sticky_key),
             config: Arc::clone(&config),
             backend_addrs,
             frontend_addrs,
@@ -154,6 +158,7 @@ impl Control {
             breakers: Breakers::default(),
             checks: Checks::start(),
             ejections: Ejections::new(outcome_reports, process_seed),
+            sticky_key,
         };
         let mut ready = 0;
         while ready < count {

@@ -3,6 +3,7 @@
 //! unit-tested and fuzzed without sockets.
 
 pub mod chunked;
+pub mod cookie;
 pub mod head;
 pub mod rewrite;
 

@@ -163,6 +163,8 @@ pub struct ResponseShape<'a> {
     pub worker: Option<usize>,
     /// Returned as `X-Request-Id` (empty: none).
     pub request_id: &'a [u8],
+    /// A whole `Set-Cookie: ...\r\n` line to add (sticky sessions; empty: none).
+    pub set_cookie: &'a [u8],
 }
 
 /// Writes the response head to send to the client for `head` (parsed from `buf`).
@@ -200,6 +202,7 @@ pub fn write_client_response(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead,
     if !shape.request_id.is_empty() {
         put_field(out, b"X-Request-Id", shape.request_id);
     }
+    out.extend_from_slice(shape.set_cookie);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -337,11 +340,13 @@ mod tests {
             close: true,
             worker: Some(1),
             request_id: b"r1",
+            set_cookie: b"Set-Cookie: srv=v; Path=/\r\n",
         };
         write_client_response(&mut out, text.as_bytes(), &head, &shape);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nServer: s\r\nVia: 1.1 corelb\r\nConnection: close\r\nX-Corelb-Worker: 1\r\nX-Request-Id: r1\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nServer: s\r\nVia: 1.1 corelb\r\nConnection: close\r\nX-Corelb-Worker: 1\r\nX-Request-Id: r1\r\n\
+             Set-Cookie: srv=v; Path=/\r\n\r\n"
         );
     }
 

@@ -312,6 +312,11 @@ pub async fn forward(
     if let Some(key) = hash_key::of_request(&generation.config.balancer, request.head_bytes, head, request.peer_ip) {
         route = route.keyed(key);
     }
+    let sticky_backend = generation
+        .sticky
+        .as_ref()
+        .and_then(|sticky| sticky.backend_of(request.head_bytes, head));
+    route = route.sticky(sticky_backend);
     let max_body_bytes = generation.config.limits.max_body_bytes;
     if let BodyFraming::Length(length) = head.framing {
         if length > max_body_bytes {
@@ -330,7 +335,7 @@ pub async fn forward(
     // Set when the request first waits for a backend under its max_connections: its wait ends there.
     let mut queued_until: Option<Instant> = None;
     let mut woken = false;
-    let (backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
+    let (index, backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(fail(ProxyError::RequestTimeout, false, bodiless, None));
@@ -348,6 +353,11 @@ pub async fn forward(
                 match context.capacity.next_turn(upstream.capacity_queue, until, woken).await {
                     Ok(()) => {
                         woken = true;
+                        continue;
+                    }
+                    Err(_) if route.waits_for_sticky(generation, Instant::now()) => {
+                        // The client's own backend stays full: another one serves it, and its cookie moves.
+                        route.give_up_sticky();
                         continue;
                     }
                     Err(no_room) => {
@@ -456,7 +466,7 @@ pub async fn forward(
                                 continue;
                             }
                         }
-                        break (backend, upstream, sent_at, response, complete, in_flight);
+                        break (index, backend, upstream, sent_at, response, complete, in_flight);
                     }
                     Err((error, true)) => {
                         context.record(&backend, Outcome::BadAnswer, Instant::now());
@@ -554,6 +564,12 @@ pub async fn forward(
         close,
         worker: generation.config.server.expose_worker_header.then_some(context.index),
         request_id: request.request_id.as_bytes(),
+        // A client not already holding this backend's cookie is given it (again, if its own backend could not
+        // take the request).
+        set_cookie: match &generation.sticky {
+            Some(sticky) if sticky_backend != Some(index) => sticky.set_cookie(index),
+            _ => &[],
+        },
     };
     stats.upstream = Some(sent_at.elapsed());
     stats.status = Some(response.status);

@@ -119,6 +119,19 @@ pub struct Route {
     retries: u32,
     /// The request's hash key, for the hashing algorithms.
     key: u64,
+    /// The backend the request's sticky cookie names.
+    sticky: Option<usize>,
+    /// The sticky backend was at capacity and the wait for it ended: the algorithm chooses.
+    sticky_given_up: bool,
+}
+
+/// What a request's sticky cookie asks of the pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StickyChoice {
+    /// Its backend takes it.
+    Go(usize),
+    /// Its backend would take it but is at capacity: wait for room there.
+    Wait,
 }
 
 impl Route {
@@ -130,7 +143,40 @@ impl Route {
             may_reuse_tried: false,
             retries: 0,
             key: 0,
+            sticky: None,
+            sticky_given_up: false,
         }
+    }
+
+    /// The route of a request whose sticky cookie names backend `index`.
+    pub fn sticky(self, index: Option<usize>) -> Route {
+        Route { sticky: index, ..self }
+    }
+
+    /// The sticky backend, when it is admitted and not tried yet (so a failure there moves the request on, and
+    /// a draining, unhealthy, ejected or stopped backend moves its clients): it takes the request, or it is at
+    /// capacity and the request waits for it.
+    fn sticky_choice(&self, generation: &Generation, now: Instant) -> Option<StickyChoice> {
+        let index = self.sticky.filter(|_| !self.sticky_given_up)?;
+        let backend = generation.backends.get(index)?;
+        if self.tried.contains(&index) || backend.admits(now) != Admission::Admitted {
+            return None;
+        }
+        Some(if backend.at_capacity() {
+            StickyChoice::Wait
+        } else {
+            StickyChoice::Go(index)
+        })
+    }
+
+    /// The request waits for its sticky backend to have room.
+    pub fn waits_for_sticky(&self, generation: &Generation, now: Instant) -> bool {
+        self.sticky_choice(generation, now) == Some(StickyChoice::Wait)
+    }
+
+    /// The wait for the sticky backend ended without room: the algorithm chooses from now on.
+    pub fn give_up_sticky(&mut self) {
+        self.sticky_given_up = true;
     }
 
     /// The route of a request whose hash key is `key` (`ip_hash`, `consistent_hash`).
@@ -142,6 +188,11 @@ impl Route {
     /// be back, and refusing outright helps nobody); else, for a replay, a fresh connection to one already tried.
     /// A draining backend, or one whose circuit breaker stops traffic, is never picked.
     pub fn pick(&self, generation: &Generation, now: Instant) -> Option<usize> {
+        match self.sticky_choice(generation, now) {
+            Some(StickyChoice::Go(index)) => return Some(index),
+            Some(StickyChoice::Wait) => return None,
+            None => {}
+        }
         let pass = |tier| Pass {
             backends: &generation.backends,
             tried: &self.tried,

@@ -68,6 +68,7 @@ mod tests {
             config: Arc::clone(&config),
             backend_addrs: vec![backend],
             frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
+            sticky_cookies: Vec::new(),
         };
         let names: Vec<String> = config.frontends.iter().map(|frontend| frontend.name.clone()).collect();
         let mut metrics = WorkerMetrics::new(0, &names);

@@ -493,6 +493,7 @@ mod tests {
             config: Arc::new(crate::config::parse_config(&text).unwrap()),
             backend_addrs: vec!["127.0.0.1:9".parse().unwrap()],
             frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
+            sticky_cookies: Vec::new(),
         }
     }
 

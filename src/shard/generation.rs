@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backend::{BackendState, Settings, StatusSet};
+use super::sticky::StickyRoutes;
 use crate::balance::dynamic::DynamicSettings;
 use crate::balance::hash::Method;
 use crate::balance::{Balancer, Everyone};
@@ -24,6 +25,9 @@ pub struct Snapshot {
     pub backend_addrs: Vec<SocketAddr>,
     /// The concrete address of each of `config.frontends` (port 0 already replaced).
     pub frontend_addrs: Vec<SocketAddr>,
+    /// Each backend's sticky-session cookie value, in order (signed on the control thread; empty when sticky
+    /// sessions are off).
+    pub sticky_cookies: Vec<String>,
 }
 
 /// Which worker a generation is built for, of how many: process-wide limits are split by it.
@@ -42,6 +46,8 @@ pub struct Generation {
     pub backends: Vec<Rc<BackendState>>,
     pub balancer: Balancer,
     pub limits: HeadLimits,
+    /// Sticky sessions, when they are on.
+    pub sticky: Option<StickyRoutes>,
     place: Place,
 }
 
@@ -110,6 +116,7 @@ impl Generation {
                 max_request_line: config.limits.max_request_line,
                 max_headers: config.limits.max_headers,
             },
+            sticky: StickyRoutes::new(&config.balancer.sticky, &snapshot.sticky_cookies),
             place,
         }
     }

@@ -9,6 +9,7 @@ pub mod generation;
 pub mod health;
 pub mod outcomes;
 pub mod request_id;
+pub mod sticky;
 pub mod warnings;
 
 pub use backend::{
