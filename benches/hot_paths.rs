@@ -14,6 +14,7 @@ use corelb::http::head::{parse_request, HeadLimits};
 use corelb::http::rewrite::{write_upstream_request, ClientSide};
 use corelb::ratelimit::RateLimitShard;
 use corelb::ratelimit::{SlidingWindow, TokenBucket};
+use corelb::shard::sticky::StickyRoutes;
 use corelb::upstream::breaker::{Attempt, Breaker, BreakerSettings};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -31,21 +32,22 @@ Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n";
 fn balancer_pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("balancer_pick");
     for count in [3usize, 10, 50, 1000] {
-        for (name, algorithm) in [
-            ("round_robin", Algorithm::RoundRobin),
-            ("smooth_weighted", Algorithm::WeightedRoundRobin),
-            ("least_connections", Algorithm::LeastConnections),
-            ("power_of_two", Algorithm::PowerOfTwo),
-            ("random", Algorithm::Random),
-            ("least_response_time", Algorithm::LeastResponseTime),
-            ("maglev", Algorithm::ConsistentHash),
+        for (name, algorithm, method) in [
+            ("round_robin", Algorithm::RoundRobin, Method::Maglev),
+            ("smooth_weighted", Algorithm::WeightedRoundRobin, Method::Maglev),
+            ("least_connections", Algorithm::LeastConnections, Method::Maglev),
+            ("power_of_two", Algorithm::PowerOfTwo, Method::Maglev),
+            ("random", Algorithm::Random, Method::Maglev),
+            ("least_response_time", Algorithm::LeastResponseTime, Method::Maglev),
+            ("maglev", Algorithm::ConsistentHash, Method::Maglev),
+            ("rendezvous", Algorithm::ConsistentHash, Method::Rendezvous),
         ] {
             let weights: Vec<u32> = (0..count).map(|index| 1 + (index % 5) as u32).collect();
             let ids: Vec<String> = (0..count)
                 .map(|index| format!("10.0.{}.{}:80", index / 256, index % 256))
                 .collect();
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let balancer = Balancer::new(algorithm, Method::Maglev, &ids, &weights, 1);
+            let balancer = Balancer::new(algorithm, method, &ids, &weights, 1);
             group.bench_with_input(BenchmarkId::new(name, count), &count, |bench, _| {
                 bench.iter(|| black_box(balancer.pick(&Everyone)))
             });
@@ -141,9 +143,31 @@ fn header_rewriting(c: &mut Criterion) {
     });
 }
 
+/// Finding the sticky cookie among a browser's cookies and recognising its value among 50 backends'.
+fn sticky_lookup(c: &mut Criterion) {
+    let config = parse_config(
+        "[[frontends]]\nport = 1\n[[backends]]\nurl = \"http://127.0.0.1:2\"\n[balancer.sticky]\nenabled = true\n",
+    )
+    .expect("valid");
+    let values: Vec<String> = (0..50).map(|index| format!("{index:0>22}")).collect();
+    let routes = StickyRoutes::new(&config.balancer.sticky, &values).expect("sticky is on");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: shop.example.com\r\nAccept: */*\r\n\
+         Cookie: session=abcdef0123456789; theme=dark; corelb_srv={}; lang=en\r\n\r\n",
+        values[37]
+    );
+    let head = parse_request(request.as_bytes(), &LIMITS)
+        .expect("valid")
+        .expect("complete");
+    c.bench_function("sticky_lookup", |bench| {
+        bench.iter(|| black_box(routes.backend_of(black_box(request.as_bytes()), &head)))
+    });
+}
+
 criterion_group!(
     benches,
     balancer_pick,
+    sticky_lookup,
     rate_limit_decision,
     breaker_decision,
     head_parsing,

@@ -15,7 +15,7 @@ usage() {
     cat <<'EOF'
 usage: scripts/run-benchmarks.sh [options]
   --quick          short runs (2 s each, 3 rounds, 10k-connection hold 4 s): about 4 minutes
-  --only LIST      comma-separated subset of: throughput,sizes,latency,rss,backends,multicore
+  --only LIST      comma-separated subset of: throughput,sizes,latency,rss,backends,algorithms,multicore
                    (also BENCH_ONLY=LIST); default: all
   --duration S     seconds per measured run (default 8, quick 2; also BENCH_DURATION)
   --rounds N       interleaved rounds per measurement, at least 3 (default 3; also BENCH_ROUNDS)
@@ -53,7 +53,12 @@ while (($# > 0)); do
     shift
 done
 
-ALL_TESTS=(throughput sizes latency rss backends multicore)
+ALL_TESTS=(throughput sizes latency rss backends algorithms multicore)
+# The algorithms test: one corelb per balancing algorithm with 3 and with 50 backends (ports of the same origin);
+# CPU per request against round-robin's, and throughput at each concurrency (3 backends).
+ALGORITHMS=(round_robin weighted_round_robin least_connections power_of_two random least_response_time ip_hash consistent_hash)
+ALGO_BACKENDS=(3 50)
+ALGO_CONNS=(10 50 500)
 ONLY=${ONLY//[[:space:]]/}
 [[ -n $ONLY ]] || ONLY=$(IFS=,; echo "${ALL_TESTS[*]}")
 IFS=, read -r -a SELECTED <<<"$ONLY"
@@ -295,7 +300,7 @@ start_corelb() {  # start_corelb NAME WORKERS CPUS PORT ORIGIN BACKEND_PORT...
     {
         printf '[server]\nworkers = %s\npin_workers = false\nsplice_bodies = %s\n\n' "$workers" "${SPLICE:-true}"
         printf '[[frontends]]\nname = "bench"\naddress = "127.0.0.1"\nport = %s\n\n' "$port"
-        printf '[balancer]\nalgorithm = "round_robin"\n\n'
+        printf '[balancer]\nalgorithm = "%s"\n\n' "${ALGORITHM:-round_robin}"
         for p in "$@"; do printf '[[backends]]\nurl = "http://127.0.0.1:%s"\n\n' "$p"; done
         printf '[upstream]\nmax_idle_per_backend = 1024\n\n'
         printf '[control]\nsocket = "corelb.sock"\n\n'
@@ -541,6 +546,7 @@ selected throughput && runs=$((runs + ROUNDS * ${#THROUGHPUT_CONNS[@]} * ${#MAIN
 selected sizes && runs=$((runs + ROUNDS * ${#SIZES[@]} * (${#MAIN_TARGETS[@]} + 1) + ${#PROBE_SIZES[@]} * ${#MAIN_TARGETS[@]}))
 selected latency && runs=$((runs + ROUNDS * ${#MAIN_TARGETS[@]}))
 selected backends && runs=$((runs + ROUNDS * 2))
+selected algorithms && runs=$((runs + ROUNDS * ${#ALGORITHMS[@]} * (${#ALGO_CONNS[@]} + ${#ALGO_BACKENDS[@]} - 1)))
 selected multicore && runs=$((runs + ROUNDS * ${#MC_CONNS[@]} * ${#MC_TARGETS[@]}))
 RUN_TOTAL=$runs
 selected rss && RUN_TOTAL=$((RUN_TOTAL + ${#PROXIES[@]}))
@@ -555,7 +561,7 @@ GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || GIT_REV="$GIT_REV+dirty"
 
 need_main=0
-for t in throughput sizes latency rss backends; do selected "$t" && need_main=1; done
+for t in throughput sizes latency rss backends algorithms; do selected "$t" && need_main=1; done
 
 if ((need_main)); then
     echo "starting the origin (nginx, 1 worker, cpu $LOAD_CPUS) and the proxies (1 worker each, cpu $PROXY_CPUS)" >&2
@@ -604,6 +610,26 @@ if selected backends; then
     warmup 1 "$LOAD_CPUS" corelb corelb-100
     run_interleaved backends 50 / small 1 "$LOAD_CPUS" 0 corelb corelb-100
     stop_proc corelb-100
+fi
+if selected algorithms; then
+    # Target names: algo-<algorithm>-<backends>. ip_hash and consistent_hash (by client address) send every wrk
+    # connection, all from 127.0.0.1, to one backend: what is measured is the cost of the pick, not the spread.
+    algo_targets=() algo_port=$((BASE + 30))
+    for n in "${ALGO_BACKENDS[@]}"; do
+        for a in "${ALGORITHMS[@]}"; do
+            ALGORITHM=$a start_corelb "algo-$a-$n" "$WORKERS_PINNED" "$PROXY_CPUS" "$algo_port" origin \
+                $(seq "$PORT_MANY" $((PORT_MANY + n - 1)))
+            algo_targets+=("algo-$a-$n")
+            algo_port=$((algo_port + 1))
+        done
+    done
+    warmup 1 "$LOAD_CPUS" "${algo_targets[@]}"
+    for c in "${ALGO_CONNS[@]}"; do
+        targets=()
+        for t in "${algo_targets[@]}"; do [[ $t == *-3 || $c == 50 ]] && targets+=("$t"); done
+        run_interleaved algorithms "$c" / small 1 "$LOAD_CPUS" 0 "${targets[@]}"
+    done
+    for t in "${algo_targets[@]}"; do stop_proc "$t"; done
 fi
 if selected rss; then
     # Fresh processes, so the idle figure is a new proxy's and the peak is not memory kept from earlier tests.

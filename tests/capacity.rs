@@ -70,16 +70,24 @@ fn connections_across_workers_never_exceed_max_connections_and_the_rest_wait_the
         "{open} open, {peak} at most, over max_connections = 3"
     );
     assert!(open >= 1, "{open} open");
-    // Released a round at a time, the waiting requests take the freed connections; none is refused.
-    let mut answered = 0;
-    while answered < 10 {
-        wait_for("a held request", || backend.held() > 0);
-        let held = backend.held() as usize;
-        backend.release();
-        answered += held;
-        wait_for("the released requests to leave the queue count", || {
-            backend.held() + queued(&corelb) == (10 - answered) as u64 || answered >= 10
-        });
+    // Released as they arrive, the waiting requests take the freed connections; none is refused. Done when the
+    // backend has seen all ten and holds none.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, seen) = backend.stats();
+        let held = backend.held();
+        if seen == 10 && held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seen} of 10 reached the backend, {held} held"
+        );
+        if held > 0 {
+            backend.release();
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     for client in &mut clients {
         let response = client.read_response();
@@ -125,7 +133,12 @@ fn a_queued_request_is_answered_503_when_its_wait_runs_out() {
     ));
     let mut held = holding(&corelb);
     wait_for("one held", || backend.held() == 1);
+    let asked = Instant::now();
     let waited = corelb.get("/");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(200),
+        "answered before the wait ran out"
+    );
     assert_eq!(waited.status, 503, "{waited:?}");
     assert!(waited.text().contains("backend_at_capacity"), "{}", waited.text());
     assert_eq!(queued(&corelb), 0, "the timed-out request left the queue");
@@ -162,9 +175,14 @@ fn a_backend_at_capacity_is_skipped_by_every_algorithm() {
             let sent = clients.len() as u64;
             wait_for("the request to be held", || capped.held() + open.held() == sent);
         }
-        // Then eight more, from the addresses already used (whichever mapped to the capped one) and new ones.
+        // Then eight more: half from the address whose request the capped backend holds (the hashing algorithms
+        // map it there again, so they must walk on), half from new ones.
         for extra in 0..8 {
-            let address = format!("127.0.0.{}", 1 + (from + extra) % 250);
+            let address = if extra % 2 == 0 {
+                format!("127.0.0.{}", from - 1)
+            } else {
+                format!("127.0.0.{}", from + extra)
+            };
             let mut client = Client::connect_from(corelb.addr, address.parse().unwrap());
             client.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
             clients.push(client);
@@ -182,6 +200,67 @@ fn a_backend_at_capacity_is_skipped_by_every_algorithm() {
             assert_eq!(client.read_response().status, 200, "{algorithm}");
         }
         assert_eq!(capped.open_connections().1, 1, "{algorithm}");
+    }
+}
+
+#[test]
+fn a_reload_that_raises_the_limit_lets_a_waiting_request_through() {
+    let backend = Backend::start("capped");
+    let corelb = Corelb::start(&config(
+        &[(&backend, Some(1))],
+        1,
+        "[upstream]\ncapacity_queue_timeout = \"30s\"\n",
+    ));
+    let mut first = holding(&corelb);
+    wait_for("one held", || backend.held() == 1);
+    let mut second = holding(&corelb);
+    wait_for("the second queued", || queued(&corelb) == 1);
+    let path = corelb.dir.0.join("corelb.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("max_connections = 1", "max_connections = 2")).unwrap();
+    let (code, stdout, stderr) = corelb.ctl(&["reload"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("max_connections 1 -> 2"), "{stdout}");
+    wait_for("the queued request to reach the backend", || backend.held() == 2);
+    assert_eq!(queued(&corelb), 0);
+    backend.release();
+    assert_eq!(first.read_response().status, 200);
+    assert_eq!(second.read_response().status, 200);
+}
+
+#[test]
+fn a_lowered_limit_closes_the_idle_connections_past_it() {
+    let backend = Backend::start("capped");
+    let corelb = Corelb::start(&config(
+        &[(&backend, Some(4))],
+        1,
+        "[upstream]\ncapacity_queue_timeout = \"30s\"\n",
+    ));
+    let mut clients: Vec<Client> = (0..4).map(|_| holding(&corelb)).collect();
+    wait_for("four held", || backend.held() == 4);
+    backend.release();
+    for client in &mut clients {
+        assert_eq!(client.read_response().status, 200);
+    }
+    wait_for("four idle connections in corelb's pool", || {
+        backend.open_connections().0 == 4
+    });
+    let path = corelb.dir.0.join("corelb.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("max_connections = 4", "max_connections = 2")).unwrap();
+    let (code, stdout, stderr) = corelb.ctl(&["reload"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    wait_for("the idle connections past the new limit to close", || {
+        backend.open_connections().0 == 2
+    });
+    let mut again: Vec<Client> = (0..3).map(|_| holding(&corelb)).collect();
+    wait_for("two held under the new limit", || backend.held() == 2);
+    assert_eq!(backend.open_connections().0, 2);
+    backend.release();
+    wait_for("the third request held", || backend.held() == 1);
+    backend.release();
+    for client in &mut again {
+        assert_eq!(client.read_response().status, 200);
     }
 }
 

@@ -216,7 +216,12 @@ fn a_sticky_backend_at_capacity_is_waited_for_then_left_with_the_cookie_moved() 
         assert!(Instant::now() < deadline, "never held");
         std::thread::sleep(Duration::from_millis(5));
     }
+    let asked = Instant::now();
     let moved = get(&corelb, Some(&format!("corelb_srv={home}")));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "it waited for its own backend first"
+    );
     assert_eq!(moved.backend_id(), "other", "{moved:?}");
     assert_eq!(set_value(&moved).as_ref(), Some(&values["other"]));
     capped.release();

@@ -20,7 +20,9 @@ PROXIES = ["corelb", "nginx", "haproxy"]
 MAIN = ["direct", "corelb", "nginx", "haproxy"]
 MULTI = ["direct-2w", "corelb-2w", "nginx-2w"]
 SIZES = ["0", "1k", "16k", "256k"]
-UNPACED = {"throughput", "sizes", "backends", "multicore"}
+UNPACED = {"throughput", "sizes", "backends", "algorithms", "multicore"}
+ALGORITHMS = ["round_robin", "weighted_round_robin", "least_connections", "power_of_two", "random",
+              "least_response_time", "ip_hash", "consistent_hash"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -601,6 +603,7 @@ def cmd_report(results_path, meta_path, out_dir):
         p(f"100 backends / 1 backend: req/s ratio {fmt_ratio(ratio(hundred['rps'], one['rps']))}, "
           f"CPU per request ratio {fmt_ratio(ratio(hundred['cpu_us'], one['cpu_us']))}.")
         p("")
+    algorithms_tables(agg, p, target_rows)
     throughput_table("Multi-core (2 workers each, unpinned, `wrk -t2`)", "multicore", (50, 1000), ("small",), MULTI)
 
     p("## Flags")
@@ -644,6 +647,59 @@ def cmd_report(results_path, meta_path, out_dir):
     print("errors: " + ("; ".join(flagged_errors) if flagged_errors else "none"))
     print("noise: " + ("; ".join(noisy) if noisy else "none"))
     print(f"report: {os.path.join(out_dir, 'report.md')} (chart.svg, results.json)")
+
+
+def algorithms_tables(agg, p, target_rows):
+    """CPU per request of each balancing algorithm at 3 and 50 backends against round-robin's, and req/s by
+    concurrency at 3 backends (the `algorithms` test)."""
+    def cell(conns, algorithm, backends):
+        return agg.get(("algorithms", conns, "small", f"algo-{algorithm}-{backends}"))
+
+    base = {n: cell(50, "round_robin", n) for n in (3, 50)}
+    rows = []
+    for algorithm in ALGORITHMS:
+        cells = []
+        for n in (3, 50):
+            g = cell(50, algorithm, n)
+            if not g:
+                cells += ["–", "–"]
+                continue
+            cells.append(fmt_stat(g["cpu_us"], 2))
+            cells.append(fmt_ratio(ratio(g["cpu_us"], base[n]["cpu_us"])) if base[n] else "–")
+        if any(c != "–" for c in cells):
+            rows.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    if not rows:
+        return
+    p("## Balancing algorithms: CPU per request (50 connections, 1 worker)")
+    p("")
+    p("One corelb per algorithm, all interleaved in each round; the backends are ports of the same origin nginx. "
+      "`ip_hash` and `consistent_hash` hash the client address, so all of wrk's connections (from 127.0.0.1) go to "
+      "one backend: the figure is the pick's cost, not the spread.")
+    p("")
+    p("| algorithm | 3 backends: CPU µs/req median (min–max) | / round_robin | "
+      "50 backends: CPU µs/req median (min–max) | / round_robin |")
+    p("|---|---|---|---|---|")
+    for row in rows:
+        p(row)
+    p("")
+    conns = sorted({key[1] for key in agg if key[0] == "algorithms"})
+    p("## Throughput per algorithm by concurrency (3 backends, 1 worker, `wrk -t1`)")
+    p("")
+    p("| algorithm | " + " | ".join(f"{c} conns req/s" for c in conns) + " | status |")
+    p("|---|" + "---|" * (len(conns) + 1))
+    for algorithm in ALGORITHMS:
+        cells, flags = [], set()
+        for c in conns:
+            found = target_rows("algorithms", c, "small", [f"algo-{algorithm}-3"])
+            if not found:
+                cells.append("–")
+                continue
+            _t, g, flag = found[0]
+            cells.append(fmt_stat(g["rps"]))
+            if flag != "ok":
+                flags.add(f"{c}: {flag}")
+        p(f"| {algorithm} | " + " | ".join(cells) + f" | {'; '.join(sorted(flags)) or 'ok'} |")
+    p("")
 
 
 def main(argv):

@@ -1098,6 +1098,35 @@ mod tests {
     }
 
     #[test]
+    fn sticky_settings_are_read_rendered_back_and_bad_ones_refused_by_key() {
+        let text = format!(
+            "{MINIMAL}[balancer.sticky]\nenabled = true\ncookie = \"srv\"\nttl = \"2h\"\ndomain = \"example.com\"\n\
+             secure = true\nsame_site = \"none\"\nsecret_file = \"/etc/corelb/sticky.key\"\n"
+        );
+        let config = parse_config(&text).unwrap();
+        let sticky = &config.balancer.sticky;
+        assert!(sticky.enabled && sticky.secure && sticky.http_only);
+        assert_eq!((sticky.cookie.as_str(), sticky.ttl), ("srv", Some(Duration::from_secs(7200))));
+        assert_eq!(sticky.same_site, SameSite::None);
+        let rendered = parse_config(&crate::config::to_toml(&config)).unwrap();
+        assert_eq!(rendered.balancer.sticky, *sticky);
+        let bad = format!(
+            "{MINIMAL}[balancer.sticky]\ncookie = \"a b\"\nttl = \"10000h\"\npath = \"x;y\"\ndomain = \"a/b\"\n\
+             same_site = \"none\"\n"
+        );
+        let errors = parse_config(&bad).unwrap_err().to_string();
+        for expected in [
+            "balancer.sticky.cookie: \"a b\" is not a cookie name",
+            "balancer.sticky.ttl: browsers keep a cookie at most 400 days",
+            "balancer.sticky.path: \"x;y\" must start with /",
+            "balancer.sticky.domain: \"a/b\" is not a host name",
+            "balancer.sticky.same_site: \"none\" needs secure = true",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
     fn backend_tags_are_strings_and_bounded() {
         let text = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n\
                     tags = { zone = \"eu-1\", rack = \"r3\" }\n";

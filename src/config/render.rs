@@ -348,6 +348,18 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             Some(previous) if previous.healthcheck != backend.healthcheck => {
                 changes.push(format!("backend {} health check settings changed", backend.id))
             }
+            Some(previous) if previous.max_connections != backend.max_connections => {
+                let limit = |limit: Option<u32>| limit.map_or("none".to_string(), |limit| limit.to_string());
+                changes.push(format!(
+                    "backend {} max_connections {} -> {}",
+                    backend.id,
+                    limit(previous.max_connections),
+                    limit(backend.max_connections)
+                ))
+            }
+            Some(previous) if previous.tags != backend.tags => {
+                changes.push(format!("backend {} tags changed", backend.id))
+            }
             Some(_) => {}
         }
     }
@@ -431,5 +443,20 @@ mod tests {
                 "[timeouts] changed"
             ]
         );
+        let capped = base.replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\nmax_connections = 8\n",
+        );
+        let tagged = base.replace(
+            "url = \"http://127.0.0.1:2\"\n",
+            "url = \"http://127.0.0.1:2\"\ntags = { zone = \"x\" }\n",
+        );
+        let (base, capped, tagged) = (
+            parse_config(base).unwrap(),
+            parse_config(&capped).unwrap(),
+            parse_config(&tagged).unwrap(),
+        );
+        assert_eq!(diff(&base, &capped), ["backend a max_connections none -> 8"]);
+        assert_eq!(diff(&base, &tagged), ["backend b tags changed"]);
     }
 }

@@ -4,20 +4,31 @@
 use super::head::RequestHead;
 
 /// The value of cookie `name` in the request `head` parsed from `bytes`: the first found, in field order.
-pub fn find<'a>(bytes: &'a [u8], head: &RequestHead, name: &[u8]) -> Option<&'a [u8]> {
+pub fn find<'a>(bytes: &'a [u8], head: &'a RequestHead, name: &'a [u8]) -> Option<&'a [u8]> {
+    every(bytes, head, name).next()
+}
+
+/// Every value of cookie `name` in the request, in order: a browser sends one per cookie it holds under that
+/// name (set for another path or domain), and only one of them may be current.
+pub fn every<'a>(bytes: &'a [u8], head: &'a RequestHead, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
     head.fields
         .iter()
         .filter(|field| bytes[field.name.clone()].eq_ignore_ascii_case(b"cookie"))
-        .find_map(|field| in_field(&bytes[field.value.clone()], name))
+        .flat_map(move |field| pairs(&bytes[field.value.clone()], name))
 }
 
-/// The value of cookie `name` in one `Cookie` field's value (`a=1; b=2`).
-pub fn in_field<'a>(field: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    field.split(|&byte| byte == b';').find_map(|pair| {
+/// The values of cookie `name` in one `Cookie` field's value.
+fn pairs<'a>(field: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    field.split(|&byte| byte == b';').filter_map(move |pair| {
         let pair = pair.trim_ascii();
         let equals = pair.iter().position(|&byte| byte == b'=')?;
         (&pair[..equals] == name).then(|| &pair[equals + 1..])
     })
+}
+
+/// The value of cookie `name` in one `Cookie` field's value (`a=1; b=2`).
+pub fn in_field<'a>(field: &'a [u8], name: &'a [u8]) -> Option<&'a [u8]> {
+    pairs(field, name).next()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
 use crate::http::{BodyFraming, Method};
 use crate::net::{BufferedStream, PipePool};
-use crate::shard::capacity::NoRoom;
+use crate::shard::capacity::{NoRoom, Waiter};
 use crate::shard::{Admission, BackendState, Generation, Outcome, WorkerContext};
 
 /// What happens to the client connection after a successful exchange.
@@ -334,7 +334,7 @@ pub async fn forward(
     let mut last_connect_error = None;
     // Set when the request first waits for a backend under its max_connections: its wait ends there.
     let mut queued_until: Option<Instant> = None;
-    let mut woken = false;
+    let mut waiter = Waiter::default();
     let (index, backend, mut upstream, sent_at, response, request_complete, _in_flight) = loop {
         let now = Instant::now();
         if now >= deadline {
@@ -350,11 +350,12 @@ pub async fn forward(
             if route.held_back_by_capacity(generation, now) {
                 let upstream = &generation.config.upstream;
                 let until = *queued_until.get_or_insert_with(|| (now + upstream.capacity_queue_timeout).min(deadline));
-                match context.capacity.next_turn(upstream.capacity_queue, until, woken).await {
-                    Ok(()) => {
-                        woken = true;
-                        continue;
-                    }
+                match context
+                    .capacity
+                    .next_turn(&mut waiter, upstream.capacity_queue, until)
+                    .await
+                {
+                    Ok(()) => continue,
                     Err(_) if route.waits_for_sticky(generation, Instant::now()) => {
                         // The client's own backend stays full: another one serves it, and its cookie moves.
                         route.give_up_sticky();
@@ -608,6 +609,7 @@ pub async fn forward(
     }
 
     match upstream_after_exchange(&upstream, &response, request_complete) {
+        AfterExchange::Reuse if !backend.may_pool() => {}
         AfterExchange::Reuse => {
             let capacity = generation.config.upstream.max_idle_per_backend;
             backend.put_idle(upstream, Instant::now(), capacity);

@@ -159,7 +159,10 @@ impl Route {
     fn sticky_choice(&self, generation: &Generation, now: Instant) -> Option<StickyChoice> {
         let index = self.sticky.filter(|_| !self.sticky_given_up)?;
         let backend = generation.backends.get(index)?;
-        if self.tried.contains(&index) || backend.admits(now) != Admission::Admitted {
+        // A replay after a pooled connection the backend had closed may go back (its fresh connection is no fault
+        // of the backend's); a backend that failed is resting, so not admitted, and its client moves.
+        let tried = self.tried.contains(&index) && !self.may_reuse_tried;
+        if tried || backend.admits(now) != Admission::Admitted {
             return None;
         }
         Some(if backend.at_capacity() {

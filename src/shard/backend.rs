@@ -252,6 +252,10 @@ impl BackendState {
     /// Takes the settings of the config being applied.
     pub(super) fn configure(&self, settings: Settings) {
         self.settings.set(settings);
+        // A lowered `max_connections`: idle connections past this worker's new part are closed now.
+        while self.in_flight.get() as usize + self.idle_connections() > settings.capacity as usize
+            && self.close_oldest_idle()
+        {}
         let mut breaker = self.breaker.borrow_mut();
         match (breaker.as_mut(), settings.breaker) {
             (Some(breaker), Some(new)) => breaker.reconfigure(new),
@@ -512,7 +516,7 @@ impl BackendState {
         self.in_flight.set(self.in_flight.get() + 1);
         InFlightGuard {
             backend: Rc::clone(self),
-            queue: self.has_capacity_limit().then(|| Rc::clone(queue)),
+            queue: Rc::clone(queue),
         }
     }
 
@@ -572,6 +576,13 @@ impl BackendState {
         self.in_flight.get() >= self.settings.get().capacity
     }
 
+    /// An idle connection handed back by a request still in flight to it may be pooled: this worker's
+    /// connections to it stay within its part of `max_connections` (which a config change may have lowered).
+    pub fn may_pool(&self) -> bool {
+        let open = self.in_flight.get() as usize + self.idle_connections();
+        open <= self.settings.get().capacity as usize
+    }
+
     /// It has a `max_connections` of its own.
     pub fn has_capacity_limit(&self) -> bool {
         self.settings.get().capacity != u32::MAX
@@ -615,16 +626,17 @@ fn change_between(before: Traffic, after: Traffic) -> Option<BreakerChange> {
 
 pub struct InFlightGuard {
     backend: Rc<BackendState>,
-    /// Told when the request ends, for a backend with a `max_connections`.
-    queue: Option<Rc<CapacityQueue>>,
+    /// Told when the request ends, if the backend has a `max_connections` (asked then: a limit set while the
+    /// request was in flight counts too).
+    queue: Rc<CapacityQueue>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         let count = &self.backend.in_flight;
         count.set(count.get().saturating_sub(1));
-        if let Some(queue) = &self.queue {
-            queue.freed();
+        if self.backend.has_capacity_limit() {
+            self.queue.freed();
         }
     }
 }

@@ -52,7 +52,10 @@ impl StickyRoutes {
 
     /// The backend the request's sticky cookie names, if it carries a valid one.
     pub fn backend_of(&self, bytes: &[u8], head: &RequestHead) -> Option<usize> {
-        let value = cookie::find(bytes, head, &self.cookie)?;
+        cookie::every(bytes, head, &self.cookie).find_map(|value| self.recognise(value))
+    }
+
+    fn recognise(&self, value: &[u8]) -> Option<usize> {
         let (prefix, rest) = split(value)?;
         let (index, expected) = self.by_prefix.get(&prefix)?;
         let difference = rest
@@ -164,6 +167,11 @@ mod tests {
             backend_for(&routes, &format!("other={}", VALUES[0])),
             None,
             "another cookie's name"
+        );
+        assert_eq!(
+            backend_for(&routes, &format!("srv=stale; a=1; srv={}", VALUES[1])),
+            Some(1),
+            "a stale cookie of the same name before the current one"
         );
     }
 
