@@ -1106,7 +1106,10 @@ mod tests {
         let config = parse_config(&text).unwrap();
         let sticky = &config.balancer.sticky;
         assert!(sticky.enabled && sticky.secure && sticky.http_only);
-        assert_eq!((sticky.cookie.as_str(), sticky.ttl), ("srv", Some(Duration::from_secs(7200))));
+        assert_eq!(
+            (sticky.cookie.as_str(), sticky.ttl),
+            ("srv", Some(Duration::from_secs(7200)))
+        );
         assert_eq!(sticky.same_site, SameSite::None);
         let rendered = parse_config(&crate::config::to_toml(&config)).unwrap();
         assert_eq!(rendered.balancer.sticky, *sticky);
