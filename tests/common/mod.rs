@@ -246,30 +246,14 @@ impl Backend {
     /// `/stats`, `/health` and `/control/`: what corelb holds open to this backend.
     pub fn open_connections(&self) -> (u64, u64) {
         let body = Client::connect(self.addr).get("/stats").text();
-        let number = |key: &str| -> u64 {
-            let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
-            body[start..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap()
-        };
+        let number = |key: &str| stats_number(&body, key);
         (number("\"open\":"), number("\"peak_open\":"))
     }
 
     fn stats_with_held(&self) -> [u64; 3] {
         let response = Client::connect(self.addr).get("/stats");
         let body = response.text();
-        let number = |key: &str| -> u64 {
-            let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
-            body[start..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap()
-        };
+        let number = |key: &str| stats_number(&body, key);
         // The /stats request itself is one connection, counted before it is answered; the backend does not count
         // /stats, /health and /control/ requests among the requests it served.
         [
@@ -796,4 +780,15 @@ impl Client {
 /// The byte at `index` of the example backend's generated bodies.
 pub fn pattern_byte(index: u64) -> u8 {
     b'a' + ((index % (64 * 1024)) % 26) as u8
+}
+
+/// The number after `key` (e.g. `"open":`) in the example backend's `/stats` body.
+fn stats_number(body: &str, key: &str) -> u64 {
+    let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
+    body[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
