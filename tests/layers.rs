@@ -52,6 +52,16 @@ fn the_per_core_state_and_the_request_path_never_reach_up() {
 }
 
 #[test]
+fn tls_material_reaches_no_core_or_control_layer() {
+    let offences = reaches(&["tls"], &["net", "shard", "proxy", "worker", "control"]);
+    assert!(
+        offences.is_empty(),
+        "tls importing upper layers:\n{}",
+        offences.join("\n")
+    );
+}
+
+#[test]
 fn the_pure_modules_reach_no_io_layer() {
     let offences = reaches(
         &["config", "http", "balance", "upstream", "ratelimit", "metrics"],

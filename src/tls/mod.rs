@@ -1,0 +1,20 @@
+//! TLS material: certificates and keys read from files, and the choice of certificate for a handshake by the name
+//! the client asked for (SNI). This layer knows rustls and the file system, and nothing of the cores: the control
+//! thread reads and checks every certificate here ([`certificate`]), so that a worker never reads a file and a
+//! broken pair is refused with the file and the reason before any worker sees it; the cores receive the parsed
+//! result in their snapshot and hand it to rustls through [`sni::SniCertificates`].
+//!
+//! The cryptography is rustls' `ring` provider: ring is already corelb's HMAC (sticky cookies), builds with no C
+//! tool chain beyond the system compiler (aws-lc-rs wants cmake and NASM and takes minutes on two cores), and
+//! covers what termination needs: TLS 1.3 and 1.2, ECDSA P-256/P-384, Ed25519 and RSA keys, AES-GCM and
+//! ChaCha20-Poly1305.
+
+pub mod certificate;
+pub mod sni;
+
+use std::sync::Arc;
+
+/// The cryptography every TLS object of corelb is built with.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
