@@ -7,6 +7,7 @@ pub mod listener;
 pub mod slots;
 pub mod splice;
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod watchdog;
 
