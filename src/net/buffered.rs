@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBuf;
 
 use super::slots::Slot;
 use super::transport::Transport;
@@ -110,7 +110,7 @@ impl BufferedStream {
     /// the kernel (one `recv` with `MSG_PEEK | MSG_DONTWAIT`, which consumes nothing). An idle upstream connection
     /// must show [`PendingInput::Nothing`] to be reused: anything else is a stray response or a close in flight.
     pub fn pending_input(&self) -> PendingInput {
-        if !self.buffered().is_empty() {
+        if !self.buffered().is_empty() || self.stream.has_buffered_input() {
             return PendingInput::Bytes;
         }
         let mut byte = [0u8; 1];
@@ -146,6 +146,7 @@ impl BufferedStream {
 
     /// Gives back a buffer grown for a large head or body once nothing is buffered.
     pub fn shrink_when_idle(&mut self, capacity: usize) {
+        self.stream.shrink_when_idle();
         if self.buf.is_empty() && self.buf.capacity() > IDLE_MAX_CAPACITY {
             self.buf = Vec::with_capacity(capacity);
             self.start = 0;
@@ -202,11 +203,9 @@ impl BufferedStream {
     async fn read_more(&mut self, timeout: Duration, operation: Operation) -> io::Result<usize> {
         self.make_room(1024);
         let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let capacity = buf.capacity();
         self.watch.arm(timeout, operation);
-        let (result, slice) = self.stream.read(buf.slice_mut(len..capacity)).await;
-        self.buf = slice.into_inner();
+        let (result, buf) = self.stream.read_into(buf).await;
+        self.buf = buf;
         if self.watch.disarm() {
             return Err(timed_out());
         }

@@ -94,6 +94,11 @@ impl TlsStream {
         self.flush().await
     }
 
+    /// Whether the peer has said it sends no more (close_notify, or its socket closed).
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
     /// Whether a read would return without waiting for the socket: plaintext or ciphertext is buffered, or the
     /// peer has closed.
     pub fn has_buffered_input(&self) -> bool {
@@ -275,6 +280,7 @@ impl TlsStream {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::rc::Rc;
 
     use super::*;
     use crate::tls::certificate::Certificate;
@@ -371,6 +377,60 @@ mod tests {
             server.await;
             received
         })
+    }
+
+    #[test]
+    fn a_buffered_stream_over_tls_reads_writes_and_times_out() {
+        use crate::net::buffered::BufferedStream;
+        use crate::net::watchdog::Watchdog;
+        use std::time::Duration;
+
+        let (server_config, client_config) = configs(&rustls::version::TLS13);
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let watchdog = Watchdog::new();
+            monoio::spawn(Rc::clone(&watchdog).run());
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let client = monoio::spawn(async move {
+                let tcp = TcpStream::connect(address).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("corelb.test").unwrap();
+                let mut tls = TlsStream::client(tcp, client_config, name).unwrap();
+                tls.handshake().await.unwrap();
+                let (result, _) = tls.write_all(b"ping".to_vec()).await;
+                result.unwrap();
+                let mut answer = Vec::with_capacity(64);
+                while answer.len() < 4 {
+                    let (result, returned) = tls.read_into(answer).await;
+                    answer = returned;
+                    assert!(result.unwrap() > 0);
+                }
+                assert_eq!(answer, b"pong");
+                // Sends nothing more and keeps the connection open until the server has timed out.
+                let (result, _) = tls.read_into(Vec::with_capacity(16)).await;
+                assert!(!matches!(result, Ok(count) if count > 0));
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = TlsStream::server(tcp, server_config).unwrap();
+            tls.handshake().await.unwrap();
+            let mut stream = BufferedStream::with_capacity(tls, &watchdog, 1024);
+            while stream.buffered().len() < 4 {
+                assert!(stream.fill(Duration::from_secs(30)).await.unwrap() > 0);
+            }
+            assert_eq!(stream.buffered(), b"ping");
+            stream.consume(4);
+            let (result, _) = stream.write_all(b"pong".to_vec(), Duration::from_secs(30)).await;
+            result.unwrap();
+            stream.shrink_when_idle(1024);
+            let error = stream.fill(Duration::from_millis(50)).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+            assert!(!stream.spliceable(), "a TLS stream is never spliced");
+            drop(stream);
+            client.await;
+        });
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What a [`BufferedStream`](super::buffered::BufferedStream) reads and writes. Plain TCP is the transport corelb
-//! serves today; TLS joins it as a variant that wraps a TCP stream (issue 15); a Unix socket pair stands in for a
+//! serves today; TLS is a variant that wraps a TCP stream ([`TlsStream`], issue 15); a Unix socket pair stands in for a
 //! connection in tests ([`Transport::pair`]: no port, no listener, the same io_uring operations and the same
 //! watchdog, since both ends are real descriptors).
 //!
@@ -14,6 +14,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 
+use super::tls::TlsStream;
+
 /// TCP states of a connection the peer has finished sending on, or that is gone (Linux `include/net/tcp_states.h`;
 /// libc does not name them).
 const TCP_TIME_WAIT: u8 = 6;
@@ -25,6 +27,8 @@ const TCP_CLOSING: u8 = 11;
 /// A connected byte stream.
 pub enum Transport {
     Tcp(TcpStream),
+    /// TLS over TCP, its handshake done.
+    Tls(Box<TlsStream>),
     /// One end of a Unix socket pair (tests).
     Local(UnixStream),
 }
@@ -32,6 +36,12 @@ pub enum Transport {
 impl From<TcpStream> for Transport {
     fn from(stream: TcpStream) -> Transport {
         Transport::Tcp(stream)
+    }
+}
+
+impl From<TlsStream> for Transport {
+    fn from(stream: TlsStream) -> Transport {
+        Transport::Tls(Box::new(stream))
     }
 }
 
@@ -46,6 +56,7 @@ impl Transport {
     pub fn fd(&self) -> RawFd {
         match self {
             Transport::Tcp(stream) => stream.as_raw_fd(),
+            Transport::Tls(stream) => stream.tcp().as_raw_fd(),
             Transport::Local(stream) => stream.as_raw_fd(),
         }
     }
@@ -55,16 +66,35 @@ impl Transport {
         matches!(self, Transport::Tcp(_))
     }
 
-    pub async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+    /// Reads into `buf`'s spare capacity (its length grows by what was read); 0 means the peer closed.
+    pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let (len, capacity) = (buf.len(), buf.capacity());
         match self {
-            Transport::Tcp(stream) => stream.read(buf).await,
-            Transport::Local(stream) => stream.read(buf).await,
+            Transport::Tcp(stream) => read_spare(stream, buf, len, capacity).await,
+            Transport::Tls(stream) => stream.read_into(buf).await,
+            Transport::Local(stream) => read_spare(stream, buf, len, capacity).await,
+        }
+    }
+
+    /// Whether a read would find input without the socket: bytes a TLS session holds.
+    pub fn has_buffered_input(&self) -> bool {
+        match self {
+            Transport::Tls(stream) => stream.has_buffered_input(),
+            Transport::Tcp(_) | Transport::Local(_) => false,
+        }
+    }
+
+    /// Gives back what a transport buffers of its own while the connection is idle (TLS ciphertext).
+    pub fn shrink_when_idle(&mut self) {
+        if let Transport::Tls(stream) = self {
+            stream.shrink_when_idle();
         }
     }
 
     pub async fn write_all<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
             Transport::Tcp(stream) => stream.write_all(buf).await,
+            Transport::Tls(stream) => stream.write_all(buf).await,
             Transport::Local(stream) => stream.write_all(buf).await,
         }
     }
@@ -73,6 +103,7 @@ impl Transport {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             Transport::Tcp(stream) => stream.shutdown().await,
+            Transport::Tls(stream) => stream.shutdown().await,
             Transport::Local(stream) => stream.shutdown().await,
         }
     }
@@ -81,6 +112,7 @@ impl Transport {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Transport::Tcp(stream) => stream.readable(false).await,
+            Transport::Tls(stream) => stream.readable().await,
             Transport::Local(stream) => stream.readable(false).await,
         }
     }
@@ -89,6 +121,7 @@ impl Transport {
     pub async fn writable(&self) -> io::Result<()> {
         match self {
             Transport::Tcp(stream) => stream.writable(false).await,
+            Transport::Tls(stream) => stream.tcp().writable(false).await,
             Transport::Local(stream) => stream.writable(false).await,
         }
     }
@@ -98,9 +131,20 @@ impl Transport {
     pub fn peer_finished_sending(&self) -> bool {
         match self {
             Transport::Tcp(stream) => tcp_peer_finished(stream.as_raw_fd()),
+            Transport::Tls(stream) => stream.peer_closed() || tcp_peer_finished(stream.tcp().as_raw_fd()),
             Transport::Local(stream) => peer_hung_up(stream.as_raw_fd()),
         }
     }
+}
+
+async fn read_spare<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: Vec<u8>,
+    len: usize,
+    capacity: usize,
+) -> (io::Result<usize>, Vec<u8>) {
+    let (result, slice) = stream.read(buf.slice_mut(len..capacity)).await;
+    (result, slice.into_inner())
 }
 
 fn tcp_peer_finished(fd: RawFd) -> bool {
