@@ -283,27 +283,13 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::tls::certificate::Certificate;
+    use crate::tls::certificate::tests::certificate_for;
     use crate::tls::sni::SniCertificates;
-
-    fn pair(names: &[&str]) -> Certificate {
-        let certified =
-            rcgen::generate_simple_self_signed(names.iter().map(|name| name.to_string()).collect::<Vec<_>>()).unwrap();
-        Certificate::parse(
-            std::path::Path::new("t.crt"),
-            certified.cert.pem().as_bytes(),
-            std::path::Path::new("t.key"),
-            certified.signing_key.serialize_pem().as_bytes(),
-            &rustls::crypto::ring::default_provider(),
-            std::time::SystemTime::now(),
-        )
-        .unwrap()
-    }
 
     fn configs(
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-        let certificate = pair(&["corelb.test"]);
+        let certificate = certificate_for(&["corelb.test"]);
         let provider = crate::tls::provider();
         let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[version])

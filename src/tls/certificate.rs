@@ -172,6 +172,12 @@ pub(crate) mod tests {
         (certified.cert.pem(), certified.signing_key.serialize_pem())
     }
 
+    /// A checked self-signed certificate for `names`, for tests of what uses certificates.
+    pub(crate) fn certificate_for(names: &[&str]) -> Certificate {
+        let (cert, key) = self_signed(names);
+        parse(&cert, &key).unwrap()
+    }
+
     fn parse(cert: &str, key: &str) -> Result<Certificate, CertificateError> {
         Certificate::parse(
             Path::new("site.crt"),

@@ -83,24 +83,8 @@ impl ResolvesServerCert for SniCertificates {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::tls::certificate::tests::self_signed;
-
-    fn certificate(names: &[&str]) -> Certificate {
-        let (cert, key) = self_signed(names);
-        Certificate::parse(
-            Path::new("c.crt"),
-            cert.as_bytes(),
-            Path::new("c.key"),
-            key.as_bytes(),
-            &rustls::crypto::ring::default_provider(),
-            SystemTime::now(),
-        )
-        .unwrap()
-    }
+    use crate::tls::certificate::tests::certificate_for as certificate;
 
     fn certificates() -> Vec<Certificate> {
         vec![
