@@ -8,20 +8,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use common::{config_for, config_from_urls, metric_sum, pattern_byte, Backend, Corelb};
+use common::{config_for, config_from_urls, json_number, metric_sum, pattern_byte, Backend, Corelb};
 
 const GIB: u64 = 1 << 30;
 /// Peak RSS allowed for the proxy after moving gigabytes: buffers are per connection, never per body.
 const MAX_RSS_KIB: u64 = 64 * 1024;
 
 fn body_length_in(text: &str) -> u64 {
-    let start = text.find("\"body_length\":").expect("body_length") + "\"body_length\":".len();
-    text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    json_number(text, "\"body_length\":")
 }
 
 fn check_pattern(offset: &mut u64, data: &[u8]) {

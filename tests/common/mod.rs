@@ -246,14 +246,14 @@ impl Backend {
     /// `/stats`, `/health` and `/control/`: what corelb holds open to this backend.
     pub fn open_connections(&self) -> (u64, u64) {
         let body = Client::connect(self.addr).get("/stats").text();
-        let number = |key: &str| stats_number(&body, key);
+        let number = |key: &str| json_number(&body, key);
         (number("\"open\":"), number("\"peak_open\":"))
     }
 
     fn stats_with_held(&self) -> [u64; 3] {
         let response = Client::connect(self.addr).get("/stats");
         let body = response.text();
-        let number = |key: &str| stats_number(&body, key);
+        let number = |key: &str| json_number(&body, key);
         // The /stats request itself is one connection, counted before it is answered; the backend does not count
         // /stats, /health and /control/ requests among the requests it served.
         [
@@ -782,8 +782,8 @@ pub fn pattern_byte(index: u64) -> u8 {
     b'a' + ((index % (64 * 1024)) % 26) as u8
 }
 
-/// The number after `key` (e.g. `"open":`) in the example backend's `/stats` body.
-fn stats_number(body: &str, key: &str) -> u64 {
+/// The number after `key` (e.g. `"open":`) in a JSON body of the example backend (`/stats`, an echo).
+pub fn json_number(body: &str, key: &str) -> u64 {
     let start = body.find(key).unwrap_or_else(|| panic!("{key} in {body}")) + key.len();
     body[start..]
         .chars()
