@@ -253,11 +253,17 @@ fn a_lowered_limit_closes_the_idle_connections_past_it() {
     wait_for("the idle connections past the new limit to close", || {
         backend.open_connections().0 == 2
     });
+    let (_, served_before) = backend.stats();
     let mut again: Vec<Client> = (0..3).map(|_| holding(&corelb)).collect();
     wait_for("two held under the new limit", || backend.held() == 2);
     assert_eq!(backend.open_connections().0, 2);
     backend.release();
-    wait_for("the third request held", || backend.held() == 1);
+    // The third request is held once it has arrived (the backend counts a request before it holds it); then one
+    // held means the first two are answered. Counting held requests alone would also see one of the first two
+    // not yet let go.
+    wait_for("the third request held, the first two answered", || {
+        backend.stats().1 == served_before + 3 && backend.held() == 1
+    });
     backend.release();
     for client in &mut again {
         assert_eq!(client.read_response().status, 200);
