@@ -99,10 +99,9 @@ impl TlsStream {
         self.peer_closed
     }
 
-    /// Whether a read would return without waiting for the socket: plaintext or ciphertext is buffered, or the
-    /// peer has closed.
+    /// Whether input read from the socket is still held here: plaintext, or records rustls has not taken yet.
     pub fn has_buffered_input(&self) -> bool {
-        self.plaintext > 0 || self.taken < self.incoming.len() || self.peer_closed
+        self.plaintext > 0 || self.taken < self.incoming.len()
     }
 
     /// Reads plaintext into `buf`'s spare capacity (its length grows by what was read); 0 means the peer closed.
@@ -257,9 +256,9 @@ impl TlsStream {
         self.tcp.shutdown().await
     }
 
-    /// Waits until a read would find something (buffered input, or bytes on the socket).
+    /// Waits until a read would return without waiting: buffered input, the peer's close, or bytes on the socket.
     pub async fn readable(&self) -> io::Result<()> {
-        if self.has_buffered_input() {
+        if self.has_buffered_input() || self.peer_closed {
             return Ok(());
         }
         self.tcp.readable(false).await

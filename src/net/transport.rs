@@ -1,5 +1,5 @@
-//! What a [`BufferedStream`](super::buffered::BufferedStream) reads and writes. Plain TCP is the transport corelb
-//! serves today; TLS is a variant that wraps a TCP stream ([`TlsStream`], issue 15); a Unix socket pair stands in for a
+//! What a [`BufferedStream`](super::buffered::BufferedStream) reads and writes: plain TCP; TLS, a variant that
+//! wraps a TCP stream ([`TlsStream`], issue 15; no frontend serves it yet); a Unix socket pair standing in for a
 //! connection in tests ([`Transport::pair`]: no port, no listener, the same io_uring operations and the same
 //! watchdog, since both ends are real descriptors).
 //!
@@ -68,15 +68,14 @@ impl Transport {
 
     /// Reads into `buf`'s spare capacity (its length grows by what was read); 0 means the peer closed.
     pub async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let (len, capacity) = (buf.len(), buf.capacity());
         match self {
-            Transport::Tcp(stream) => read_spare(stream, buf, len, capacity).await,
+            Transport::Tcp(stream) => read_spare(stream, buf).await,
             Transport::Tls(stream) => stream.read_into(buf).await,
-            Transport::Local(stream) => read_spare(stream, buf, len, capacity).await,
+            Transport::Local(stream) => read_spare(stream, buf).await,
         }
     }
 
-    /// Whether a read would find input without the socket: bytes a TLS session holds.
+    /// Whether the transport holds input of its own (TLS plaintext or records) that the socket no longer shows.
     pub fn has_buffered_input(&self) -> bool {
         match self {
             Transport::Tls(stream) => stream.has_buffered_input(),
@@ -137,12 +136,8 @@ impl Transport {
     }
 }
 
-async fn read_spare<S: AsyncReadRent>(
-    stream: &mut S,
-    buf: Vec<u8>,
-    len: usize,
-    capacity: usize,
-) -> (io::Result<usize>, Vec<u8>) {
+async fn read_spare<S: AsyncReadRent>(stream: &mut S, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let (len, capacity) = (buf.len(), buf.capacity());
     let (result, slice) = stream.read(buf.slice_mut(len..capacity)).await;
     (result, slice.into_inner())
 }
