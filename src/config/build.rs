@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::ConfigErrors;
+use super::names::Choice;
 use super::reader::Section;
 use super::*;
 
@@ -21,7 +22,9 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     };
     let mut top = Section::root(&root);
     let server = server(&mut top, &mut errors);
-    let frontends = frontends(&mut top, &mut errors);
+    // Before the frontends: their `tls` tables take `[tls]`'s values as defaults.
+    let tls = tls(&mut top, &mut errors);
+    let frontends = frontends(&mut top, &tls, &mut errors);
     let backends = backends(&mut top, &mut errors);
     let balancer = balancer(&mut top, &mut errors);
     let timeouts = timeouts(&mut top, &mut errors);
@@ -29,7 +32,6 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     let retries = retries(&mut top, &mut errors);
     let limits = limits(&mut top, &mut errors);
     let healthcheck = healthcheck(&mut top, &mut errors);
-    let tls = tls(&mut top, &mut errors);
     let ratelimit = ratelimit(&mut top, &mut errors);
     let circuitbreaker = circuitbreaker(&mut top, &mut errors);
     let outlier_detection = outlier_detection(&mut top, &mut errors);
@@ -77,16 +79,6 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Refuses a feature whose config is accepted for forward compatibility but whose code has not landed yet.
-fn refuse_unimplemented(section: &Section, enabled: bool, feature: &str, errors: &mut ConfigErrors) {
-    if enabled {
-        errors.push(
-            section.key_path("enabled"),
-            format!("{feature} is not implemented in this version of corelb; set enabled = false"),
-        );
-    }
-}
-
 fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     let mut section = top.section("server", errors);
     let workers = match section.optional::<toml::Value>("workers", errors) {
@@ -130,7 +122,7 @@ fn server(top: &mut Section, errors: &mut ConfigErrors) -> ServerConfig {
     }
 }
 
-fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig> {
+fn frontends(top: &mut Section, defaults: &TlsConfig, errors: &mut ConfigErrors) -> Vec<FrontendConfig> {
     let sections = top.array_of_tables("frontends", errors);
     if sections.is_empty() {
         errors.push(
@@ -149,6 +141,10 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
         let port = section.required::<i64>("port", errors);
         let request_timeout = optional_positive(&mut section, "request_timeout", errors);
         let per_try_timeout = optional_positive(&mut section, "per_try_timeout", errors);
+        let tls = section
+            .has("tls")
+            .then(|| frontend_tls(&mut section, defaults, errors))
+            .flatten();
         let port = match port {
             Some(port) if (0..=65535).contains(&port) => Some(port as u16),
             Some(port) => {
@@ -167,10 +163,113 @@ fn frontends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<FrontendConfig
                 listen: SocketAddr::new(address, port),
                 request_timeout,
                 per_try_timeout,
+                tls,
             });
         }
     }
     frontends
+}
+
+/// The handshake timeout when a frontend names none: HAProxy's `timeout client` default for a slow client, long
+/// enough for a phone on a bad network, short enough that a silent connection does not hold a slot for minutes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[[frontends]] tls = { ... }`; `None` (with the errors recorded) when it cannot serve.
+fn frontend_tls(frontend: &mut Section, defaults: &TlsConfig, errors: &mut ConfigErrors) -> Option<FrontendTls> {
+    let mut section = frontend.section("tls", errors);
+    let mut certificates = Vec::new();
+    let single = (
+        section.optional::<String>("cert", errors),
+        section.optional::<String>("key", errors),
+    );
+    let listed = section.array_of_tables("certificates", errors);
+    let pair_error = |cert: bool| {
+        if cert {
+            "a cert needs its key (key = \"...\")"
+        } else {
+            "a key needs its cert (cert = \"...\")"
+        }
+    };
+    match single {
+        (Some(cert), Some(key)) => certificates.push(CertificateFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (Some(_), None) => errors.push(section.key_path("key"), pair_error(true)),
+        (None, Some(_)) => errors.push(section.key_path("cert"), pair_error(false)),
+        (None, None) => {}
+    }
+    for mut item in listed {
+        let cert = item.required::<String>("cert", errors);
+        let key = item.required::<String>("key", errors);
+        item.finish(errors);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            certificates.push(CertificateFiles {
+                cert: cert.into(),
+                key: key.into(),
+            });
+        }
+    }
+    if certificates.is_empty() {
+        match (&defaults.cert, &defaults.key) {
+            (Some(cert), Some(key)) => certificates.push(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => errors.push(
+                section.key_path("certificates"),
+                "a TLS frontend needs a certificate: cert = \"...\" and key = \"...\", a certificates = \
+                 [{ cert, key }, ...] list, or both in [tls]",
+            ),
+        }
+    }
+    let client_auth = section.choice("client_auth", defaults.client_auth, errors);
+    let client_ca = section
+        .optional::<String>("client_ca", errors)
+        .map(PathBuf::from)
+        .or_else(|| defaults.ca.clone());
+    if client_auth != ClientAuth::None && client_ca.is_none() {
+        errors.push(
+            section.key_path("client_ca"),
+            format!(
+                "client_auth = \"{}\" needs the CA bundle client certificates are verified against",
+                client_auth.name()
+            ),
+        );
+    }
+    let client_identity_header = section.optional::<String>("client_identity_header", errors);
+    if let Some(name) = &client_identity_header {
+        if let Err(reason) = check_identity_header(name) {
+            errors.push(section.key_path("client_identity_header"), reason);
+        }
+    }
+    let config = FrontendTls {
+        certificates,
+        strict_sni: section.or("strict_sni", false, errors),
+        handshake_timeout: section.positive_duration("handshake_timeout", HANDSHAKE_TIMEOUT, errors),
+        min_version: section.choice("min_version", TlsVersion::Tls12, errors),
+        client_auth,
+        client_ca,
+        client_identity_header,
+    };
+    section.finish(errors);
+    (!config.certificates.is_empty()).then_some(config)
+}
+
+/// A header name a backend can be told the client's identity in: a token that is not one the proxy rewrites.
+fn check_identity_header(name: &str) -> Result<(), String> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+    if !token {
+        return Err(format!("{name:?} is not a header name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~"));
+    }
+    if crate::http::rewrite::is_rewritten(name.as_bytes()) {
+        return Err(format!("{name:?} is a header corelb sets or removes itself; choose another name"));
+    }
+    Ok(())
 }
 
 fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> {
@@ -633,14 +732,21 @@ fn backend_healthcheck(section: &mut Section, errors: &mut ConfigErrors) -> Back
 
 fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
     let mut section = top.section("tls", errors);
+    if section.optional::<bool>("enabled", errors) == Some(true) {
+        errors.push(
+            section.key_path("enabled"),
+            "TLS is switched on per frontend: add tls = {} to the [[frontends]] entry that serves it (its cert, \
+             key, ca and client_auth default to the ones in [tls]), and remove enabled from [tls]",
+        );
+    }
     let config = TlsConfig {
-        enabled: section.or("enabled", false, errors),
         cert: section.optional::<String>("cert", errors).map(PathBuf::from),
         key: section.optional::<String>("key", errors).map(PathBuf::from),
         ca: section.optional::<String>("ca", errors).map(PathBuf::from),
         client_auth: section.choice("client_auth", ClientAuth::None, errors),
+        session_tickets: section.or("session_tickets", true, errors),
+        ticket_rotation: section.positive_duration("ticket_rotation", Duration::from_secs(6 * 3600), errors),
     };
-    refuse_unimplemented(&section, config.enabled, "TLS termination", errors);
     section.finish(errors);
     config
 }
@@ -967,13 +1073,74 @@ mod tests {
     }
 
     #[test]
-    fn refuses_features_not_built_yet() {
+    fn the_global_tls_switch_is_refused_with_the_way_to_the_per_frontend_one() {
         let text = format!("{MINIMAL}[tls]\nenabled = true\n");
         let text = parse_config(&text).unwrap_err().to_string();
         assert!(
-            text.contains("tls.enabled: TLS termination is not implemented"),
+            text.contains("tls.enabled: TLS is switched on per frontend: add tls = {}"),
             "{text}"
         );
+        // The old `enabled = false` still reads.
+        assert!(parse_config(&format!("{MINIMAL}[tls]\nenabled = false\n")).is_ok());
+    }
+
+    #[test]
+    fn a_tls_frontend_reads_its_certificates_and_takes_the_rest_from_tls() {
+        let text = "[[frontends]]\nport = 8080\n[[frontends]]\nname = \"secure\"\nport = 8443\n\
+                    tls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }, { cert = \"b.pem\", key = \"b.key\" }], \
+                    client_identity_header = \"X-Client-Subject\", strict_sni = true, min_version = \"1.3\" }\n\
+                    [[frontends]]\nname = \"defaults\"\nport = 9443\ntls = {}\n\
+                    [[backends]]\nurl = \"http://127.0.0.1:9001\"\n\
+                    [tls]\ncert = \"d.pem\"\nkey = \"d.key\"\nca = \"ca.pem\"\nclient_auth = \"optional\"\n";
+        let config = parse_config(text).unwrap();
+        assert_eq!(config.frontends[0].tls, None);
+        assert_eq!(config.frontends[0].scheme(), "http");
+        let secure = config.frontends[1].tls.as_ref().unwrap();
+        assert_eq!(config.frontends[1].scheme(), "https");
+        let certs: Vec<&str> = secure.certificates.iter().map(|files| files.cert.to_str().unwrap()).collect();
+        assert_eq!(certs, ["a.pem", "b.pem"]);
+        assert!(secure.strict_sni);
+        assert_eq!(secure.min_version, TlsVersion::Tls13);
+        assert_eq!(secure.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(secure.client_identity_header.as_deref(), Some("X-Client-Subject"));
+        assert_eq!(secure.client_auth, ClientAuth::Optional);
+        let defaults = config.frontends[2].tls.as_ref().unwrap();
+        assert_eq!(defaults.certificates[0].cert, PathBuf::from("d.pem"));
+        assert_eq!(defaults.client_ca, Some(PathBuf::from("ca.pem")));
+        assert!(!defaults.strict_sni);
+        assert_eq!(defaults.min_version, TlsVersion::Tls12);
+        // Written back and read again, it is the same config.
+        assert_eq!(parse_config(&crate::config::to_toml(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn a_tls_frontend_that_cannot_serve_is_refused_by_key() {
+        for (tls, expected) in [
+            ("{}", "frontends[0].tls.certificates: a TLS frontend needs a certificate"),
+            ("{ cert = \"a.pem\" }", "frontends[0].tls.key: a cert needs its key"),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", client_auth = \"required\" }",
+                "frontends[0].tls.client_ca: client_auth = \"required\" needs the CA bundle",
+            ),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", min_version = \"1.1\" }",
+                "frontends[0].tls.min_version: must be one of \"1.2\", \"1.3\"",
+            ),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", client_identity_header = \"X-Forwarded-For\" }",
+                "frontends[0].tls.client_identity_header: \"X-Forwarded-For\" is a header corelb sets",
+            ),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", client_identity_header = \"bad name\" }",
+                "is not a header name",
+            ),
+            ("{ cert = \"a.pem\", key = \"a.key\", handshake_timeout = \"0s\" }", "handshake_timeout"),
+            ("{ cert = \"a.pem\", key = \"a.key\", ciphers = \"ALL\" }", "frontends[0].tls.ciphers: unknown key"),
+        ] {
+            let text = format!("[[frontends]]\nport = 8443\ntls = {tls}\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n");
+            let errors = parse_config(&text).unwrap_err().to_string();
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
     }
 
     #[test]

@@ -87,14 +87,54 @@ pub struct FrontendConfig {
     pub request_timeout: Option<Duration>,
     /// This frontend's own `timeouts.per_try`.
     pub per_try_timeout: Option<Duration>,
+    /// TLS termination: clients speak TLS to this frontend. `None`: plain HTTP.
+    pub tls: Option<FrontendTls>,
 }
 
 impl FrontendConfig {
     /// The scheme clients use to reach this frontend, as `X-Forwarded-Proto` tells backends: decided by the
-    /// frontend, so the TLS frontends of issue 15 say `https` without the request path knowing about TLS.
+    /// frontend, so the request path needs to know nothing about TLS.
     pub fn scheme(&self) -> &'static str {
-        "http"
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
+}
+
+/// A frontend's TLS (`[[frontends]] tls = { ... }`), with `[tls]`'s defaults already filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendTls {
+    /// Certificate chains and their keys. The first is the default for a client whose name matches none
+    /// (unless `strict_sni`).
+    pub certificates: Vec<CertificateFiles>,
+    /// Refuse, at the handshake, a client that names no host or a host no certificate is valid for.
+    pub strict_sni: bool,
+    /// How long a client has to complete the handshake, from the moment its connection is accepted.
+    pub handshake_timeout: Duration,
+    /// The oldest TLS version accepted; 1.0 and 1.1 never are.
+    pub min_version: TlsVersion,
+    pub client_auth: ClientAuth,
+    /// The CA bundle client certificates are verified against (needed unless `client_auth` is `none`).
+    pub client_ca: Option<PathBuf>,
+    /// The request header that carries the verified client certificate's subject to the backend. Always removed
+    /// from what the client sent, so a client cannot claim an identity.
+    pub client_identity_header: Option<String>,
+}
+
+/// One certificate chain (leaf first) and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A TLS protocol version corelb speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 /// One origin server.
@@ -458,13 +498,17 @@ pub enum PanicMode {
     FailClosed,
 }
 
+/// `[tls]`: the defaults of every frontend's `tls` table. TLS itself is switched on per frontend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
-    pub enabled: bool,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// Resume TLS sessions by ticket, with keys the control thread makes and shares with every core.
+    pub session_tickets: bool,
+    /// How long a ticket key makes tickets before the next replaces it (tickets live one to two of these).
+    pub ticket_rotation: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -662,5 +706,15 @@ pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
         .filter(|path| path.is_relative())
     {
         *path = folder.join(&*path);
+    }
+    let tls_paths = config.frontends.iter_mut().filter_map(|frontend| frontend.tls.as_mut()).flat_map(|tls| {
+        let certificates = tls.certificates.iter_mut().flat_map(|files| [&mut files.cert, &mut files.key]);
+        certificates.chain(tls.client_ca.as_mut())
+    });
+    let defaults = [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.ca];
+    for path in tls_paths.chain(defaults.into_iter().flatten()) {
+        if path.is_relative() {
+            *path = folder.join(&*path);
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{
     AccessLogFormat, Algorithm, ClientAuth, HashMethod, IoDriverChoice, LogFormat, LogLevel, PanicMode,
-    RateLimitAlgorithm, RateLimitScope, SameSite,
+    RateLimitAlgorithm, RateLimitScope, SameSite, TlsVersion,
 };
 
 /// A config value chosen by name from a fixed set.
@@ -63,6 +63,7 @@ choice!(LogFormat { Text => "text", Json => "json" });
 choice!(AccessLogFormat { Json => "json", Combined => "combined" });
 choice!(PanicMode { FailOpen => "fail_open", FailClosed => "fail_closed" });
 choice!(SameSite { Lax => "lax", Strict => "strict", None => "none" });
+choice!(TlsVersion { Tls12 => "1.2", Tls13 => "1.3" });
 
 #[cfg(test)]
 mod tests {
@@ -86,6 +87,7 @@ mod tests {
         round_trips::<LogFormat>();
         round_trips::<AccessLogFormat>();
         round_trips::<PanicMode>();
+        round_trips::<TlsVersion>();
     }
 
     #[test]

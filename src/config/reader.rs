@@ -141,6 +141,11 @@ impl<'a> Section<'a> {
         self.table.and_then(|table| table.get(key))
     }
 
+    /// Whether `key` is present (without counting it as read).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.is_some_and(|table| table.contains_key(key))
+    }
+
     /// Reads `key` if present. A present value of the wrong type or shape is recorded and yields `None`.
     pub fn optional<T: FromToml>(&mut self, key: &'static str, errors: &mut ConfigErrors) -> Option<T> {
         let value = self.raw(key)?;

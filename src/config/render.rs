@@ -22,6 +22,33 @@ fn duration_line(key: &str, value: Option<std::time::Duration>) -> String {
     })
 }
 
+/// A frontend's `[frontends.tls]` table and its certificates.
+fn frontend_tls(out: &mut String, tls: &FrontendTls) {
+    let _ = writeln!(
+        out,
+        "[frontends.tls]\nstrict_sni = {}\nhandshake_timeout = \"{}\"\nmin_version = \"{}\"\nclient_auth = \"{}\"",
+        tls.strict_sni,
+        format_duration(tls.handshake_timeout),
+        tls.min_version.name(),
+        tls.client_auth.name()
+    );
+    if let Some(ca) = path(&tls.client_ca) {
+        let _ = writeln!(out, "client_ca = {ca}");
+    }
+    if let Some(header) = &tls.client_identity_header {
+        let _ = writeln!(out, "client_identity_header = {}", quote(header));
+    }
+    out.push('\n');
+    for files in &tls.certificates {
+        let _ = writeln!(
+            out,
+            "[[frontends.tls.certificates]]\ncert = {}\nkey = {}\n",
+            quote(&files.cert.display().to_string()),
+            quote(&files.key.display().to_string())
+        );
+    }
+}
+
 /// A backend's `tags = { ... }` line, empty when it has none.
 fn backend_tags(tags: &std::collections::BTreeMap<String, String>) -> String {
     if tags.is_empty() {
@@ -101,6 +128,9 @@ pub fn to_toml(config: &Config) -> String {
             duration_line("request_timeout", frontend.request_timeout),
             duration_line("per_try_timeout", frontend.per_try_timeout)
         );
+        if let Some(tls) = &frontend.tls {
+            frontend_tls(&mut out, tls);
+        }
     }
     let _ = writeln!(
         out,
@@ -214,7 +244,7 @@ pub fn to_toml(config: &Config) -> String {
         health.panic_mode.name()
     );
     let tls = &config.tls;
-    let _ = writeln!(out, "[tls]\nenabled = {}", tls.enabled);
+    let _ = writeln!(out, "[tls]");
     for (key, value) in [
         ("cert", path(&tls.cert)),
         ("key", path(&tls.key)),
@@ -224,8 +254,13 @@ pub fn to_toml(config: &Config) -> String {
             let _ = writeln!(out, "{key} = {value}");
         }
     }
-    let client_auth = tls.client_auth.name();
-    let _ = writeln!(out, "client_auth = \"{client_auth}\"\n");
+    let _ = writeln!(
+        out,
+        "client_auth = \"{}\"\nsession_tickets = {}\nticket_rotation = \"{}\"\n",
+        tls.client_auth.name(),
+        tls.session_tickets,
+        format_duration(tls.ticket_rotation)
+    );
     let limit = &config.ratelimit;
     let allow: Vec<String> = limit.allow.iter().map(|block| quote(&block.to_string())).collect();
     let _ = writeln!(

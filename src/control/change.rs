@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use super::command::{Command, CommandError, ErrorKind, Source};
 use super::fleet::ApplyError;
 use super::history::VersionRecord;
-use super::jobs::{Done, Finished, Job, Work};
+use super::jobs::{Done, Finished, Job, Resolved, Work};
+use super::tls::keep_unchanged;
+use crate::tls::termination::Termination;
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
@@ -191,7 +193,10 @@ impl Control {
             return self.finish(ticket, Err(error));
         }
         let changes = diff(&self.config, &candidate);
-        if changes.is_empty() && ticket.label.is_none() {
+        // A config with TLS frontends goes on even unchanged: its certificate files are read again (SIGHUP,
+        // `reload` and `cert reload` reload certificates).
+        let has_tls = candidate.frontends.iter().any(|frontend| frontend.tls.is_some());
+        if changes.is_empty() && ticket.label.is_none() && !has_tls {
             let unchanged = json!({ "version": self.snapshot.version, "changes": changes, "applied": false });
             return self.finish(ticket, Ok(unchanged));
         }
@@ -257,12 +262,8 @@ impl Control {
                 Ok(candidate) => self.propose(*candidate, ticket),
                 Err(error) => self.finish(ticket, Err(invalid_config(error))),
             },
-            (Awaiting::Resolve(ticket), Finished::Resolve(candidate, addresses, key)) => {
-                let key = key.transpose().map_err(invalid_config);
-                let result = addresses
-                    .map_err(invalid_config)
-                    .and_then(|addresses| Ok((addresses, key?)))
-                    .and_then(|(addresses, key)| self.apply(*candidate, addresses, key, &ticket));
+            (Awaiting::Resolve(ticket), Finished::Resolve(resolved)) => {
+                let result = self.apply_resolved(*resolved, &ticket);
                 self.finish(ticket, result);
             }
             (Awaiting::Probe(step), Finished::Probe(result)) => self.rollout_step_done(step, result),
@@ -306,25 +307,50 @@ impl Control {
         }
     }
 
+    /// A resolved candidate: refused when any of its blocking work failed; answered "unchanged" when neither it
+    /// nor any certificate changed (and no label asks for a version); else applied.
+    fn apply_resolved(&mut self, resolved: Resolved, ticket: &Ticket) -> Result<Value, CommandError> {
+        let Resolved {
+            candidate,
+            addresses,
+            sticky_key,
+            tls,
+        } = resolved;
+        let addresses = addresses.map_err(invalid_config)?;
+        let sticky_key = sticky_key.transpose().map_err(invalid_config)?;
+        let tls = tls.map_err(invalid_config)?;
+        let (tls, reloaded) = keep_unchanged(&candidate, &self.snapshot.tls, tls);
+        let mut changes = diff(&self.config, &candidate);
+        if changes.is_empty() && reloaded.is_empty() && ticket.label.is_none() {
+            return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
+        }
+        changes.extend(reloaded.iter().map(|frontend| format!("frontend {frontend} TLS reloaded")));
+        self.apply(*candidate, addresses, sticky_key, tls, changes, ticket)
+    }
+
     /// Builds the next generation from a resolved candidate and applies it on every worker.
     fn apply(
         &mut self,
         candidate: Config,
         backend_addrs: Vec<SocketAddr>,
         sticky_key: Option<StickyKey>,
+        tls: Vec<Option<Arc<Termination>>>,
+        changes: Vec<String>,
         ticket: &Ticket,
     ) -> Result<Value, CommandError> {
-        let changes = diff(&self.config, &candidate);
         let started = Instant::now();
         let version = self.next_version;
         self.next_version += 1;
         let candidate = Arc::new(candidate);
+        self.tickets.due(&candidate, started);
         let snapshot = Arc::new(Snapshot {
             version,
             config: Arc::clone(&candidate),
             backend_addrs,
             frontend_addrs: self.snapshot.frontend_addrs.clone(),
             sticky_cookies: cookie_values(&candidate, sticky_key.as_ref(), &self.sticky_key),
+            tls,
+            ticket_keys: self.tickets.keys.clone(),
         });
         self.broadcast(&snapshot)?;
         let elapsed = started.elapsed();

@@ -17,7 +17,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::resolve::{resolve_backends, ResolveError};
 use super::sticky::{file_key, SecretError, StickyKey};
+use super::tls::load_terminations;
 use crate::config::{load_config, Config, LoadError};
+use crate::tls::termination::{Termination, TerminationError};
 
 /// How many given-up job threads may still be running before new jobs are refused.
 pub const MAX_STUCK: usize = 4;
@@ -26,8 +28,8 @@ pub const MAX_STUCK: usize = 4;
 pub enum Work {
     /// Read and check the config file (`reload`, SIGHUP).
     ReadConfig(PathBuf),
-    /// Resolve every backend of a candidate config and read its sticky-cookie secret file; the candidate comes back
-    /// with the addresses and the key.
+    /// Resolve every backend of a candidate config, read its sticky-cookie secret file and its frontends'
+    /// certificates; the candidate comes back with all of it ([`Resolved`]).
     Resolve(Box<Config>),
 }
 
@@ -42,11 +44,12 @@ impl Work {
     fn run(self) -> Finished {
         match self {
             Work::ReadConfig(path) => Finished::ReadConfig(load_config(&path).map(Box::new)),
-            Work::Resolve(candidate) => {
-                let addresses = resolve_backends(&candidate);
-                let key = file_key(&candidate);
-                Finished::Resolve(candidate, addresses, key)
-            }
+            Work::Resolve(candidate) => Finished::Resolve(Box::new(Resolved {
+                addresses: resolve_backends(&candidate),
+                sticky_key: file_key(&candidate),
+                tls: load_terminations(&candidate),
+                candidate,
+            })),
         }
     }
 }
@@ -55,15 +58,21 @@ impl Work {
 #[derive(Debug)]
 pub enum Finished {
     ReadConfig(Result<Box<Config>, LoadError>),
-    /// The candidate, its backends' addresses and, when it names a `balancer.sticky.secret_file`, the key read
-    /// from it.
-    Resolve(
-        Box<Config>,
-        Result<Vec<SocketAddr>, ResolveError>,
-        Option<Result<StickyKey, SecretError>>,
-    ),
+    Resolve(Box<Resolved>),
     /// A rollout's probe of its new backends (run by the prober): `Err` names the first that failed.
     Probe(Result<(), String>),
+}
+
+/// A candidate with what its blocking work found.
+#[derive(Debug)]
+pub struct Resolved {
+    pub candidate: Box<Config>,
+    /// Its backends' addresses, in order.
+    pub addresses: Result<Vec<SocketAddr>, ResolveError>,
+    /// When it names a `balancer.sticky.secret_file`, the key read from it.
+    pub sticky_key: Option<Result<StickyKey, SecretError>>,
+    /// Each frontend's TLS, read and checked.
+    pub tls: Result<Vec<Option<Termination>>, TerminationError>,
 }
 
 /// Why a job could not be started.

@@ -28,6 +28,7 @@ mod socket;
 mod start;
 mod state;
 mod sticky;
+mod tls;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +98,10 @@ pub enum StartError {
     Capacity { path: String, reason: String },
     #[error(transparent)]
     Sticky(#[from] sticky::SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::termination::TerminationError),
+    #[error(transparent)]
+    TicketKeys(#[from] crate::tls::tickets::TicketKeyError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -163,6 +168,8 @@ pub struct Control {
     ejections: ejections::Ejections,
     /// This process's own key for sticky cookies, used when the config names no `secret_file`.
     sticky_key: sticky::StickyKey,
+    /// The session-ticket keys every core uses, and their rotation.
+    tickets: tls::TicketRotation,
 }
 
 /// The note a weight change gets when the balancer ignores weights.
@@ -251,6 +258,10 @@ impl Control {
             self.rollout_tick();
             self.ejections
                 .tick(&self.snapshot, &self.checks, &mut self.fleet, false);
+            if let Some(keys) = self.tickets.due(&self.config, Instant::now()) {
+                tracing::info!("session-ticket keys rotated");
+                let _ = self.fleet.send_each(|_| ToWorker::TicketKeys(Arc::clone(&keys)));
+            }
             if self.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
                 self.last_rebalance = Instant::now();
                 self.rebalance_rate_limits();

@@ -18,6 +18,7 @@ use super::fleet::Fleet;
 use super::history::{History, VersionRecord};
 use super::jobs::Jobs;
 use super::resolve::resolve_backends;
+use super::tls::{load_terminations, TicketRotation};
 use super::{listeners, socket, Control, StartError};
 use crate::config::{Config, IoDriverChoice, Workers};
 use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
@@ -75,6 +76,8 @@ impl Control {
         }
         let sticky_key = StickyKey::random()?;
         let file_key = file_key(&config).transpose()?;
+        let tls = load_terminations(&config)?.into_iter().map(|tls| tls.map(Arc::new)).collect();
+        let tickets = TicketRotation::start(&config)?;
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot {
             version: 1,
@@ -82,6 +85,8 @@ impl Control {
             config: Arc::clone(&config),
             backend_addrs,
             frontend_addrs,
+            tls,
+            ticket_keys: tickets.keys.clone(),
         });
 
         let (request_sender, requests) = crossbeam_channel::unbounded();
@@ -159,6 +164,7 @@ impl Control {
             checks: Checks::start(),
             ejections: Ejections::new(outcome_reports, process_seed),
             sticky_key,
+            tickets,
         };
         let mut ready = 0;
         while ready < count {

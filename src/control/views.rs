@@ -39,8 +39,27 @@ impl Control {
             io_driver: if epoll { "epoll" } else { "io_uring" }.to_string(),
             health_checks: self.checks.figures(),
             outliers: self.ejections.counts(&self.config),
+            certificates: self.certificate_expiries(),
         };
         render(&merged, &figures)
+    }
+
+    /// Each certificate in force: its frontend, its file and the seconds until it expires.
+    fn certificate_expiries(&self) -> Vec<(String, String, f64)> {
+        let now = std::time::SystemTime::now();
+        let frontends = self.config.frontends.iter().zip(&self.snapshot.tls);
+        frontends
+            .filter_map(|(frontend, tls)| tls.as_ref().map(|tls| (frontend, tls)))
+            .flat_map(|(frontend, tls)| {
+                tls.expiries().map(move |(path, not_after)| {
+                    let seconds = match not_after.duration_since(now) {
+                        Ok(left) => left.as_secs_f64(),
+                        Err(past) => -past.duration().as_secs_f64(),
+                    };
+                    (frontend.name.clone(), path.display().to_string(), seconds)
+                })
+            })
+            .collect()
     }
 
     pub(super) fn metrics_summary(&mut self) -> Value {

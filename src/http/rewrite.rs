@@ -9,7 +9,7 @@ use super::head::{BodyFraming, Field, RequestHead, ResponseHead, Version};
 const VIA: &[u8] = b"1.1 corelb";
 
 /// Fields never forwarded as received: hop-by-hop ones, framing (rewritten), and those the proxy sets itself.
-fn is_rewritten(name: &[u8]) -> bool {
+pub fn is_rewritten(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 13] = [
         b"connection",
         b"keep-alive",
@@ -88,6 +88,16 @@ pub struct ClientSide<'a> {
     pub fallback_host: &'a [u8],
     /// Sent upstream as `X-Request-Id` (the client's, when well-formed, else one corelb made).
     pub request_id: &'a [u8],
+    /// The client's verified TLS identity, on a frontend that passes it on.
+    pub identity: Option<Identity<'a>>,
+}
+
+/// The header a frontend passes the client certificate's subject in, and the subject (`None`: the client showed
+/// no certificate). The client's own fields of that name are never forwarded, so a client cannot claim one.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub header: &'a [u8],
+    pub subject: Option<&'a [u8]>,
 }
 
 /// Writes the HTTP/1.1 request head to send upstream for `head` (parsed from `buf`).
@@ -109,10 +119,22 @@ pub fn write_upstream_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead,
     put_field(out, b"Host", host);
     for field in forwardable(buf, &head.fields, &head.connection_options) {
         // The proxy answers `Expect: 100-continue` itself and then streams the body.
-        if buf[field.name.clone()].eq_ignore_ascii_case(b"expect") {
+        let name = &buf[field.name.clone()];
+        if name.eq_ignore_ascii_case(b"expect")
+            || client
+                .identity
+                .is_some_and(|identity| name.eq_ignore_ascii_case(identity.header))
+        {
             continue;
         }
-        put_field(out, &buf[field.name.clone()], &buf[field.value.clone()]);
+        put_field(out, name, &buf[field.value.clone()]);
+    }
+    if let Some(Identity {
+        header,
+        subject: Some(subject),
+    }) = client.identity
+    {
+        put_field(out, header, subject);
     }
     put_appended(out, buf, &head.fields, b"X-Forwarded-For", client.address);
     put_field(out, b"X-Forwarded-Proto", client.scheme.as_bytes());
@@ -285,6 +307,10 @@ mod tests {
     };
 
     fn forward(text: &str) -> String {
+        forward_with(text, None)
+    }
+
+    fn forward_with(text: &str, identity: Option<Identity>) -> String {
         let head = parse_request(text.as_bytes(), &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
         let client = ClientSide {
@@ -292,9 +318,34 @@ mod tests {
             scheme: "http",
             fallback_host: b"127.0.0.1:9001",
             request_id: b"",
+            identity,
         };
         write_upstream_request(&mut out, text.as_bytes(), &head, &client);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_identity_header_is_the_verified_one_never_the_clients() {
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nx-client-subject: CN=forged\r\nX-Client-Subject: CN=forged too\r\n\r\n";
+        let verified = forward_with(
+            text,
+            Some(Identity {
+                header: b"X-Client-Subject",
+                subject: Some(b"CN=alice,O=Example"),
+            }),
+        );
+        assert!(!verified.contains("forged"), "{verified}");
+        assert!(verified.contains("\r\nX-Client-Subject: CN=alice,O=Example\r\n"), "{verified}");
+        let anonymous = forward_with(
+            text,
+            Some(Identity {
+                header: b"X-Client-Subject",
+                subject: None,
+            }),
+        );
+        assert!(!anonymous.to_ascii_lowercase().contains("x-client-subject"), "{anonymous}");
+        // Without the setting, the field is an ordinary one.
+        assert!(forward(text).contains("CN=forged"));
     }
 
     #[test]

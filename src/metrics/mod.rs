@@ -110,6 +110,30 @@ pub struct WorkerMetrics {
     pub panic_routed: u64,
     /// Requests waiting for a backend under its `max_connections` (filled when a snapshot is taken).
     pub capacity_queued: u64,
+    pub tls: TlsCounts,
+}
+
+/// TLS handshakes on one worker, or merged. Keys start with the frontend's index.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsCounts {
+    /// Completed handshakes by (frontend, version, cipher suite, resumed).
+    pub handshakes: BTreeMap<(usize, &'static str, &'static str, bool), u64>,
+    /// Failed handshakes by (frontend, reason).
+    pub failures: BTreeMap<(usize, &'static str), u64>,
+    /// How long completed handshakes took, from the accept.
+    pub duration: Histogram,
+}
+
+impl TlsCounts {
+    fn merge(&mut self, other: &TlsCounts) {
+        for (key, count) in &other.handshakes {
+            *self.handshakes.entry(*key).or_insert(0) += count;
+        }
+        for (key, count) in &other.failures {
+            *self.failures.entry(*key).or_insert(0) += count;
+        }
+        self.duration.merge(&other.duration);
+    }
 }
 
 impl WorkerMetrics {
@@ -132,6 +156,7 @@ impl WorkerMetrics {
             accept_paused: 0,
             panic_routed: 0,
             capacity_queued: 0,
+            tls: TlsCounts::default(),
         };
         metrics.backend_slot(NO_BACKEND);
         metrics
@@ -225,6 +250,23 @@ impl WorkerMetrics {
     pub fn upstream_discarded(&mut self, reason: &'static str) {
         *self.discarded.entry(reason).or_insert(0) += 1;
     }
+
+    /// A completed TLS handshake: its version and cipher suite (names as the TLS registry spells them).
+    pub fn tls_handshake_done(
+        &mut self,
+        frontend: usize,
+        version: &'static str,
+        cipher: &'static str,
+        resumed: bool,
+        took: Duration,
+    ) {
+        *self.tls.handshakes.entry((frontend, version, cipher, resumed)).or_insert(0) += 1;
+        self.tls.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn tls_handshake_failed(&mut self, frontend: usize, reason: &'static str) {
+        *self.tls.failures.entry((frontend, reason)).or_insert(0) += 1;
+    }
 }
 
 /// Every worker's metrics added together, by frontend name and backend id.
@@ -245,6 +287,7 @@ pub struct Merged {
     pub backend_up_votes: BTreeMap<String, (usize, usize)>,
     /// Per backend: how many workers have its breaker in each state, and its trips on all workers.
     pub circuits: BTreeMap<String, CircuitVotes>,
+    pub tls: TlsCounts,
 }
 
 /// One backend's active health check counters, kept by the prober thread.
@@ -348,6 +391,7 @@ impl Merged {
             for (reason, count) in &worker.discarded {
                 *merged.discarded.entry(reason).or_insert(0) += count;
             }
+            merged.tls.merge(&worker.tls);
         }
         merged
     }

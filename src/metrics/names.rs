@@ -34,3 +34,7 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "corelb_config_last_reload_successf
 pub const CONFIG_LAST_RELOAD_TIME: &str = "corelb_config_last_reload_timestamp_seconds";
 pub const WORKER_REQUESTS: &str = "corelb_worker_requests_total";
 pub const BUILD_INFO: &str = "corelb_build_info";
+pub const TLS_HANDSHAKES: &str = "corelb_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "corelb_tls_handshake_failures_total";
+pub const TLS_HANDSHAKE_DURATION: &str = "corelb_tls_handshake_duration_seconds";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "corelb_tls_certificate_expiry_seconds";

@@ -20,6 +20,8 @@ pub struct ControlFigures {
     pub health_checks: std::collections::BTreeMap<String, super::CheckCounts>,
     /// Passive outlier detection per backend it has judged.
     pub outliers: std::collections::BTreeMap<String, super::OutlierCounts>,
+    /// Each TLS certificate in force: (frontend, certificate file, seconds until it expires).
+    pub certificates: Vec<(String, String, f64)>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -334,6 +336,7 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
         }
     }
     families.extend([ejected, ejections]);
+    families.extend(tls_families(merged, control));
 
     let mut version = Family::new(CONFIG_VERSION, "Version of the config in force.", MetricType::GAUGE);
     version.gauge(&[], control.config_version as f64);
@@ -372,6 +375,53 @@ pub fn render(merged: &Merged, control: &ControlFigures) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+fn tls_families(merged: &Merged, control: &ControlFigures) -> [Family; 4] {
+    let frontend = |index: &usize| merged.frontend_names.get(*index).map_or("?", String::as_str);
+    let mut handshakes = Family::new(
+        TLS_HANDSHAKES,
+        "Completed TLS handshakes by frontend, version, cipher suite and whether the session was resumed.",
+        MetricType::COUNTER,
+    );
+    for ((index, version, cipher, resumed), count) in &merged.tls.handshakes {
+        let resumed = if *resumed { "true" } else { "false" };
+        handshakes.counter(
+            &[
+                ("frontend", frontend(index)),
+                ("version", version),
+                ("cipher", cipher),
+                ("resumed", resumed),
+            ],
+            *count as f64,
+        );
+    }
+    let mut failures = Family::new(
+        TLS_HANDSHAKE_FAILURES,
+        "Failed TLS handshakes by frontend and reason (timeout, closed, protocol_version, unknown_server_name, \
+         no_client_certificate, bad_client_certificate, no_application_protocol, alert_received, bad_message, io).",
+        MetricType::COUNTER,
+    );
+    for ((index, reason), count) in &merged.tls.failures {
+        failures.counter(&[("frontend", frontend(index)), ("reason", reason)], *count as f64);
+    }
+    let mut duration = Family::new(
+        TLS_HANDSHAKE_DURATION,
+        "Time from accepting a TLS connection to its completed handshake.",
+        MetricType::HISTOGRAM,
+    );
+    if merged.tls.duration.count() > 0 {
+        duration.histogram(&[], &merged.tls.duration);
+    }
+    let mut expiry = Family::new(
+        TLS_CERTIFICATE_EXPIRY,
+        "Seconds until each certificate in force expires (alert well before 0).",
+        MetricType::GAUGE,
+    );
+    for (frontend, certificate, seconds) in &control.certificates {
+        expiry.gauge(&[("frontend", frontend), ("certificate", certificate)], *seconds);
+    }
+    [handshakes, failures, duration, expiry]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +457,7 @@ mod tests {
                 last_reload_unix_seconds: 1.0,
                 io_driver: "io_uring".into(),
                 health_checks: Default::default(),
+                certificates: vec![("secure".into(), "/etc/corelb/site.crt".into(), 86_400.0)],
                 outliers: [(
                     "a".to_string(),
                     crate::metrics::OutlierCounts {

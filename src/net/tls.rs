@@ -10,12 +10,17 @@
 //! caller's: the watchdog shuts the socket down, which ends whichever socket operation is pending here.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut as _};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::BufResult;
+
+use super::watchdog::{Operation, Watchdog};
 
 /// Ciphertext read from the socket at a time: a whole TLS record and its overhead.
 const INCOMING: usize = 16 * 1024 + 512;
@@ -39,6 +44,76 @@ pub struct TlsStream {
 
 fn protocol_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+/// Why a client's handshake failed, as logs and metrics tell it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("the TLS handshake did not finish within the handshake timeout")]
+    TimedOut,
+    #[error("the client closed the connection during the TLS handshake")]
+    Closed,
+    #[error("TLS handshake refused: {0}")]
+    Refused(rustls::Error),
+    #[error("TLS handshake failed: {0}")]
+    Io(io::Error),
+}
+
+impl HandshakeFailure {
+    fn from_io(error: io::Error) -> HandshakeFailure {
+        if error.kind() == io::ErrorKind::UnexpectedEof {
+            return HandshakeFailure::Closed;
+        }
+        match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(refused) => HandshakeFailure::Refused(refused.clone()),
+            None => HandshakeFailure::Io(error),
+        }
+    }
+
+    /// A short label for metrics: `timeout`, `closed`, `protocol_version`, `unknown_server_name`,
+    /// `no_client_certificate`, `bad_client_certificate`, `no_application_protocol`, `alert_received`,
+    /// `bad_message` or `io`.
+    pub fn reason(&self) -> &'static str {
+        use rustls::Error;
+        match self {
+            HandshakeFailure::TimedOut => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Io(_) => "io",
+            HandshakeFailure::Refused(error) => match error {
+                Error::PeerIncompatible(_) => "protocol_version",
+                Error::General(message) if message.contains("no server certificate") => "unknown_server_name",
+                Error::NoCertificatesPresented => "no_client_certificate",
+                Error::InvalidCertificate(_) => "bad_client_certificate",
+                Error::NoApplicationProtocol => "no_application_protocol",
+                Error::AlertReceived(_) => "alert_received",
+                _ => "bad_message",
+            },
+        }
+    }
+}
+
+/// Runs the server side of a TLS handshake on a connection a client opened, within `timeout` from now: the
+/// watchdog ends a client that stalls (one that sends nothing, or half a ClientHello), as it ends any read.
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    watchdog: &Rc<Watchdog>,
+    timeout: Duration,
+) -> Result<TlsStream, HandshakeFailure> {
+    let fd = tcp.as_raw_fd();
+    let mut stream = TlsStream::server(tcp, config).map_err(HandshakeFailure::Io)?;
+    let watch = watchdog.watch(fd);
+    // A write deadline: when it passes, both directions are shut, whichever the handshake waits on.
+    watch.arm(timeout, Operation::Write);
+    let result = stream.handshake().await;
+    let expired = watch.disarm();
+    // The watch lets go of the descriptor before the stream (and its socket) may be dropped.
+    drop(watch);
+    if expired {
+        return Err(HandshakeFailure::TimedOut);
+    }
+    result.map_err(HandshakeFailure::from_io)?;
+    Ok(stream)
 }
 
 impl TlsStream {

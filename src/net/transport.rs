@@ -1,5 +1,5 @@
 //! What a [`BufferedStream`](super::buffered::BufferedStream) reads and writes: plain TCP; TLS, a variant that
-//! wraps a TCP stream ([`TlsStream`], issue 15; no frontend serves it yet); a Unix socket pair standing in for a
+//! wraps a TCP stream ([`TlsStream`]); a Unix socket pair standing in for a
 //! connection in tests ([`Transport::pair`]: no port, no listener, the same io_uring operations and the same
 //! watchdog, since both ends are real descriptors).
 //!
@@ -59,6 +59,11 @@ impl Transport {
             Transport::Tls(stream) => stream.tcp().as_raw_fd(),
             Transport::Local(stream) => stream.as_raw_fd(),
         }
+    }
+
+    /// Whether this is a TLS stream.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
     }
 
     /// Whether bodies may be spliced through this transport (plain TCP only).

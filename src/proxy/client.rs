@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::{ProxyError, Side};
@@ -13,7 +14,11 @@ use super::local::{answer_health, is_health_request, respond_rate_limited, respo
 use super::record::{finish, Outcome};
 use crate::http::head::{parse_request, RequestHead, Version};
 use crate::http::Method;
+use crate::http::rewrite::Identity;
+use crate::net::tls::accept;
 use crate::net::transport::Transport;
+use crate::shard::tls::Terminate;
+use crate::tls::certificate::subject_of;
 use crate::net::BufferedStream;
 use crate::shard::request_id::is_well_formed;
 use crate::shard::{Generation, WorkerContext};
@@ -30,8 +35,10 @@ struct Connection {
     /// `peer`'s address as text, for `X-Forwarded-For`, formatted once.
     peer_ip: String,
     frontend: usize,
-    /// `http` or `https`, as the frontend says (`FrontendConfig::scheme`).
+    /// `https` when the client speaks TLS, else `http`.
     scheme: &'static str,
+    /// On a frontend that passes the client's TLS identity on: the header and the verified subject.
+    identity: Option<(Arc<str>, Option<String>)>,
     /// The current request's head, copied out of the read buffer.
     head_bytes: Vec<u8>,
     /// Heads being written, and body bytes on their way.
@@ -103,17 +110,65 @@ pub async fn serve_client(
     slot: crate::net::slots::Slot,
 ) {
     let _guard = context.connection_opened(frontend, slot);
+    serve_connection(context, stream, peer, frontend, None).await;
+}
+
+/// A connection accepted on a TLS frontend: the handshake, within the frontend's handshake timeout, then the
+/// same exchanges as over plain TCP. A failed handshake is counted by its reason and the connection closed (rustls
+/// has sent the client its alert).
+pub async fn serve_tls_client(
+    context: Rc<WorkerContext>,
+    tcp: monoio::net::TcpStream,
+    peer: SocketAddr,
+    frontend: usize,
+    slot: crate::net::slots::Slot,
+    terminate: Terminate,
+) {
+    let _guard = context.connection_opened(frontend, slot);
+    let started = Instant::now();
+    let stream = match accept(tcp, terminate.server, &context.watchdog, terminate.handshake_timeout).await {
+        Ok(stream) => stream,
+        Err(failure) => {
+            tracing::debug!(%peer, reason = failure.reason(), error = %failure, "TLS handshake failed");
+            context.with_metrics(|metrics| metrics.tls_handshake_failed(frontend, failure.reason()));
+            return;
+        }
+    };
+    let session = stream.session();
+    context.with_metrics(|metrics| {
+        let version = session.protocol_version().and_then(|version| version.as_str());
+        let cipher = session.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str());
+        metrics.tls_handshake_done(
+            frontend,
+            version.unwrap_or("unknown"),
+            cipher.unwrap_or("unknown"),
+            session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            started.elapsed(),
+        )
+    });
+    let identity = terminate.identity_header.map(|header| {
+        let subject = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| subject_of(leaf.as_ref()));
+        (header, subject)
+    });
+    serve_connection(context, Transport::Tls(Box::new(stream)), peer, frontend, identity).await;
+}
+
+async fn serve_connection(
+    context: Rc<WorkerContext>,
+    stream: Transport,
+    peer: SocketAddr,
+    frontend: usize,
+    identity: Option<(Arc<str>, Option<String>)>,
+) {
+    let scheme = if stream.is_tls() { "https" } else { "http" };
     let mut client = BufferedStream::with_capacity(stream, &context.watchdog, CLIENT_BUFFER);
-    // Frontends change only with a restart, so the scheme holds for the connection's life.
-    let scheme = context
-        .generation()
-        .config
-        .frontends
-        .get(frontend)
-        .map_or("http", |config| config.scheme());
     let mut connection = Connection {
         peer_ip: peer.ip().to_string(),
         scheme,
+        identity,
         context,
         peer,
         frontend,
@@ -199,6 +254,7 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         peer_ip,
         frontend,
         scheme,
+        identity,
         head_bytes,
         scratch,
         request_id,
@@ -276,6 +332,10 @@ async fn serve_request(connection: &mut Connection, client: &mut BufferedStream,
         peer_ip,
         scheme,
         request_id,
+        identity: identity.as_ref().map(|(header, subject)| Identity {
+            header: header.as_bytes(),
+            subject: subject.as_deref().map(str::as_bytes),
+        }),
         started,
         request_timeout: own
             .and_then(|frontend| frontend.request_timeout)

@@ -18,7 +18,9 @@ use super::hash_key;
 use super::retry::{every_serving_backend_unhealthy, replayable, Route, Stage};
 use crate::config::PanicMode;
 use crate::http::head::{parse_response, RequestHead, ResponseHead, Version};
-use crate::http::rewrite::{write_client_response, write_upstream_request, ClientFraming, ClientSide, ResponseShape};
+use crate::http::rewrite::{
+    write_client_response, write_upstream_request, ClientFraming, ClientSide, Identity, ResponseShape,
+};
 use crate::http::{BodyFraming, Method};
 use crate::net::{BufferedStream, PipePool};
 use crate::shard::capacity::{NoRoom, Waiter};
@@ -52,9 +54,11 @@ pub struct Request<'a> {
     pub peer: SocketAddr,
     /// `peer`'s address as text, formatted once per connection.
     pub peer_ip: &'a str,
-    /// `X-Forwarded-Proto`: the frontend's scheme.
+    /// `X-Forwarded-Proto`: `https` when the client spoke TLS.
     pub scheme: &'static str,
     pub request_id: &'a str,
+    /// The client's TLS identity, on a frontend that passes it on.
+    pub identity: Option<Identity<'a>>,
     /// When the request's head was read: the start of its body's time budget and of its deadline.
     pub started: Instant,
     /// The whole request's budget up to the response head (`timeouts.request`, or the frontend's own).
@@ -422,6 +426,7 @@ pub async fn forward(
             scheme: request.scheme,
             fallback_host: &backend.authority,
             request_id: request.request_id.as_bytes(),
+            identity: request.identity,
         };
         scratch.clear();
         write_upstream_request(scratch, request.head_bytes, head, &client_side);

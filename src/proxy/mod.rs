@@ -12,5 +12,5 @@ pub mod record;
 pub mod retry;
 mod stages;
 
-pub use client::serve_client;
+pub use client::{serve_client, serve_tls_client};
 pub use error::ProxyError;

@@ -13,6 +13,7 @@ use super::generation::{Generation, Place, Snapshot};
 use super::health::HealthTable;
 use super::outcomes::{BackendTally, OutcomeReport};
 use super::request_id::RequestIds;
+use super::tls::CoreTls;
 use super::warnings::WarningGate;
 use crate::access_log::LogMessage;
 use crate::balance::dynamic;
@@ -66,6 +67,8 @@ pub struct WorkerContext {
     pub upstream_slots: Rc<Slots>,
     /// Requests waiting for a backend under its `max_connections`.
     pub capacity: Rc<CapacityQueue>,
+    /// This core's TLS server configs, one per TLS frontend.
+    pub tls: RefCell<CoreTls>,
     limits: WorkerLimits,
 }
 
@@ -126,7 +129,10 @@ impl WorkerContext {
         workers: usize,
         limits: WorkerLimits,
     ) -> WorkerContext {
+        let mut tls = CoreTls::default();
+        tls.follow(&generation.tls, &generation.identity_headers(), generation.ticket_keys.as_ref());
         WorkerContext {
+            tls: RefCell::new(tls),
             index,
             request_ids: RequestIds::new(process_seed, index),
             workers,
@@ -206,6 +212,9 @@ impl WorkerContext {
 
     fn install(&self, next: Generation) {
         next.configure_backends();
+        self.tls
+            .borrow_mut()
+            .follow(&next.tls, &next.identity_headers(), next.ticket_keys.as_ref());
         apply_health(&next, &self.health.borrow());
         // A limits change rebuilds the shard; any other change keeps what it has counted.
         if !self.rate_limit.borrow().matches(&next.config) {

@@ -14,6 +14,8 @@ use crate::balance::{Balancer, Everyone};
 use crate::config::{capacity_share, Algorithm, BackendConfig, Config, HashMethod};
 use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
+use crate::tls::termination::Termination;
+use crate::tls::tickets::TicketKeys;
 use crate::upstream::breaker::BreakerSettings;
 
 /// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
@@ -28,6 +30,10 @@ pub struct Snapshot {
     /// Each backend's sticky-session cookie value, in order (signed on the control thread; empty when sticky
     /// sessions are off).
     pub sticky_cookies: Vec<String>,
+    /// Each frontend's TLS, in order (`None`: plain HTTP), read and checked on the control thread.
+    pub tls: Vec<Option<Arc<Termination>>>,
+    /// The session-ticket keys in force when this snapshot was made (`None`: tickets off).
+    pub ticket_keys: Option<Arc<TicketKeys>>,
 }
 
 /// Which worker a generation is built for, of how many: process-wide limits are split by it.
@@ -48,6 +54,9 @@ pub struct Generation {
     pub limits: HeadLimits,
     /// Sticky sessions, when they are on.
     pub sticky: Option<StickyRoutes>,
+    /// The snapshot's TLS, which the core's [`CoreTls`](super::tls::CoreTls) follows when this is installed.
+    pub tls: Vec<Option<Arc<Termination>>>,
+    pub ticket_keys: Option<Arc<TicketKeys>>,
     place: Place,
 }
 
@@ -117,8 +126,19 @@ impl Generation {
                 max_headers: config.limits.max_headers,
             },
             sticky: StickyRoutes::new(&config.balancer.sticky, &snapshot.sticky_cookies),
+            tls: snapshot.tls.clone(),
+            ticket_keys: snapshot.ticket_keys.clone(),
             place,
         }
+    }
+
+    /// Each frontend's `client_identity_header`, in order.
+    pub fn identity_headers(&self) -> Vec<Option<String>> {
+        self.config
+            .frontends
+            .iter()
+            .map(|frontend| frontend.tls.as_ref().and_then(|tls| tls.client_identity_header.clone()))
+            .collect()
     }
 
     /// Gives every backend this generation's settings; called when it is installed.

@@ -10,6 +10,7 @@ pub mod health;
 pub mod outcomes;
 pub mod request_id;
 pub mod sticky;
+pub mod tls;
 pub mod warnings;
 
 pub use backend::{

@@ -46,6 +46,23 @@ pub struct Certificate {
     pub not_after: SystemTime,
     /// Where it was read from, for messages.
     pub cert_path: PathBuf,
+    /// The private key as read, so that each core can load a signing key of its own ([`Certificate::own_key`]).
+    secret: Secret,
+}
+
+/// A private key's DER, never printed.
+struct Secret(PrivateKeyDer<'static>);
+
+impl Clone for Secret {
+    fn clone(&self) -> Secret {
+        Secret(self.0.clone_key())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
 }
 
 impl Certificate {
@@ -100,6 +117,7 @@ impl Certificate {
                 reason: other.to_string(),
             },
         })?;
+        let secret = Secret(key.clone_key());
         let signing_key = provider
             .key_provider
             .load_private_key(key)
@@ -119,13 +137,45 @@ impl Certificate {
             names,
             not_after,
             cert_path: cert_path.to_path_buf(),
+            secret,
         })
+    }
+
+    /// The chain and a signing key of its own, loaded anew: one core's copy, whose reference counts no other
+    /// core touches on a handshake. Falls back to the shared one should loading fail (it did not on the control
+    /// thread, with the same bytes).
+    pub fn own_key(&self, provider: &CryptoProvider) -> Arc<CertifiedKey> {
+        match provider.key_provider.load_private_key(self.secret.0.clone_key()) {
+            Ok(signing_key) => Arc::new(CertifiedKey::new(self.key.cert.clone(), signing_key)),
+            Err(_) => Arc::clone(&self.key),
+        }
+    }
+
+    /// The DER of the leaf certificate.
+    pub fn leaf(&self) -> &[u8] {
+        self.key.cert.first().map_or(&[], |leaf| leaf.as_ref())
     }
 
     /// How long until it expires (zero once it has).
     pub fn expires_in(&self, now: SystemTime) -> Duration {
         self.not_after.duration_since(now).unwrap_or_default()
     }
+}
+
+/// A certificate's subject as text (`CN=alice, O=Example`), for a backend to be told who a client is. Anything
+/// but printable ASCII becomes `?`, so the text is always a valid header value.
+pub fn subject_of(der: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = parsed.subject().to_string();
+    Some(
+        subject
+            .chars()
+            .map(|character| match character {
+                ' '..='~' => character,
+                _ => '?',
+            })
+            .collect(),
+    )
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {

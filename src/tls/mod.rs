@@ -11,10 +11,17 @@
 
 pub mod certificate;
 pub mod sni;
+pub mod termination;
+pub mod tickets;
 
 use std::sync::Arc;
 
 /// The cryptography every TLS object of corelb is built with.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(provider_for_core())
+}
+
+/// A provider of a core's own (its `Arc` is counted by that core alone).
+pub fn provider_for_core() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }

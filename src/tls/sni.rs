@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -28,6 +29,19 @@ pub struct SniCertificates {
 impl SniCertificates {
     /// Indexes `certificates` (in the order listed). `strict` leaves out the default.
     pub fn new(certificates: &[Certificate], strict: bool) -> SniCertificates {
+        SniCertificates::with_keys(certificates, strict, |certificate| Arc::clone(&certificate.key))
+    }
+
+    /// As [`new`](Self::new), with signing keys of this core's own (see [`Certificate::own_key`]).
+    pub fn for_core(certificates: &[Certificate], strict: bool, provider: &CryptoProvider) -> SniCertificates {
+        SniCertificates::with_keys(certificates, strict, |certificate| certificate.own_key(provider))
+    }
+
+    fn with_keys(
+        certificates: &[Certificate],
+        strict: bool,
+        key: impl Fn(&Certificate) -> Arc<CertifiedKey>,
+    ) -> SniCertificates {
         let mut exact = FxHashMap::default();
         let mut wildcard = FxHashMap::default();
         for (index, certificate) in certificates.iter().enumerate() {
@@ -39,10 +53,7 @@ impl SniCertificates {
             }
         }
         SniCertificates {
-            keys: certificates
-                .iter()
-                .map(|certificate| Arc::clone(&certificate.key))
-                .collect(),
+            keys: certificates.iter().map(key).collect(),
             exact,
             wildcard,
             default: (!strict && !certificates.is_empty()).then_some(0),

@@ -60,6 +60,8 @@ pub enum ToWorker {
         addr: std::net::SocketAddr,
         until: Option<std::time::Instant>,
     },
+    /// New session-ticket keys (a rotation): new handshakes make tickets with them.
+    TicketKeys(Arc<crate::tls::tickets::TicketKeys>),
     /// Stop accepting, finish in-flight requests, exit.
     Shutdown,
 }

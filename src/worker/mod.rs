@@ -16,7 +16,8 @@ use monoio::net::{TcpListener, UnixStream};
 use crate::metrics::WorkerMetrics;
 use crate::net::descriptors::out_of_descriptors;
 use crate::net::listener::bind_reuseport;
-use crate::proxy::serve_client;
+use crate::proxy::{serve_client, serve_tls_client};
+use crate::shard::tls::Accept;
 pub use crate::shard::{BackendReport, Snapshot, WorkerLimits};
 use crate::shard::{BreakerNews, Generation, Outboxes, OutcomeReport, Place, WorkerContext};
 pub use messages::{Driver, FromWorker, ToWorker, WorkerReport};
@@ -330,6 +331,7 @@ async fn serve_inbox(
                 ToWorker::Health(table) => context.set_health(table),
                 ToWorker::StopTraffic { backend, until } => context.stop_traffic(&backend, until),
                 ToWorker::Eject { backend, addr, until } => context.eject(&backend, addr, until),
+                ToWorker::TicketKeys(keys) => context.tls.borrow_mut().rotate(keys),
                 ToWorker::Shutdown => return,
             }
         }
@@ -373,13 +375,30 @@ async fn accept_loop(
                 backoff = ACCEPT_BACKOFF_MIN;
                 let slot = context.client_slots.take();
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(Contained::new(serve_client(
-                    Rc::clone(&context),
-                    stream.into(),
-                    peer,
-                    frontend,
-                    slot,
-                )));
+                // Decided per connection: a frontend's TLS settings (or TLS itself) change live.
+                let accept = context.tls.borrow().accept(frontend);
+                match accept {
+                    Accept::Plain => {
+                        monoio::spawn(Contained::new(serve_client(
+                            Rc::clone(&context),
+                            stream.into(),
+                            peer,
+                            frontend,
+                            slot,
+                        )));
+                    }
+                    Accept::Tls(terminate) => {
+                        monoio::spawn(Contained::new(serve_tls_client(
+                            Rc::clone(&context),
+                            stream,
+                            peer,
+                            frontend,
+                            slot,
+                            terminate,
+                        )));
+                    }
+                    Accept::Refuse => drop((stream, slot)),
+                }
             }
             Err(_) if context.draining() => return,
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return,

@@ -1,0 +1,117 @@
+//! The frontends' TLS on the control thread. Every certificate and CA bundle a config names is read and checked
+//! here (on a job's thread for a change, on the control thread at start), so a worker never reads a file and a
+//! broken pair is refused, with the file and the reason, while the running certificates stay. A termination whose
+//! files and settings are unchanged keeps its `Arc`, so the cores keep their `ServerConfig` and session caches.
+//!
+//! Session-ticket keys are made here too and rotated every `[tls] ticket_rotation`; each rotation goes to every
+//! core ([`ToWorker::TicketKeys`](crate::worker::ToWorker::TicketKeys)) without a config version.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::config::Config;
+use crate::tls::termination::{Termination, TerminationError};
+use crate::tls::tickets::{TicketKeyError, TicketKeys};
+
+/// Reads and checks the TLS of each of `config`'s frontends, in order (`None`: plain HTTP). Each is also built
+/// into a `ServerConfig` once, so that what a core will build from it is known to build.
+pub fn load_terminations(config: &Config) -> Result<Vec<Option<Termination>>, TerminationError> {
+    let provider = crate::tls::provider();
+    let now = SystemTime::now();
+    config
+        .frontends
+        .iter()
+        .map(|frontend| {
+            let Some(tls) = &frontend.tls else {
+                return Ok(None);
+            };
+            let termination = Termination::load(&frontend.name, tls, &provider, now)?;
+            termination
+                .server_config(None)
+                .map_err(|error| TerminationError::Build {
+                    frontend: frontend.name.clone(),
+                    reason: error.to_string(),
+                })?;
+            Ok(Some(termination))
+        })
+        .collect()
+}
+
+/// The terminations to hand the cores: `loaded`, where one is the same as the running one, replaced by the
+/// running `Arc`. Also returns the names of the frontends whose TLS changed.
+pub fn keep_unchanged(
+    config: &Config,
+    running: &[Option<Arc<Termination>>],
+    loaded: Vec<Option<Termination>>,
+) -> (Vec<Option<Arc<Termination>>>, Vec<String>) {
+    let mut changed = Vec::new();
+    let kept = loaded
+        .into_iter()
+        .enumerate()
+        .map(|(index, loaded)| {
+            let previous = running.get(index).and_then(Option::as_ref);
+            match (previous, loaded) {
+                (Some(previous), Some(loaded)) if previous.same_as(&loaded) => Some(Arc::clone(previous)),
+                (previous, loaded) => {
+                    if previous.is_some() || loaded.is_some() {
+                        if let Some(frontend) = config.frontends.get(index) {
+                            changed.push(frontend.name.clone());
+                        }
+                    }
+                    loaded.map(Arc::new)
+                }
+            }
+        })
+        .collect();
+    (kept, changed)
+}
+
+/// The session-ticket keys and when they were last rotated.
+pub struct TicketRotation {
+    pub keys: Option<Arc<TicketKeys>>,
+    rotated_at: Instant,
+}
+
+impl TicketRotation {
+    /// The first keys, when `config` has session tickets on.
+    pub fn start(config: &Config) -> Result<TicketRotation, TicketKeyError> {
+        let keys = match config.tls.session_tickets {
+            true => Some(Arc::new(TicketKeys::new(config.tls.ticket_rotation)?)),
+            false => None,
+        };
+        Ok(TicketRotation {
+            keys,
+            rotated_at: Instant::now(),
+        })
+    }
+
+    /// New keys when the current ones are due (or the settings changed); `None` when nothing is to be sent.
+    pub fn due(&mut self, config: &Config, now: Instant) -> Option<Arc<TicketKeys>> {
+        let wanted = config.tls.session_tickets.then_some(config.tls.ticket_rotation);
+        let next = match (&self.keys, wanted) {
+            (None, None) => return None,
+            (Some(_), None) => {
+                // Tickets switched off (a config change, whose snapshot then carries no keys).
+                self.keys = None;
+                return None;
+            }
+            (None, Some(rotation)) => TicketKeys::new(rotation),
+            (Some(keys), Some(rotation)) if keys.rotation != rotation => keys.rotated(rotation),
+            (Some(keys), Some(rotation)) if now.duration_since(self.rotated_at) >= rotation => keys.rotated(rotation),
+            (Some(_), Some(_)) => return None,
+        };
+        match next {
+            Ok(next) => {
+                let next = Arc::new(next);
+                self.keys = Some(Arc::clone(&next));
+                self.rotated_at = now;
+                Some(next)
+            }
+            Err(error) => {
+                tracing::error!(%error, "session-ticket keys not rotated; the current ones stay");
+                self.rotated_at = now;
+                None
+            }
+        }
+    }
+}
