@@ -132,6 +132,7 @@ fn header_rewriting(c: &mut Criterion) {
         scheme: "http",
         fallback_host: b"127.0.0.1:9001",
         request_id: b"7b81f6eddd7c-0-2a",
+        identity: None,
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("write_upstream_request", |bench| {

@@ -48,6 +48,9 @@ enum Verb {
     Rollback { version: Option<u64> },
     /// Change the log level: error, warn, info, debug or trace.
     LogLevel { level: String },
+    /// Reload or list the TLS certificates.
+    #[command(subcommand)]
+    Cert(CertVerb),
     /// Replace the backend set in batches; without --to, shows the rollout's status.
     Rollout(RolloutArgs),
     /// Merged metrics as a summary: request rate over --interval, latency quantiles, errors, per-backend split.
@@ -88,6 +91,15 @@ enum BackendVerb {
     },
     /// Send no new requests to a backend; requests in flight finish.
     Drain { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertVerb {
+    /// Read every TLS frontend's certificate files again (new handshakes get the new ones; a broken pair is
+    /// refused and the old one stays).
+    Reload,
+    /// The certificates in force, with their names and days to expiry.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +159,8 @@ fn request_for(verb: &Verb) -> Result<Command, String> {
         },
         Verb::Backend(BackendVerb::Drain { id }) => Command::BackendDrain { id: id.clone() },
         Verb::Versions => Command::Versions,
+        Verb::Cert(CertVerb::Reload) => Command::CertReload,
+        Verb::Cert(CertVerb::List) => Command::Certificates,
         Verb::Rollback { version } => Command::Rollback { version: *version },
         Verb::LogLevel { level } => Command::LogLevel { level: level.clone() },
         Verb::Metrics { .. } => Command::MetricsSummary,
@@ -333,6 +347,28 @@ fn print_backends(backends: &Value) {
 }
 
 /// The configured weight, and with dynamic weights on the effective one: `3 (1.24)`.
+fn print_certificates(result: &Value) {
+    let mut rows = Vec::new();
+    for frontend in result["frontends"].as_array().into_iter().flatten() {
+        for certificate in frontend["certificates"].as_array().into_iter().flatten() {
+            let names: Vec<&str> = certificate["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let days = certificate["expires_in_seconds"].as_f64().unwrap_or(0.0) / 86_400.0;
+            rows.push(vec![
+                text(frontend, "frontend"),
+                names.join(","),
+                format!("{days:.1}"),
+                text(certificate, "cert"),
+            ]);
+        }
+    }
+    print_table(&["FRONTEND", "NAMES", "DAYS-LEFT", "CERT"], &rows);
+}
+
 fn weight_text(backend: &Value) -> String {
     let weight = text(backend, "weight");
     match backend
@@ -479,6 +515,7 @@ fn print_result(verb: &Verb, result: &Value) {
                 .collect();
             print_table(&["BACKEND", "REQUESTS", "CONN-NEW", "CONN-REUSED"], &rows);
         }
+        Verb::Cert(CertVerb::List) => print_certificates(result),
         Verb::Rollout(_) => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
         _ => {
             let changes: Vec<String> = result

@@ -264,10 +264,14 @@ fn check_identity_header(name: &str) -> Result<(), String> {
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
     if !token {
-        return Err(format!("{name:?} is not a header name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~"));
+        return Err(format!(
+            "{name:?} is not a header name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~"
+        ));
     }
     if crate::http::rewrite::is_rewritten(name.as_bytes()) {
-        return Err(format!("{name:?} is a header corelb sets or removes itself; choose another name"));
+        return Err(format!(
+            "{name:?} is a header corelb sets or removes itself; choose another name"
+        ));
     }
     Ok(())
 }
@@ -1097,7 +1101,11 @@ mod tests {
         assert_eq!(config.frontends[0].scheme(), "http");
         let secure = config.frontends[1].tls.as_ref().unwrap();
         assert_eq!(config.frontends[1].scheme(), "https");
-        let certs: Vec<&str> = secure.certificates.iter().map(|files| files.cert.to_str().unwrap()).collect();
+        let certs: Vec<&str> = secure
+            .certificates
+            .iter()
+            .map(|files| files.cert.to_str().unwrap())
+            .collect();
         assert_eq!(certs, ["a.pem", "b.pem"]);
         assert!(secure.strict_sni);
         assert_eq!(secure.min_version, TlsVersion::Tls13);
@@ -1116,7 +1124,10 @@ mod tests {
     #[test]
     fn a_tls_frontend_that_cannot_serve_is_refused_by_key() {
         for (tls, expected) in [
-            ("{}", "frontends[0].tls.certificates: a TLS frontend needs a certificate"),
+            (
+                "{}",
+                "frontends[0].tls.certificates: a TLS frontend needs a certificate",
+            ),
             ("{ cert = \"a.pem\" }", "frontends[0].tls.key: a cert needs its key"),
             (
                 "{ cert = \"a.pem\", key = \"a.key\", client_auth = \"required\" }",
@@ -1134,10 +1145,17 @@ mod tests {
                 "{ cert = \"a.pem\", key = \"a.key\", client_identity_header = \"bad name\" }",
                 "is not a header name",
             ),
-            ("{ cert = \"a.pem\", key = \"a.key\", handshake_timeout = \"0s\" }", "handshake_timeout"),
-            ("{ cert = \"a.pem\", key = \"a.key\", ciphers = \"ALL\" }", "frontends[0].tls.ciphers: unknown key"),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", handshake_timeout = \"0s\" }",
+                "handshake_timeout",
+            ),
+            (
+                "{ cert = \"a.pem\", key = \"a.key\", ciphers = \"ALL\" }",
+                "frontends[0].tls.ciphers: unknown key",
+            ),
         ] {
-            let text = format!("[[frontends]]\nport = 8443\ntls = {tls}\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n");
+            let text =
+                format!("[[frontends]]\nport = 8443\ntls = {tls}\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n");
             let errors = parse_config(&text).unwrap_err().to_string();
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }

@@ -707,10 +707,17 @@ pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
     {
         *path = folder.join(&*path);
     }
-    let tls_paths = config.frontends.iter_mut().filter_map(|frontend| frontend.tls.as_mut()).flat_map(|tls| {
-        let certificates = tls.certificates.iter_mut().flat_map(|files| [&mut files.cert, &mut files.key]);
-        certificates.chain(tls.client_ca.as_mut())
-    });
+    let tls_paths = config
+        .frontends
+        .iter_mut()
+        .filter_map(|frontend| frontend.tls.as_mut())
+        .flat_map(|tls| {
+            let certificates = tls
+                .certificates
+                .iter_mut()
+                .flat_map(|files| [&mut files.cert, &mut files.key]);
+            certificates.chain(tls.client_ca.as_mut())
+        });
     let defaults = [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.ca];
     for path in tls_paths.chain(defaults.into_iter().flatten()) {
         if path.is_relative() {

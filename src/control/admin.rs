@@ -233,6 +233,8 @@ fn route(request: &ApiRequest) -> Result<Command, CommandError> {
             Ok(Command::ConfigApply { toml })
         }
         ("GET", ["api", "v1", "versions"]) => Ok(Command::Versions),
+        ("GET", ["api", "v1", "certificates"]) => Ok(Command::Certificates),
+        ("POST", ["api", "v1", "certificates", "reload"]) => Ok(Command::CertReload),
         ("POST", ["api", "v1", "rollback"]) => {
             let RollbackTo { version } = json_body(&request.body)?;
             Ok(Command::Rollback { version })

@@ -16,10 +16,10 @@ use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Resolved, Work};
 use super::tls::keep_unchanged;
-use crate::tls::termination::Termination;
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
+use crate::tls::termination::Termination;
 use crate::worker::Snapshot;
 
 /// How long a config read or a name lookup may take before the change that waits for it is refused.
@@ -133,6 +133,7 @@ pub fn changes_config(command: &Command) -> bool {
         command,
         Command::ConfigApply { .. }
             | Command::Reload
+            | Command::CertReload
             | Command::BackendAdd { .. }
             | Command::BackendRemove { .. }
             | Command::BackendSet { .. }
@@ -324,7 +325,11 @@ impl Control {
         if changes.is_empty() && reloaded.is_empty() && ticket.label.is_none() {
             return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
         }
-        changes.extend(reloaded.iter().map(|frontend| format!("frontend {frontend} TLS reloaded")));
+        changes.extend(
+            reloaded
+                .iter()
+                .map(|frontend| format!("frontend {frontend} TLS reloaded")),
+        );
         self.apply(*candidate, addresses, sticky_key, tls, changes, ticket)
     }
 

@@ -73,6 +73,10 @@ pub enum Command {
     MetricsSummary,
     /// corelb's own health: backends that can serve.
     Health,
+    /// Read every TLS frontend's certificate files again; a broken one is refused and the old one stays.
+    CertReload,
+    /// The certificates in force: per frontend, each one's files, names and expiry.
+    Certificates,
 }
 
 fn one() -> usize {
@@ -136,6 +140,7 @@ impl Command {
                 | Command::Metrics
                 | Command::MetricsSummary
                 | Command::Health
+                | Command::Certificates
         )
     }
 }

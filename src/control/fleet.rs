@@ -257,6 +257,8 @@ mod tests {
             backend_addrs: vec!["127.0.0.1:9".parse().unwrap()],
             frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
             sticky_cookies: Vec::new(),
+            tls: Vec::new(),
+            ticket_keys: None,
         })
     }
 

@@ -332,6 +332,8 @@ impl Control {
             Command::Metrics => Ok(Value::String(self.metrics_text())),
             Command::MetricsSummary => Ok(self.metrics_summary()),
             Command::Health => Ok(self.health()),
+            Command::Certificates => Ok(self.certificates()),
+            Command::CertReload => return self.cert_reload(source, asker),
         };
         asker.tell(result);
     }
@@ -351,6 +353,24 @@ impl Control {
             ));
         }
         Ok(())
+    }
+
+    /// `cert reload`: the running config proposed again, which reads every certificate file again (see
+    /// [`Control::propose`]); only what changed is handed to the cores.
+    fn cert_reload(&mut self, source: Source, asker: Asker) {
+        if !self.config.frontends.iter().any(|frontend| frontend.tls.is_some()) {
+            return asker.tell(Err(CommandError::new(
+                ErrorKind::NotFound,
+                "no frontend terminates TLS: there is no certificate to reload",
+            )));
+        }
+        let ticket = Ticket {
+            source,
+            label: None,
+            reload: false,
+            then: Then::Tell(asker),
+        };
+        self.propose(self.config.as_ref().clone(), ticket);
     }
 
     /// A command that edits the config (`state::apply`), then goes the way of every change.

@@ -76,7 +76,10 @@ impl Control {
         }
         let sticky_key = StickyKey::random()?;
         let file_key = file_key(&config).transpose()?;
-        let tls = load_terminations(&config)?.into_iter().map(|tls| tls.map(Arc::new)).collect();
+        let tls = load_terminations(&config)?
+            .into_iter()
+            .map(|tls| tls.map(Arc::new))
+            .collect();
         let tickets = TicketRotation::start(&config)?;
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot {

@@ -49,7 +49,9 @@ pub fn apply(current: &Config, command: &Command, folder: &Path) -> Result<Confi
         | Command::RolloutAbort
         | Command::Metrics
         | Command::MetricsSummary
-        | Command::Health => Err(CommandError::invalid_request(format!(
+        | Command::Health
+        | Command::CertReload
+        | Command::Certificates => Err(CommandError::invalid_request(format!(
             "{} does not edit the config",
             command.name()
         ))),

@@ -44,6 +44,39 @@ impl Control {
         render(&merged, &figures)
     }
 
+    /// `certificates`: per TLS frontend, each certificate in force with its files, names and expiry.
+    pub(super) fn certificates(&self) -> Value {
+        let now = std::time::SystemTime::now();
+        let frontends = self.config.frontends.iter().zip(&self.snapshot.tls);
+        let listed: Vec<Value> = frontends
+            .filter_map(|(frontend, tls)| tls.as_ref().map(|tls| (frontend, tls)))
+            .map(|(frontend, tls)| {
+                let certificates: Vec<Value> = tls
+                    .certificates
+                    .iter()
+                    .map(|certificate| {
+                        let left = match certificate.not_after.duration_since(now) {
+                            Ok(left) => left.as_secs_f64(),
+                            Err(past) => -past.duration().as_secs_f64(),
+                        };
+                        json!({
+                            "cert": certificate.cert_path.display().to_string(),
+                            "names": certificate.names,
+                            "expires_in_seconds": left.floor(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "frontend": frontend.name,
+                    "strict_sni": tls.strict_sni,
+                    "client_auth": tls.client_auth.name(),
+                    "certificates": certificates,
+                })
+            })
+            .collect();
+        json!({ "version": self.snapshot.version, "frontends": listed })
+    }
+
     /// Each certificate in force: its frontend, its file and the seconds until it expires.
     fn certificate_expiries(&self) -> Vec<(String, String, f64)> {
         let now = std::time::SystemTime::now();

@@ -326,7 +326,8 @@ mod tests {
 
     #[test]
     fn the_identity_header_is_the_verified_one_never_the_clients() {
-        let text = "GET / HTTP/1.1\r\nHost: a\r\nx-client-subject: CN=forged\r\nX-Client-Subject: CN=forged too\r\n\r\n";
+        let text =
+            "GET / HTTP/1.1\r\nHost: a\r\nx-client-subject: CN=forged\r\nX-Client-Subject: CN=forged too\r\n\r\n";
         let verified = forward_with(
             text,
             Some(Identity {
@@ -335,7 +336,10 @@ mod tests {
             }),
         );
         assert!(!verified.contains("forged"), "{verified}");
-        assert!(verified.contains("\r\nX-Client-Subject: CN=alice,O=Example\r\n"), "{verified}");
+        assert!(
+            verified.contains("\r\nX-Client-Subject: CN=alice,O=Example\r\n"),
+            "{verified}"
+        );
         let anonymous = forward_with(
             text,
             Some(Identity {
@@ -343,7 +347,10 @@ mod tests {
                 subject: None,
             }),
         );
-        assert!(!anonymous.to_ascii_lowercase().contains("x-client-subject"), "{anonymous}");
+        assert!(
+            !anonymous.to_ascii_lowercase().contains("x-client-subject"),
+            "{anonymous}"
+        );
         // Without the setting, the field is an ordinary one.
         assert!(forward(text).contains("CN=forged"));
     }

@@ -260,7 +260,11 @@ impl WorkerMetrics {
         resumed: bool,
         took: Duration,
     ) {
-        *self.tls.handshakes.entry((frontend, version, cipher, resumed)).or_insert(0) += 1;
+        *self
+            .tls
+            .handshakes
+            .entry((frontend, version, cipher, resumed))
+            .or_insert(0) += 1;
         self.tls.duration.observe(took.as_secs_f64());
     }
 

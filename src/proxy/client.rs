@@ -13,15 +13,15 @@ use super::linger::linger_close;
 use super::local::{answer_health, is_health_request, respond_rate_limited, respond_with_error, ReplyTo};
 use super::record::{finish, Outcome};
 use crate::http::head::{parse_request, RequestHead, Version};
-use crate::http::Method;
 use crate::http::rewrite::Identity;
+use crate::http::Method;
 use crate::net::tls::accept;
 use crate::net::transport::Transport;
-use crate::shard::tls::Terminate;
-use crate::tls::certificate::subject_of;
 use crate::net::BufferedStream;
 use crate::shard::request_id::is_well_formed;
+use crate::shard::tls::Terminate;
 use crate::shard::{Generation, WorkerContext};
+use crate::tls::certificate::subject_of;
 
 /// Initial read buffer of a client connection: most request heads fit; it grows when one does not.
 const CLIENT_BUFFER: usize = 2048;
@@ -137,7 +137,9 @@ pub async fn serve_tls_client(
     let session = stream.session();
     context.with_metrics(|metrics| {
         let version = session.protocol_version().and_then(|version| version.as_str());
-        let cipher = session.negotiated_cipher_suite().and_then(|suite| suite.suite().as_str());
+        let cipher = session
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str());
         metrics.tls_handshake_done(
             frontend,
             version.unwrap_or("unknown"),

@@ -69,6 +69,8 @@ mod tests {
             backend_addrs: vec![backend],
             frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
             sticky_cookies: Vec::new(),
+            tls: Vec::new(),
+            ticket_keys: None,
         };
         let names: Vec<String> = config.frontends.iter().map(|frontend| frontend.name.clone()).collect();
         let mut metrics = WorkerMetrics::new(0, &names);

@@ -130,7 +130,11 @@ impl WorkerContext {
         limits: WorkerLimits,
     ) -> WorkerContext {
         let mut tls = CoreTls::default();
-        tls.follow(&generation.tls, &generation.identity_headers(), generation.ticket_keys.as_ref());
+        tls.follow(
+            &generation.tls,
+            &generation.identity_headers(),
+            generation.ticket_keys.as_ref(),
+        );
         WorkerContext {
             tls: RefCell::new(tls),
             index,
@@ -503,6 +507,8 @@ mod tests {
             backend_addrs: vec!["127.0.0.1:9".parse().unwrap()],
             frontend_addrs: vec!["127.0.0.1:1".parse().unwrap()],
             sticky_cookies: Vec::new(),
+            tls: Vec::new(),
+            ticket_keys: None,
         }
     }
 

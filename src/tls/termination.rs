@@ -30,10 +30,7 @@ const SESSION_CACHE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum TerminationError {
     #[error("frontend {frontend:?}: {source}")]
-    Certificate {
-        frontend: String,
-        source: CertificateError,
-    },
+    Certificate { frontend: String, source: CertificateError },
     #[error("frontend {frontend:?}: {path}: cannot read the client CA bundle: {source}")]
     ReadCa {
         frontend: String,
@@ -139,7 +136,9 @@ impl Termination {
                 } else {
                     builder
                 };
-                builder.build().map_err(|error| rustls::Error::General(error.to_string()))?
+                builder
+                    .build()
+                    .map_err(|error| rustls::Error::General(error.to_string()))?
             }
         };
         let resolver = SniCertificates::for_core(&self.certificates, self.strict_sni, &provider);
@@ -241,7 +240,10 @@ mod tests {
         strict.strict_sni = true;
         assert!(!first.same_as(&load(&strict).unwrap()));
         write_pair(&folder, "site", &["a.test"]);
-        assert!(!first.same_as(&load(&config).unwrap()), "a new certificate in the same file");
+        assert!(
+            !first.same_as(&load(&config).unwrap()),
+            "a new certificate in the same file"
+        );
         let core = first.server_config(None).unwrap();
         assert_eq!(core.alpn_protocols, [b"http/1.1".to_vec()]);
         let _ = std::fs::remove_dir_all(folder);
@@ -265,7 +267,10 @@ mod tests {
         mutual.client_auth = ClientAuth::Required;
         mutual.client_ca = Some(folder.join("missing-ca.pem"));
         let error = load(&mutual).unwrap_err().to_string();
-        assert!(error.contains("missing-ca.pem: cannot read the client CA bundle"), "{error}");
+        assert!(
+            error.contains("missing-ca.pem: cannot read the client CA bundle"),
+            "{error}"
+        );
         std::fs::write(folder.join("empty-ca.pem"), "").unwrap();
         mutual.client_ca = Some(folder.join("empty-ca.pem"));
         let error = load(&mutual).unwrap_err().to_string();

@@ -16,11 +16,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
 
-/// One ticket key: its id (carried in every ticket it made) and its secret.
+/// One ticket key: its id (carried in every ticket it made) and its expanded AES key. Each core clones it into
+/// its own ticketer (a copy of the key schedule, nothing shared).
 #[derive(Clone)]
 struct TicketKey {
     id: [u8; KEY_ID_LEN],
-    secret: [u8; 32],
+    key: LessSafeKey,
 }
 
 impl TicketKey {
@@ -29,7 +30,11 @@ impl TicketKey {
         let mut secret = [0u8; 32];
         rng.fill(&mut id).map_err(|_| TicketKeyError)?;
         rng.fill(&mut secret).map_err(|_| TicketKeyError)?;
-        Ok(TicketKey { id, secret })
+        let unbound = UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| TicketKeyError)?;
+        Ok(TicketKey {
+            id,
+            key: LessSafeKey::new(unbound),
+        })
     }
 }
 
@@ -95,9 +100,7 @@ impl std::fmt::Debug for CoreTicketer {
 }
 
 fn sealing_key(key: &TicketKey) -> ([u8; KEY_ID_LEN], LessSafeKey) {
-    // A 32-byte secret is always a valid AES-256 key.
-    let unbound = UnboundKey::new(&AES_256_GCM, &key.secret).expect("a 32-byte AES-256-GCM key");
-    (key.id, LessSafeKey::new(unbound))
+    (key.id, key.key.clone())
 }
 
 impl CoreTicketer {
