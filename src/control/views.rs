@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::rollout::Rollout;
 use super::{Control, REPORT_TIMEOUT};
+use crate::config::names::Choice as _;
 use crate::metrics::render::{render, ControlFigures};
 use crate::metrics::{Merged, WorkerMetrics};
 use crate::shard::DynamicReport;

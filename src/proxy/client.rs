@@ -136,7 +136,11 @@ pub async fn serve_tls_client(
     };
     let session = stream.session();
     context.with_metrics(|metrics| {
-        let version = session.protocol_version().and_then(|version| version.as_str());
+        let version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("1.2"),
+            _ => None,
+        };
         let cipher = session
             .negotiated_cipher_suite()
             .and_then(|suite| suite.suite().as_str());
