@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{load_config, IoDriverChoice, LoadError};
-use crate::control::{resolve_backends, Control};
+use crate::control::{load_terminations, resolve_backends, Control};
 
 /// Exit status for a config that cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -94,6 +94,14 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("error: {} is invalid:\n{error}", path.display());
         return ExitCode::from(EXIT_CONFIG);
     }
+    let terminations = match load_terminations(&config) {
+        Ok(terminations) => terminations,
+        Err(error) => {
+            eprintln!("error: {} is invalid:\n{error}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    report_certificates(&config, &terminations);
     println!(
         "{}: ok ({} frontend(s), {} backend(s), {:?})",
         path.display(),
@@ -102,6 +110,33 @@ fn check(path: &Path) -> ExitCode {
         config.balancer.algorithm
     );
     ExitCode::SUCCESS
+}
+
+/// Each certificate in force, with what is worth knowing about it (expiring soon, a chain out of order) as
+/// warnings: they do not fail the check.
+fn report_certificates(config: &crate::config::Config, terminations: &[Option<crate::tls::termination::Termination>]) {
+    let now = std::time::SystemTime::now();
+    for (frontend, termination) in config.frontends.iter().zip(terminations) {
+        let Some(termination) = termination else {
+            continue;
+        };
+        for certificate in &termination.certificates {
+            println!(
+                "frontend {}: {} for {} expires in {} day(s)",
+                frontend.name,
+                certificate.cert_path.display(),
+                certificate.names.join(", "),
+                certificate.expires_in(now).as_secs() / 86_400
+            );
+            for finding in crate::tls::audit::findings(certificate, now) {
+                eprintln!(
+                    "warning: frontend {}: {}: {finding}",
+                    frontend.name,
+                    certificate.cert_path.display()
+                );
+            }
+        }
+    }
 }
 
 fn run(args: &RunArgs) -> ExitCode {

@@ -66,9 +66,28 @@ impl Authority {
         self.issue(&[], common_name, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A server certificate for `names` that expires `days` from now.
+    fn server_expiring_in(&self, names: &[&str], days: i64) -> Issued {
+        self.issue_until(names, names[0], ExtendedKeyUsagePurpose::ServerAuth, Some(days))
+    }
+
     fn issue(&self, names: &[&str], common_name: &str, usage: ExtendedKeyUsagePurpose) -> Issued {
+        self.issue_until(names, common_name, usage, None)
+    }
+
+    fn issue_until(
+        &self,
+        names: &[&str],
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        days: Option<i64>,
+    ) -> Issued {
         let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
+        if let Some(days) = days {
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        }
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
@@ -858,4 +877,131 @@ fn certificate_expiry_is_a_gauge_per_certificate() {
     );
     // rcgen's default validity runs to 4096; anything over a year shows the gauge reads the certificate.
     assert!(seconds > 365.0 * 86_400.0, "{seconds}");
+}
+
+/// Handshakes until one shows `expected` (10 s at most): for changes that land a moment after the files do.
+fn wait_for_certificate(addr: SocketAddr, expected: &CertificateDer<'static>, what: &str) {
+    let anything = ClientSetup::trusting_anything().build();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let client = TlsClient::connect(addr, &anything, "secure.test").unwrap();
+        if client.server_certificate() == *expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_watched_certificate_replaced_on_disk_is_served_without_a_command() {
+    let ca = Authority::new("corelb test CA");
+    let files = Files::new();
+    let first = ca.server(&["secure.test"]);
+    let (cert, key) = files.write("secure", &first);
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&tls_config(
+        &backend,
+        2,
+        &one_certificate(&cert, &key),
+        "[tls]\nwatch = \"100ms\"\n",
+    ));
+    let config = ClientSetup::trusting(&ca).build();
+    let mut kept = TlsClient::connect(corelb.addr, &config, "secure.test").unwrap();
+    assert_eq!(kept.get("/", "").unwrap().status, 200);
+
+    let second = ca.server(&["secure.test"]);
+    files.replace("secure", &second);
+    wait_for_certificate(corelb.addr, &second.der, "the renewed certificate");
+    assert_eq!(
+        kept.get("/", "").unwrap().status,
+        200,
+        "a connection from before keeps working"
+    );
+
+    // A broken pair is refused (and logged); the renewed one stays.
+    std::fs::write(&key, ca.server(&["secure.test"]).key_pem).unwrap();
+    corelb.process.clone_output_wait("reload refused");
+    let client = TlsClient::connect(corelb.addr, &ClientSetup::trusting_anything().build(), "secure.test").unwrap();
+    assert!(client.server_certificate() == second.der);
+    let (code, out, _) = corelb.ctl(&["versions"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("certificate watch"),
+        "the change is recorded as the watch's: {out}"
+    );
+}
+
+#[test]
+fn cert_list_names_each_certificate_and_its_days_left() {
+    let ca = Authority::new("corelb test CA");
+    let files = Files::new();
+    let (cert, key) = files.write(
+        "secure",
+        &ca.server_expiring_in(&["secure.test", "www.secure.test"], 20),
+    );
+    let backend = Backend::start("a");
+    let corelb = Corelb::start(&tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    let (code, out, err) = corelb.ctl(&["cert", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .find(|line| line.starts_with("web"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("secure.test,www.secure.test"), "{row}");
+    assert!(
+        row.contains(" 19.") || row.contains(" 20.0"),
+        "about 20 days left: {row}"
+    );
+    assert!(row.contains("secure.pem"), "{row}");
+    let reply = corelb.control(serde_json::json!({"cmd": "certificates"}));
+    let listed = &reply["result"]["frontends"][0];
+    assert_eq!(listed["frontend"], "web");
+    assert_eq!(listed["certificates"][0]["names"][1], "www.secure.test");
+}
+
+/// Runs `corelb check` on `config`; returns (exit code, stdout, stderr).
+fn check(files: &Files, config: &str) -> (i32, String, String) {
+    let path = files.write_text("check.toml", config);
+    let output = std::process::Command::new(common::CORELB)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_validates_certificates_and_warns_before_they_expire() {
+    let ca = Authority::new("corelb test CA");
+    let files = Files::new();
+    let backend = Backend::start("a");
+
+    let (cert, key) = files.write("fine", &ca.server(&["secure.test"]));
+    let (code, out, err) = check(&files, &tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("fine.pem for secure.test expires in"), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    let (cert, key) = files.write("soon", &ca.server_expiring_in(&["secure.test"], 5));
+    let (code, _, err) = check(&files, &tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    assert_eq!(code, 0, "a warning does not fail the check: {err}");
+    assert!(
+        err.contains("warning: frontend web:") && err.contains("soon.pem: expires in"),
+        "{err}"
+    );
+
+    let (cert, _) = files.write("mismatched", &ca.server(&["secure.test"]));
+    let (_, other_key) = files.write("other", &ca.server(&["secure.test"]));
+    let (code, _, err) = check(
+        &files,
+        &tls_config(&backend, 1, &one_certificate(&cert, &other_key), ""),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("other.key") && err.contains("mismatched.pem"), "{err}");
 }

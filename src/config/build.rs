@@ -750,6 +750,7 @@ fn tls(top: &mut Section, errors: &mut ConfigErrors) -> TlsConfig {
         client_auth: section.choice("client_auth", ClientAuth::None, errors),
         session_tickets: section.or("session_tickets", true, errors),
         ticket_rotation: section.positive_duration("ticket_rotation", Duration::from_secs(6 * 3600), errors),
+        watch: section.or("watch", Duration::ZERO, errors),
     };
     section.finish(errors);
     config

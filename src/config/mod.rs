@@ -509,6 +509,9 @@ pub struct TlsConfig {
     pub session_tickets: bool,
     /// How long a ticket key makes tickets before the next replaces it (tickets live one to two of these).
     pub ticket_rotation: Duration,
+    /// How often the control thread looks at the certificate, key and CA files for a change, and reloads them when
+    /// one changed (`0s`: never; `cert reload`, `reload` and SIGHUP still do).
+    pub watch: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

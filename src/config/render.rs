@@ -256,10 +256,11 @@ pub fn to_toml(config: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "client_auth = \"{}\"\nsession_tickets = {}\nticket_rotation = \"{}\"\n",
+        "client_auth = \"{}\"\nsession_tickets = {}\nticket_rotation = \"{}\"\nwatch = \"{}\"\n",
         tls.client_auth.name(),
         tls.session_tickets,
-        format_duration(tls.ticket_rotation)
+        format_duration(tls.ticket_rotation),
+        format_duration(tls.watch)
     );
     let limit = &config.ratelimit;
     let allow: Vec<String> = limit.allow.iter().map(|block| quote(&block.to_string())).collect();

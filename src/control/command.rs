@@ -158,6 +158,8 @@ pub enum Source {
     Api { peer: String },
     /// A rollout step.
     Rollout,
+    /// The certificate files changed on disk (`[tls] watch`).
+    Watch,
 }
 
 impl Source {
@@ -169,6 +171,7 @@ impl Source {
             Source::Socket { uid: None } => "socket".to_string(),
             Source::Api { peer } => format!("api ({peer})"),
             Source::Rollout => "rollout".to_string(),
+            Source::Watch => "certificate watch".to_string(),
         }
     }
 }

@@ -29,6 +29,8 @@ mod start;
 mod state;
 mod sticky;
 mod tls;
+
+pub use tls::load_terminations;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -170,6 +172,8 @@ pub struct Control {
     sticky_key: sticky::StickyKey,
     /// The session-ticket keys every core uses, and their rotation.
     tickets: tls::TicketRotation,
+    /// `[tls] watch`: the certificate files as last seen.
+    cert_watch: tls::CertificateWatch,
 }
 
 /// The note a weight change gets when the balancer ignores weights.
@@ -261,6 +265,10 @@ impl Control {
             if let Some(keys) = self.tickets.due(&self.config, Instant::now()) {
                 tracing::info!("session-ticket keys rotated");
                 let _ = self.fleet.send_each(|_| ToWorker::TicketKeys(Arc::clone(&keys)));
+            }
+            if self.cert_watch.changed(&self.config, Instant::now()) {
+                tracing::info!("a certificate file changed; reloading the certificates");
+                self.execute(Command::CertReload, Source::Watch, Asker::Signal);
             }
             if self.last_rebalance.elapsed() >= REBALANCE_INTERVAL {
                 self.last_rebalance = Instant::now();

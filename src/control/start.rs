@@ -18,7 +18,7 @@ use super::fleet::Fleet;
 use super::history::{History, VersionRecord};
 use super::jobs::Jobs;
 use super::resolve::resolve_backends;
-use super::tls::{load_terminations, TicketRotation};
+use super::tls::{load_terminations, CertificateWatch, TicketRotation};
 use super::{listeners, socket, Control, StartError};
 use crate::config::{Config, IoDriverChoice, Workers};
 use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
@@ -81,6 +81,7 @@ impl Control {
             .map(|tls| tls.map(Arc::new))
             .collect();
         let tickets = TicketRotation::start(&config)?;
+        let cert_watch = CertificateWatch::start(&config);
         let config = Arc::new(config);
         let snapshot = Arc::new(Snapshot {
             version: 1,
@@ -168,6 +169,7 @@ impl Control {
             ejections: Ejections::new(outcome_reports, process_seed),
             sticky_key,
             tickets,
+            cert_watch,
         };
         let mut ready = 0;
         while ready < count {

@@ -5,7 +5,13 @@
 //!
 //! Session-ticket keys are made here too and rotated every `[tls] ticket_rotation`; each rotation goes to every
 //! core ([`ToWorker::TicketKeys`](crate::worker::ToWorker::TicketKeys)) without a config version.
+//!
+//! With `[tls] watch`, the files are looked at (size, modification time, inode) that often, and a change reloads
+//! them as `cert reload` does: a certificate manager that renames a new pair into place is picked up without a
+//! signal. A pair caught half-written is refused and tried again at the next change.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -114,4 +120,62 @@ impl TicketRotation {
             }
         }
     }
+}
+
+/// One watched file as last seen: its size, modification time and inode (`None`: it could not be read).
+type FileStamp = (PathBuf, Option<(u64, SystemTime, u64)>);
+
+/// `[tls] watch`: the TLS files as last seen, and when.
+pub struct CertificateWatch {
+    looked_at: Instant,
+    seen: Vec<FileStamp>,
+}
+
+impl CertificateWatch {
+    pub fn start(config: &Config) -> CertificateWatch {
+        CertificateWatch {
+            looked_at: Instant::now(),
+            seen: stamps(config),
+        }
+    }
+
+    /// Whether a file `config`'s TLS reads changed since the last look; looks once every `[tls] watch` at most.
+    pub fn changed(&mut self, config: &Config, now: Instant) -> bool {
+        let every = config.tls.watch;
+        if every.is_zero() || now.duration_since(self.looked_at) < every {
+            return false;
+        }
+        self.looked_at = now;
+        let stamps = stamps(config);
+        if stamps == self.seen {
+            return false;
+        }
+        self.seen = stamps;
+        true
+    }
+}
+
+/// Every certificate, key and client CA file of `config`'s TLS frontends, as it is now.
+fn stamps(config: &Config) -> Vec<FileStamp> {
+    let mut paths = Vec::new();
+    for tls in config.frontends.iter().filter_map(|frontend| frontend.tls.as_ref()) {
+        for files in &tls.certificates {
+            paths.push(files.cert.clone());
+            paths.push(files.key.clone());
+        }
+        paths.extend(tls.client_ca.clone());
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let stamp = std::fs::metadata(&path).ok().map(|meta| {
+                (
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.ino(),
+                )
+            });
+            (path, stamp)
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@
 //! covers what termination needs: TLS 1.3 and 1.2, ECDSA P-256/P-384, Ed25519 and RSA keys, AES-GCM and
 //! ChaCha20-Poly1305.
 
+pub mod audit;
 pub mod certificate;
 pub mod sni;
 pub mod termination;
