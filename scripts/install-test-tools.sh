@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, idempotently: promtool (Debian's prometheus
-# package), which checks the /metrics output, and a C compiler for the resolver shim of tests/control.rs. Run by `make test`; does nothing when everything is present.
+# package), which checks the /metrics output, openssl for the development certificates, and a C compiler for the resolver shim of tests/control.rs. Run by `make test`; does nothing when everything is present.
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # A C compiler builds the resolver shim with which a test makes a DNS lookup hang (tests/control.rs).
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# openssl makes the development CA and certificate of `make run` (scripts/dev-certs.sh), which the repository's
+# config.toml names and tests/cli.rs checks.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0

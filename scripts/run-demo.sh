@@ -10,6 +10,8 @@ if [[ ! -x "$BIN/corelb" || ! -x "$BIN/corelb-backend" ]]; then
     cargo build --release --bins
 fi
 
+scripts/dev-certs.sh
+
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -22,7 +24,7 @@ for id in 1 2 3; do
     pids+=("$!")
 done
 
-echo "example backends on 127.0.0.1:9001-9003; starting corelb on $CONFIG (try: curl http://127.0.0.1:8080/)" >&2
+echo "example backends on 127.0.0.1:9001-9003; starting corelb on $CONFIG (try: curl http://127.0.0.1:8080/ or curl https://localhost:8443/ --cacert deploy/dev-certs/ca.pem)" >&2
 "$BIN/corelb" run -c "$CONFIG" &
 pids+=("$!")
 wait "${pids[-1]}"

@@ -28,6 +28,11 @@ fn check_accepts_a_good_file_and_the_repository_config() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ok (1 frontend(s), 1 backend(s)"), "{stdout}");
     let repository_config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    // Its HTTPS frontend names the development certificate, which the project's script makes when missing.
+    let made = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-certs.sh"))
+        .status()
+        .unwrap();
+    assert!(made.success());
     let output = Command::new(CORELB)
         .args(["check", "-c", repository_config])
         .output()
