@@ -1,7 +1,7 @@
 # corelb — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test tools lint fmt bench bench-micro bench-overhead clean
+.PHONY: all build run test tools lint fmt bench bench-micro bench-overhead bench-tls clean
 
 all: build
 
@@ -34,6 +34,10 @@ clean:
 ## Side-by-side proxy benchmark against nginx and HAProxy (installs them if missing); report in target/bench-report/.
 bench: build
 	scripts/run-benchmarks.sh $(BENCH_ARGS)
+
+## TLS termination side by side with nginx and HAProxy: CPU per request and per handshake, memory per idle TLS connection.
+bench-tls: build
+	scripts/bench-tls.sh $(BENCH_ARGS)
 
 ## Criterion micro-benchmarks of the hot pure pieces (selection, rate-limit decision, parsing, rewriting).
 bench-micro:

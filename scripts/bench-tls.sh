@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# TLS termination side by side: corelb, nginx and HAProxy, each one worker pinned to CPU 0, terminating TLS 1.3
+# with the same ECDSA P-256 certificate (scripts/dev-certs.sh) in front of the same plain nginx origin on CPU 1,
+# where wrk runs too. Interleaved rounds, so drift on a shared machine hits every proxy alike. Figures:
+#   keep-alive   proxy CPU µs per request, wrk -c50 over 50 kept TLS connections
+#   handshake    proxy CPU µs per new connection (full handshake + one request), wrk -c50 "Connection: close"
+#   idle memory  proxy RSS growth per idle TLS connection, CONNS connections opened and held (scripts/bench/tls-idle.py)
+# Usage: scripts/bench-tls.sh [ROUNDS] [SECONDS] [CONNS]        (make bench-tls)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECONDS_PER_RUN=${2:-3}
+CONNS=${3:-10000}
+for tool in wrk nginx haproxy python3 taskset; do
+    command -v "$tool" >/dev/null || scripts/install-bench-tools.sh
+done
+scripts/dev-certs.sh
+cargo build --release --bins -q
+ulimit -n 65536 2>/dev/null || true
+work=$(mktemp -d /tmp/corelb-bench-tls.XXXXXX)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+CERT=$PWD/deploy/dev-certs/server.pem
+KEY=$PWD/deploy/dev-certs/server.key
+cat "$CERT" "$KEY" >"$work/haproxy.pem"
+ORIGIN=29201
+PORT=29200
+NGINX_USER=""
+[[ $(id -u) -eq 0 ]] && NGINX_USER="user root;"
+
+mkdir -p "$work/origin/tmp" "$work/nginx/tmp"
+nginx_main() {  # nginx_main PREFIX
+    printf '%s\nworker_processes 1;\nworker_rlimit_nofile 65536;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' \
+        "$NGINX_USER" "$1" "$1"
+    printf 'events { worker_connections 30000; }\nhttp {\naccess_log off;\nkeepalive_requests 1000000;\nkeepalive_timeout 300s;\n'
+    printf 'client_body_temp_path %s/tmp; proxy_temp_path %s/tmp; fastcgi_temp_path %s/tmp; uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp;\n' \
+        "$1" "$1" "$1" "$1" "$1"
+}
+{
+    nginx_main "$work/origin"
+    printf 'server { listen 127.0.0.1:%s backlog=16384; location / { return 200 "corelb bench origin\\n"; } }\n}\n' "$ORIGIN"
+} >"$work/origin/nginx.conf"
+taskset -c 1 nginx -p "$work/origin/" -c "$work/origin/nginx.conf" -e "$work/origin/error.log" &
+pids+=("$!")
+
+config_corelb() {
+    cat <<TOML
+[server]
+workers = 1
+pin_workers = false
+[[frontends]]
+name = "bench"
+address = "127.0.0.1"
+port = $PORT
+[frontends.tls]
+cert = "$CERT"
+key = "$KEY"
+[[backends]]
+url = "http://127.0.0.1:$ORIGIN"
+[upstream]
+max_idle_per_backend = 1024
+[metrics]
+enabled = false
+[control]
+socket = "$work/corelb.sock"
+[logging]
+level = "warn"
+TOML
+}
+config_nginx() {
+    nginx_main "$work/nginx"
+    cat <<EOF
+upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; keepalive_requests 1000000; }
+server {
+    listen 127.0.0.1:$PORT ssl backlog=16384;
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+}
+}
+EOF
+}
+config_haproxy() {
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 30000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:$PORT ssl crt $work/haproxy.pem alpn http/1.1 backlog 16384
+    default_backend origin
+backend origin
+    server origin1 127.0.0.1:$ORIGIN
+EOF
+}
+
+start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; sets PROXY_PID
+    local name=$1
+    case $name in
+        corelb)
+            config_corelb >"$work/corelb.toml"
+            taskset -c 0 target/release/corelb run -c "$work/corelb.toml" 2>"$work/corelb.err" &
+            ;;
+        nginx)
+            config_nginx >"$work/nginx/nginx.conf"
+            taskset -c 0 nginx -p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+            ;;
+        haproxy)
+            config_haproxy >"$work/haproxy.cfg"
+            taskset -c 0 haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.err" &
+            ;;
+    esac
+    PROXY_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "bench-tls: $name did not start" >&2
+    return 1
+}
+
+stop_proxy() {
+    kill "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+    sleep 0.2
+}
+
+cpu_ticks() {  # cpu_ticks PID: utime+stime of PID and its children (nginx's worker)
+    local total=0 pid
+    for pid in $1 $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14+$15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+rss_kib() {  # rss_kib PID: resident memory of PID and its children
+    local total=0 pid
+    for pid in $1 $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$pid/status")))
+    done
+    echo "$total"
+}
+
+measure() {  # measure NAME MODE: prints µs of proxy CPU per request
+    local name=$1 mode=$2 header=() before after output requests
+    [[ $mode == handshake ]] && header=(-H "Connection: close")
+    start_proxy "$name"
+    # Warm up (and for nginx, let the worker start) before counting.
+    taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "https://127.0.0.1:$PORT/" >/dev/null 2>&1
+    before=$(cpu_ticks "$PROXY_PID")
+    output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "https://127.0.0.1:$PORT/" 2>&1)
+    after=$(cpu_ticks "$PROXY_PID")
+    stop_proxy
+    requests=$(echo "$output" | awk '/requests in/{print $1}')
+    python3 -c "print(round(($after-$before)/$(getconf CLK_TCK)*1e6/max($requests,1), 2))"
+}
+
+idle_memory() {  # idle_memory NAME: prints bytes of proxy RSS per idle TLS connection
+    local name=$1 before after
+    start_proxy "$name"
+    taskset -c 1 wrk -t1 -c10 -d1s "https://127.0.0.1:$PORT/" >/dev/null 2>&1
+    before=$(rss_kib "$PROXY_PID")
+    taskset -c 1 python3 scripts/bench/tls-idle.py 127.0.0.1 "$PORT" "$CONNS" "$work/held.$name" &
+    local holder=$!
+    for _ in $(seq 600); do [[ -f "$work/held.$name" ]] && break; sleep 0.1; done
+    sleep 0.5
+    after=$(rss_kib "$PROXY_PID")
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    stop_proxy
+    local held
+    held=$(cat "$work/held.$name" 2>/dev/null || echo 0)
+    python3 -c "print(round(($after-$before)*1024/max($held,1)))"
+}
+
+declare -A keepalive handshake memory
+proxies=(corelb nginx haproxy)
+for round in $(seq "$ROUNDS"); do
+    for name in "${proxies[@]}"; do
+        keepalive[$name]+="$(measure "$name" keepalive) "
+        handshake[$name]+="$(measure "$name" handshake) "
+    done
+    echo "bench-tls: round $round done" >&2
+done
+for name in "${proxies[@]}"; do memory[$name]=$(idle_memory "$name"); done
+
+python3 - <<PY
+import statistics
+keep = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${keepalive[$n]} | tr ' ' ',')"; done)}
+hand = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${handshake[$n]} | tr ' ' ',')"; done)}
+mem = {$(for n in "${proxies[@]}"; do printf '"%s": %s,' "$n" "${memory[$n]}"; done)}
+print("TLS 1.3, ECDSA P-256, one worker on CPU 0, plain nginx origin; wrk on CPU 1; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s")
+print("| proxy | keep-alive µs/request (median) | vs nginx | new connection µs/handshake (median) | vs nginx | idle RSS bytes/connection ($CONNS) |")
+print("|---|---|---|---|---|---|")
+k0, h0 = statistics.median(keep["nginx"]), statistics.median(hand["nginx"])
+for name in keep:
+    k, h = statistics.median(keep[name]), statistics.median(hand[name])
+    print(f"| {name} | {k:.2f} | {k/k0:.2f}x | {h:.1f} | {h/h0:.2f}x | {mem[name]} |")
+PY
