@@ -16,7 +16,9 @@ for tool in wrk nginx haproxy python3 taskset; do
 done
 scripts/dev-certs.sh
 cargo build --release --bins -q
-ulimit -n 65536 2>/dev/null || true
+# As many descriptors as the hard limit allows (10,000 idle connections need about that many in each proxy).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FDLIMIT=$(ulimit -n)
 work=$(mktemp -d /tmp/corelb-bench-tls.XXXXXX)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -32,9 +34,9 @@ NGINX_USER=""
 
 mkdir -p "$work/origin/tmp" "$work/nginx/tmp"
 nginx_main() {  # nginx_main PREFIX
-    printf '%s\nworker_processes 1;\nworker_rlimit_nofile 65536;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' \
-        "$NGINX_USER" "$1" "$1"
-    printf 'events { worker_connections 30000; }\nhttp {\naccess_log off;\nkeepalive_requests 1000000;\nkeepalive_timeout 300s;\n'
+    printf '%s\nworker_processes 1;\nworker_rlimit_nofile %s;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n' \
+        "$NGINX_USER" "$FDLIMIT" "$1" "$1"
+    printf 'events { worker_connections %s; }\nhttp {\naccess_log off;\nkeepalive_requests 1000000;\nkeepalive_timeout 300s;\n' "$((FDLIMIT - 100))"
     printf 'client_body_temp_path %s/tmp; proxy_temp_path %s/tmp; fastcgi_temp_path %s/tmp; uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp;\n' \
         "$1" "$1" "$1" "$1" "$1"
 }
@@ -88,7 +90,8 @@ config_haproxy() {
     cat <<EOF
 global
     nbthread 1
-    maxconn 30000
+    maxconn $((FDLIMIT / 2 + 2000))
+    no strict-limits
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
