@@ -148,6 +148,39 @@ fn one_certificate(cert: &std::path::Path, key: &std::path::Path) -> String {
     format!("cert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display())
 }
 
+/// corelb with one TLS frontend `web` serving `first`, a certificate for `secure.test` from `ca`, kept in
+/// `files` as `secure.pem` and `secure.key`; `tls_extra` goes into its `[frontends.tls]`, `extra` after the rest.
+struct Site {
+    ca: Authority,
+    files: Files,
+    first: Issued,
+    cert: PathBuf,
+    key: PathBuf,
+    backend: Backend,
+    corelb: Corelb,
+}
+
+impl Site {
+    fn start(workers: usize, tls_extra: &str, extra: &str) -> Site {
+        let ca = Authority::new("corelb test CA");
+        let files = Files::new();
+        let first = ca.server(&["secure.test"]);
+        let (cert, key) = files.write("secure", &first);
+        let backend = Backend::start("a");
+        let tls = format!("{tls_extra}{}", one_certificate(&cert, &key));
+        let corelb = Corelb::start(&tls_config(&backend, workers, &tls, extra));
+        Site {
+            ca,
+            files,
+            first,
+            cert,
+            key,
+            backend,
+            corelb,
+        }
+    }
+}
+
 // ---- the client ------------------------------------------------------------------------------------------------
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -422,11 +455,9 @@ fn wait_for_metric(corelb: &Corelb, family: &str, filter: &str, value: f64) -> f
 
 #[test]
 fn requests_go_through_over_tls_13_and_12_marked_as_https() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    let Site {
+        ca, backend, corelb, ..
+    } = Site::start(1, "", "");
 
     for (version, label) in [(&rustls::version::TLS13, "1.3"), (&rustls::version::TLS12, "1.2")] {
         let config = ClientSetup::trusting(&ca).only(version).build();
@@ -482,11 +513,7 @@ fn legacy_client_hello(version: [u8; 2]) -> Vec<u8> {
 
 #[test]
 fn tls_10_and_11_are_refused_with_an_alert() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    let Site { backend, corelb, .. } = Site::start(1, "", "");
     for version in [[3u8, 1u8], [3, 2]] {
         let mut tcp = TcpStream::connect(corelb.addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -568,12 +595,7 @@ fn sni_picks_the_exact_name_then_the_wildcard_then_the_default() {
 
 #[test]
 fn strict_sni_refuses_a_name_no_certificate_serves() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
-    let tls = format!("strict_sni = true\n{}", one_certificate(&cert, &key));
-    let corelb = Corelb::start(&tls_config(&backend, 1, &tls, ""));
+    let Site { backend, corelb, .. } = Site::start(1, "strict_sni = true\n", "");
     let anything = ClientSetup::trusting_anything().build();
     let error = TlsClient::connect(corelb.addr, &anything, "unknown.test")
         .err()
@@ -592,18 +614,12 @@ fn strict_sni_refuses_a_name_no_certificate_serves() {
 
 #[test]
 fn idle_and_half_sent_handshakes_are_closed_at_the_handshake_timeout() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
     // Every other timeout far longer than the handshake's, so only it can close these connections.
-    let tls = format!("handshake_timeout = \"300ms\"\n{}", one_certificate(&cert, &key));
-    let corelb = Corelb::start(&tls_config(
-        &backend,
+    let Site { backend, corelb, .. } = Site::start(
         1,
-        &tls,
+        "handshake_timeout = \"300ms\"\n",
         "[timeouts]\nclient_header = \"60s\"\nclient_idle = \"60s\"\n",
-    ));
+    );
     let idle = TcpStream::connect(corelb.addr).unwrap();
     let mut half = TcpStream::connect(corelb.addr).unwrap();
     half.write_all(&legacy_client_hello([3, 3])[..20]).unwrap();
@@ -723,11 +739,12 @@ fn optional_client_certificates_admit_anonymous_clients_without_an_identity() {
 
 #[test]
 fn a_session_resumes_on_whichever_core_accepts_the_connection() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 2, &one_certificate(&cert, &key), ""));
+    let Site {
+        ca,
+        backend: _backend,
+        corelb,
+        ..
+    } = Site::start(2, "", "");
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // One client config: its session store carries the tickets from one connection to the next.
         let config = ClientSetup::trusting(&ca).only(version).build();
@@ -761,12 +778,14 @@ fn a_session_resumes_on_whichever_core_accepts_the_connection() {
 /// handshake after a reload sees the new certificate.
 #[test]
 fn certificates_replaced_under_load_lose_no_request() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let first = ca.server(&["secure.test"]);
-    let (cert, key) = files.write("secure", &first);
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 2, &one_certificate(&cert, &key), ""));
+    let Site {
+        ca,
+        files,
+        first,
+        backend: _backend,
+        corelb,
+        ..
+    } = Site::start(2, "", "");
     let addr = corelb.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
@@ -831,12 +850,15 @@ fn certificates_replaced_under_load_lose_no_request() {
 
 #[test]
 fn a_broken_certificate_is_refused_with_its_file_and_the_old_one_stays() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let good = ca.server(&["secure.test"]);
-    let (cert, key) = files.write("secure", &good);
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    let Site {
+        ca,
+        files: _files,
+        first: good,
+        cert,
+        key,
+        backend: _backend,
+        corelb,
+    } = Site::start(1, "", "");
     let config = ClientSetup::trusting(&ca).build();
     let mut kept = TlsClient::connect(corelb.addr, &config, "secure.test").unwrap();
     assert_eq!(kept.get("/", "").unwrap().status, 200);
@@ -865,11 +887,11 @@ fn a_broken_certificate_is_refused_with_its_file_and_the_old_one_stays() {
 
 #[test]
 fn certificate_expiry_is_a_gauge_per_certificate() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let (cert, key) = files.write("secure", &ca.server(&["secure.test"]));
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(&backend, 1, &one_certificate(&cert, &key), ""));
+    let Site {
+        backend: _backend,
+        corelb,
+        ..
+    } = Site::start(1, "", "");
     let seconds = metric_sum(
         &corelb.scrape(),
         "corelb_tls_certificate_expiry_seconds",
@@ -895,17 +917,14 @@ fn wait_for_certificate(addr: SocketAddr, expected: &CertificateDer<'static>, wh
 
 #[test]
 fn a_watched_certificate_replaced_on_disk_is_served_without_a_command() {
-    let ca = Authority::new("corelb test CA");
-    let files = Files::new();
-    let first = ca.server(&["secure.test"]);
-    let (cert, key) = files.write("secure", &first);
-    let backend = Backend::start("a");
-    let corelb = Corelb::start(&tls_config(
-        &backend,
-        2,
-        &one_certificate(&cert, &key),
-        "[tls]\nwatch = \"100ms\"\n",
-    ));
+    let Site {
+        ca,
+        files,
+        key,
+        backend: _backend,
+        corelb,
+        ..
+    } = Site::start(2, "", "[tls]\nwatch = \"100ms\"\n");
     let config = ClientSetup::trusting(&ca).build();
     let mut kept = TlsClient::connect(corelb.addr, &config, "secure.test").unwrap();
     assert_eq!(kept.get("/", "").unwrap().status, 200);
