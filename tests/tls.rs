@@ -1024,3 +1024,44 @@ fn check_validates_certificates_and_warns_before_they_expire() {
     assert_ne!(code, 0);
     assert!(err.contains("other.key") && err.contains("mismatched.pem"), "{err}");
 }
+
+/// corelb in front of `upstream` (a TLS-terminating corelb) as its one `https://` backend, verified with
+/// `site`'s CA for `name`.
+fn https_front(site: &Site, name: &str) -> Corelb {
+    let ca = site.files.write_text("upstream-ca.pem", &site.ca.pem());
+    let url = format!("https://127.0.0.1:{}", site.corelb.addr.port());
+    Corelb::start(&common::config_from_urls(
+        &[(url, 1)],
+        1,
+        "",
+        &format!("server_name = \"{name}\"\n\n[upstream.tls]\nca = \"{}\"\n", ca.display()),
+    ))
+}
+
+#[test]
+fn an_https_backend_is_verified_for_its_name_and_its_connections_are_pooled() {
+    let site = Site::start(1, "", "");
+    let front = https_front(&site, "secure.test");
+    let mut client = front.client();
+    for _ in 0..5 {
+        let response = client.get("/echo");
+        assert_eq!(response.status, 200, "{}", response.text());
+        // The TLS corelb in between says the request reached it over TLS.
+        assert!(response.text().contains("[\"X-Forwarded-Proto\",\"https\"]"), "{}", response.text());
+    }
+    let reused = metric_sum(&front.scrape(), "corelb_upstream_connections_total", "kind=\"reused\"");
+    assert!(reused >= 4.0, "the TLS connection to the backend is kept and reused: {reused}");
+    wait_for_metric(&site.corelb, "corelb_tls_handshakes_total", "frontend=\"web\"", 1.0);
+    let handshakes = metric_sum(&site.corelb.scrape(), "corelb_tls_handshakes_total", "frontend=\"web\"");
+    assert_eq!(handshakes, 1.0, "one handshake for five requests");
+}
+
+#[test]
+fn an_https_backend_showing_the_wrong_name_is_a_502_upstream_tls() {
+    let site = Site::start(1, "", "");
+    let front = https_front(&site, "other.test");
+    let response = front.get("/");
+    assert_eq!(response.status, 502);
+    assert!(response.text().contains("upstream_tls"), "{}", response.text());
+    assert_eq!(site.backend.stats().1, 0, "nothing reached the backend behind it");
+}

@@ -44,6 +44,16 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     top.finish(&mut errors);
 
     check_port_clashes(&frontends, &metrics, &admin, &mut errors);
+    for (index, backend) in backends.iter().enumerate() {
+        if backend.tls && healthcheck.for_backend(backend).is_some() {
+            errors.push(
+                format!("backends[{index}].healthcheck"),
+                "active health checks do not speak TLS yet: switch them off for this https:// backend \
+                 (healthcheck = { enabled = false }); passive checks, the circuit breaker and outlier detection \
+                 still watch it",
+            );
+        }
+    }
     for (index, item) in ratelimit.overrides.iter().enumerate() {
         if !item.frontend.is_empty() && !frontends.iter().any(|frontend| frontend.name == item.frontend) {
             errors.push(
@@ -290,6 +300,12 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let url = section.required::<String>("url", errors);
         let weight = section.integer_in("weight", 1, 1, 1000, errors) as u32;
         let id = section.optional::<String>("id", errors);
+        let server_name = section.optional::<String>("server_name", errors);
+        if let Some(name) = &server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                errors.push(section.key_path("server_name"), format!("{name:?} is not a DNS name or an IP address"));
+            }
+        }
         let drain = section.or("drain", false, errors);
         let healthcheck = backend_healthcheck(&mut section, errors);
         let tags = backend_tags(&mut section, errors);
@@ -314,7 +330,7 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         });
         let id_key = section.key_path("id");
         section.finish(errors);
-        let (Some(url), Some((host, port))) = (url, parsed) else {
+        let (Some(url), Some((host, port, tls))) = (url, parsed) else {
             continue;
         };
         let mut backend = BackendConfig {
@@ -327,6 +343,8 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
             healthcheck,
             tags,
             max_connections,
+            tls,
+            server_name,
         };
         backend.id = id.unwrap_or_else(|| backend.authority());
         if !ids.insert(backend.id.clone()) {
@@ -343,15 +361,17 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
     backends
 }
 
-/// Splits `http://host:port[/]` into host and port.
-fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(format!("{url:?}: TLS to backends is not supported; use http://"));
+/// Splits `http://host:port[/]` or `https://host:port[/]` into host, port (default 80 or 443) and whether it is
+/// TLS.
+fn parse_backend_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
     } else {
-        return Err(format!("{url:?} must start with http://"));
+        return Err(format!("{url:?} must start with http:// or https://"));
     };
+    let default_port = if tls { "443" } else { "80" };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') || authority.contains('?') || authority.contains('@') {
         return Err(format!(
@@ -364,14 +384,14 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
             .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
         let port = match after.strip_prefix(':') {
             Some(port) => port,
-            None if after.is_empty() => "80",
+            None if after.is_empty() => default_port,
             None => return Err(format!("{url:?}: expected :port after ]")),
         };
         (host, port)
     } else {
         match authority.rsplit_once(':') {
             Some((host, port)) => (host, port),
-            None => (authority, "80"),
+            None => (authority, default_port),
         }
     };
     if host.is_empty() {
@@ -382,7 +402,7 @@ fn parse_backend_url(url: &str) -> Result<(String, u16), String> {
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| format!("{url:?}: port must be a number between 1 and 65535"))?;
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 fn balancer(top: &mut Section, errors: &mut ConfigErrors) -> BalancerConfig {
@@ -568,9 +588,29 @@ fn upstream(top: &mut Section, errors: &mut ConfigErrors) -> UpstreamConfig {
             as usize,
         capacity_queue: section.integer_in("capacity_queue", 1024, 0, 1_000_000, errors) as usize,
         capacity_queue_timeout: section.positive_duration("capacity_queue_timeout", Duration::from_secs(1), errors),
+        tls: upstream_tls(&mut section, errors),
     };
     section.finish(errors);
     upstream
+}
+
+fn upstream_tls(upstream: &mut Section, errors: &mut ConfigErrors) -> UpstreamTlsConfig {
+    let mut section = upstream.section("tls", errors);
+    let config = UpstreamTlsConfig {
+        ca: section.optional::<String>("ca", errors).map(PathBuf::from),
+        cert: section.optional::<String>("cert", errors).map(PathBuf::from),
+        key: section.optional::<String>("key", errors).map(PathBuf::from),
+        insecure_skip_verify: section.or("insecure_skip_verify", false, errors),
+    };
+    if config.cert.is_some() != config.key.is_some() {
+        let missing = if config.cert.is_some() { "key" } else { "cert" };
+        errors.push(
+            section.key_path(missing),
+            "a client certificate for backends needs both cert and key",
+        );
+    }
+    section.finish(errors);
+    config
 }
 
 fn limits(top: &mut Section, errors: &mut ConfigErrors) -> Limits {
@@ -1342,13 +1382,15 @@ mod tests {
     fn parses_backend_urls() {
         assert_eq!(
             parse_backend_url("http://127.0.0.1:9001"),
-            Ok(("127.0.0.1".into(), 9001))
+            Ok(("127.0.0.1".into(), 9001, false))
         );
-        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80)));
-        assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81)));
+        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80, false)));
+        assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81, false)));
+        assert_eq!(parse_backend_url("https://api.test"), Ok(("api.test".into(), 443, true)));
+        assert_eq!(parse_backend_url("https://[::1]:8443/"), Ok(("::1".into(), 8443, true)));
         assert!(parse_backend_url("http://h:0").is_err());
         assert!(parse_backend_url("http://h:1/path").is_err());
-        assert!(parse_backend_url("https://h:1").is_err());
+        assert!(parse_backend_url("ftp://h:1").is_err());
     }
 
     #[test]

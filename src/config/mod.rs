@@ -157,6 +157,10 @@ pub struct BackendConfig {
     /// Most connections corelb opens to it at once, across every worker (the specification's capacity); each
     /// worker enforces its part ([`capacity_share`]). `None`: no limit of its own.
     pub max_connections: Option<u32>,
+    /// `https://`: connections to it are TLS, verified as `[upstream.tls]` says.
+    pub tls: bool,
+    /// The name its certificate is verified for and sent as SNI (default: the URL's host).
+    pub server_name: Option<String>,
 }
 
 /// The first backend whose `max_connections` is smaller than `workers`, as (key path, reason): split evenly, some
@@ -206,6 +210,11 @@ impl BackendHealthCheck {
 }
 
 impl BackendConfig {
+    /// The name the backend's certificate must be valid for.
+    pub fn tls_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.host)
+    }
+
     /// `host:port`, as sent in `Host` when a client did not send one.
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
@@ -390,6 +399,20 @@ pub struct UpstreamConfig {
     pub capacity_queue: usize,
     /// How long such a request waits before it is answered 503 `backend_at_capacity`.
     pub capacity_queue_timeout: Duration,
+    /// How `https://` backends are verified, and the certificate corelb shows them.
+    pub tls: UpstreamTlsConfig,
+}
+
+/// `[upstream.tls]`: TLS to `https://` backends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsConfig {
+    /// The CA bundle backend certificates are verified against (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key for backends that ask for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Accept any backend certificate. Only for testing: logged as a warning at every load.
+    pub insecure_skip_verify: bool,
 }
 
 /// When and how a failed try is sent again (`[retries]`); tries are bounded by `upstream.max_connect_attempts`.
@@ -721,7 +744,15 @@ pub fn resolve_relative_paths(config: &mut Config, folder: &Path) {
                 .flat_map(|files| [&mut files.cert, &mut files.key]);
             certificates.chain(tls.client_ca.as_mut())
         });
-    let defaults = [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.ca];
+    let upstream = &mut config.upstream.tls;
+    let defaults = [
+        &mut config.tls.cert,
+        &mut config.tls.key,
+        &mut config.tls.ca,
+        &mut upstream.ca,
+        &mut upstream.cert,
+        &mut upstream.key,
+    ];
     for path in tls_paths.chain(defaults.into_iter().flatten()) {
         if path.is_relative() {
             *path = folder.join(&*path);

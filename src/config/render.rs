@@ -165,11 +165,15 @@ pub fn to_toml(config: &Config) -> String {
     for backend in &config.backends {
         let _ = writeln!(
             out,
-            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}{}{}\n",
+            "[[backends]]\nid = {}\nurl = {}\nweight = {}\ndrain = {}{}{}{}{}\n",
             quote(&backend.id),
             quote(&backend.url),
             backend.weight,
             backend.drain,
+            backend
+                .server_name
+                .as_ref()
+                .map_or(String::new(), |name| format!("\nserver_name = {}", quote(name))),
             backend
                 .max_connections
                 .map_or(String::new(), |limit| format!("\nmax_connections = {limit}")),
@@ -213,6 +217,18 @@ pub fn to_toml(config: &Config) -> String {
         upstream.capacity_queue,
         format_duration(upstream.capacity_queue_timeout)
     );
+    let upstream_tls = &upstream.tls;
+    let _ = writeln!(out, "[upstream.tls]");
+    for (key, value) in [
+        ("ca", path(&upstream_tls.ca)),
+        ("cert", path(&upstream_tls.cert)),
+        ("key", path(&upstream_tls.key)),
+    ] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{key} = {value}");
+        }
+    }
+    let _ = writeln!(out, "insecure_skip_verify = {}\n", upstream_tls.insecure_skip_verify);
     let limits = &config.limits;
     let _ = writeln!(
         out,

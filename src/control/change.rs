@@ -16,6 +16,7 @@ use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Resolved, Work};
 use super::tls::keep_unchanged;
+use crate::tls::upstream::UpstreamTls;
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
@@ -316,7 +317,9 @@ impl Control {
             addresses,
             sticky_key,
             tls,
+            upstream_tls,
         } = resolved;
+        let upstream_tls = upstream_tls.map_err(invalid_config)?.map(Arc::new);
         let addresses = addresses.map_err(invalid_config)?;
         let sticky_key = sticky_key.transpose().map_err(invalid_config)?;
         let tls = tls.map_err(invalid_config)?;
@@ -330,7 +333,7 @@ impl Control {
                 .iter()
                 .map(|frontend| format!("frontend {frontend} TLS reloaded")),
         );
-        self.apply(*candidate, addresses, sticky_key, tls, changes, ticket)
+        self.apply(*candidate, addresses, sticky_key, (tls, upstream_tls), changes, ticket)
     }
 
     /// Builds the next generation from a resolved candidate and applies it on every worker.
@@ -339,7 +342,7 @@ impl Control {
         candidate: Config,
         backend_addrs: Vec<SocketAddr>,
         sticky_key: Option<StickyKey>,
-        tls: Vec<Option<Arc<Termination>>>,
+        (tls, upstream_tls): (Vec<Option<Arc<Termination>>>, Option<Arc<UpstreamTls>>),
         changes: Vec<String>,
         ticket: &Ticket,
     ) -> Result<Value, CommandError> {
@@ -356,6 +359,7 @@ impl Control {
             sticky_cookies: cookie_values(&candidate, sticky_key.as_ref(), &self.sticky_key),
             tls,
             ticket_keys: self.tickets.keys.clone(),
+            upstream_tls,
         });
         self.broadcast(&snapshot)?;
         let elapsed = started.elapsed();

@@ -259,6 +259,7 @@ mod tests {
             sticky_cookies: Vec::new(),
             tls: Vec::new(),
             ticket_keys: None,
+            upstream_tls: None,
         })
     }
 

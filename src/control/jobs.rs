@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::resolve::{resolve_backends, ResolveError};
 use super::sticky::{file_key, SecretError, StickyKey};
-use super::tls::load_terminations;
+use super::tls::{load_terminations, load_upstream};
 use crate::config::{load_config, Config, LoadError};
 use crate::tls::termination::{Termination, TerminationError};
 
@@ -48,6 +48,7 @@ impl Work {
                 addresses: resolve_backends(&candidate),
                 sticky_key: file_key(&candidate),
                 tls: load_terminations(&candidate),
+                upstream_tls: load_upstream(&candidate),
                 candidate,
             })),
         }
@@ -73,6 +74,8 @@ pub struct Resolved {
     pub sticky_key: Option<Result<StickyKey, SecretError>>,
     /// Each frontend's TLS, read and checked.
     pub tls: Result<Vec<Option<Termination>>, TerminationError>,
+    /// `[upstream.tls]`, read when a backend is `https://`.
+    pub upstream_tls: Result<Option<crate::tls::upstream::UpstreamTls>, crate::tls::upstream::UpstreamTlsError>,
 }
 
 /// Why a job could not be started.

@@ -104,6 +104,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::termination::TerminationError),
     #[error(transparent)]
     TicketKeys(#[from] crate::tls::tickets::TicketKeyError),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::tls::upstream::UpstreamTlsError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -18,7 +18,7 @@ use super::fleet::Fleet;
 use super::history::{History, VersionRecord};
 use super::jobs::Jobs;
 use super::resolve::resolve_backends;
-use super::tls::{load_terminations, CertificateWatch, TicketRotation};
+use super::tls::{load_terminations, load_upstream, CertificateWatch, TicketRotation};
 use super::{listeners, socket, Control, StartError};
 use crate::config::{Config, IoDriverChoice, Workers};
 use crate::net::descriptors::{raise_nofile_limit, DescriptorBudget};
@@ -80,6 +80,7 @@ impl Control {
             .into_iter()
             .map(|tls| tls.map(Arc::new))
             .collect();
+        let upstream_tls = load_upstream(&config)?.map(Arc::new);
         let tickets = TicketRotation::start(&config)?;
         let cert_watch = CertificateWatch::start(&config);
         let config = Arc::new(config);
@@ -91,6 +92,7 @@ impl Control {
             frontend_addrs,
             tls,
             ticket_keys: tickets.keys.clone(),
+            upstream_tls,
         });
 
         let (request_sender, requests) = crossbeam_channel::unbounded();

@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 use crate::config::Config;
 use crate::tls::termination::{Termination, TerminationError};
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
+use crate::tls::upstream::{UpstreamTls, UpstreamTlsError};
 
 /// Reads and checks the TLS of each of `config`'s frontends, in order (`None`: plain HTTP). Each is also built
 /// into a `ServerConfig` once, so that what a core will build from it is known to build.
@@ -178,4 +179,18 @@ fn stamps(config: &Config) -> Vec<FileStamp> {
             (path, stamp)
         })
         .collect()
+}
+
+/// `[upstream.tls]` read and checked, when any backend is `https://` (`None` otherwise).
+pub fn load_upstream(config: &Config) -> Result<Option<UpstreamTls>, UpstreamTlsError> {
+    if !config.backends.iter().any(|backend| backend.tls) {
+        return Ok(None);
+    }
+    let upstream = UpstreamTls::load(&config.upstream.tls)?;
+    if let Err(error) = upstream.client_config(crate::tls::provider()) {
+        return Err(UpstreamTlsError::Build {
+            reason: error.to_string(),
+        });
+    }
+    Ok(Some(upstream))
 }

@@ -11,7 +11,10 @@ use monoio::net::TcpStream;
 use super::error::ProxyError;
 use crate::net::descriptors::out_of_descriptors;
 use crate::net::slots::Slot;
+use crate::net::tls::TlsStream;
+use crate::net::transport::Transport;
 use crate::net::{BufferedStream, PendingInput};
+use crate::shard::backend::TlsTarget;
 use crate::shard::{BackendState, Generation, WorkerContext};
 
 /// An upstream connection for one attempt.
@@ -66,7 +69,11 @@ async fn connect(
     match monoio::time::timeout(remaining, TcpStream::connect_addr(backend.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Ok(BufferedStream::new(stream, &context.watchdog).hold(slot))
+            let transport = match &backend.tls {
+                None => Transport::from(stream),
+                Some(target) => Box::pin(handshake(context, backend, target, stream, deadline)).await?,
+            };
+            Ok(BufferedStream::new(transport, &context.watchdog).hold(slot))
         }
         // The process is out of descriptors: not the backend's fault, and no other backend would do better.
         Ok(Err(source)) if out_of_descriptors(&source) => Err(ProxyError::OutOfDescriptors),
@@ -74,6 +81,36 @@ async fn connect(
             backend: backend.id.clone(),
             source,
         }),
+        Err(_) => Err(ProxyError::ConnectTimeout {
+            backend: backend.id.clone(),
+        }),
+    }
+}
+
+/// The client side of TLS to an `https://` backend, within what is left of the connect deadline.
+async fn handshake(
+    context: &WorkerContext,
+    backend: &BackendState,
+    target: &TlsTarget,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Result<Transport, ProxyError> {
+    let failed = |reason: String| ProxyError::UpstreamTls {
+        backend: backend.id.clone(),
+        reason,
+    };
+    let config = context.tls.borrow().upstream();
+    let Some(config) = config else {
+        return Err(failed("no TLS client config on this core".to_string()));
+    };
+    let Some(name) = target.name.clone() else {
+        return Err(failed("its server_name is neither a DNS name nor an IP address".to_string()));
+    };
+    let mut tls = TlsStream::client(stream, config, name).map_err(|error| failed(error.to_string()))?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(remaining, tls.handshake()).await {
+        Ok(Ok(())) => Ok(Transport::from(tls)),
+        Ok(Err(error)) => Err(failed(error.to_string())),
         Err(_) => Err(ProxyError::ConnectTimeout {
             backend: backend.id.clone(),
         }),

@@ -41,6 +41,8 @@ pub enum ProxyError {
     AtCapacity { waited: bool },
     #[error("connect to backend {backend} failed: {source}")]
     ConnectFailed { backend: String, source: io::Error },
+    #[error("TLS to backend {backend} failed: {reason}")]
+    UpstreamTls { backend: String, reason: String },
     #[error("connect to backend {backend} timed out")]
     ConnectTimeout { backend: String },
     #[error("backend {backend} did not respond in time")]
@@ -89,7 +91,7 @@ impl ProxyError {
             | ProxyError::OutOfDescriptors
             | ProxyError::UpstreamLimit
             | ProxyError::AtCapacity { .. } => Some(503),
-            ProxyError::ConnectFailed { .. } => Some(502),
+            ProxyError::ConnectFailed { .. } | ProxyError::UpstreamTls { .. } => Some(502),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::RequestTimeout => {
                 Some(504)
             }
@@ -127,6 +129,7 @@ impl ProxyError {
             ProxyError::UpstreamLimit => "upstream_limit",
             ProxyError::AtCapacity { .. } => "backend_at_capacity",
             ProxyError::ConnectFailed { .. } => "connect_failed",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RequestTimeout => "request_timeout",
@@ -155,6 +158,7 @@ impl ProxyError {
             | ProxyError::UpstreamLimit
             | ProxyError::AtCapacity { .. } => Side::Proxy,
             ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::RequestTimeout
@@ -169,7 +173,10 @@ impl ProxyError {
     /// (`retry::replayable`).
     pub fn retry(&self) -> Retry {
         match self {
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => Retry::OtherBackend,
+            // Nothing of the request was sent: another backend may take it.
+            ProxyError::ConnectFailed { .. } | ProxyError::UpstreamTls { .. } | ProxyError::ConnectTimeout { .. } => {
+                Retry::OtherBackend
+            }
             ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed { .. } => Retry::FreshConnection,
             ProxyError::UpstreamTimeout { .. } => Retry::Elsewhere,
             ProxyError::BadRequest(_)

@@ -71,6 +71,7 @@ mod tests {
             sticky_cookies: Vec::new(),
             tls: Vec::new(),
             ticket_keys: None,
+            upstream_tls: None,
         };
         let names: Vec<String> = config.frontends.iter().map(|frontend| frontend.name.clone()).collect();
         let mut metrics = WorkerMetrics::new(0, &names);

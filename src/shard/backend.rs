@@ -193,6 +193,8 @@ pub struct BackendState {
     pub addr: SocketAddr,
     /// `host:port`, the `Host` sent for requests that came without one.
     pub authority: Vec<u8>,
+    /// `https://`: the name its certificate is verified for (and sent as SNI).
+    pub tls: Option<TlsTarget>,
     settings: Cell<Settings>,
     idle: RefCell<IdlePool<BufferedStream>>,
     /// Until when this worker skips the backend after a failure.
@@ -223,6 +225,13 @@ pub struct BackendState {
     pub(super) warnings: WarningGate,
 }
 
+/// How to reach an `https://` backend.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    /// `None`: the configured name is neither a DNS name nor an IP address (every connect then fails).
+    pub name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
 impl BackendState {
     pub(super) fn new(config: &BackendConfig, addr: SocketAddr, metrics_slot: usize, settings: Settings) -> Self {
         BackendState {
@@ -230,6 +239,9 @@ impl BackendState {
             metrics_slot,
             addr,
             authority: config.authority().into_bytes(),
+            tls: config.tls.then(|| TlsTarget {
+                name: crate::tls::upstream::server_name(config.tls_name()),
+            }),
             settings: Cell::new(settings),
             idle: RefCell::new(IdlePool::default()),
             resting_until: Cell::new(None),
@@ -656,6 +668,8 @@ mod tests {
             healthcheck: Default::default(),
             tags: Default::default(),
             max_connections: None,
+            tls: false,
+            server_name: None,
         };
         let settings = Settings {
             weight: 1,

@@ -135,6 +135,7 @@ impl WorkerContext {
             &generation.identity_headers(),
             generation.ticket_keys.as_ref(),
         );
+        tls.follow_upstream(generation.upstream_tls.as_ref());
         WorkerContext {
             tls: RefCell::new(tls),
             index,
@@ -219,6 +220,7 @@ impl WorkerContext {
         self.tls
             .borrow_mut()
             .follow(&next.tls, &next.identity_headers(), next.ticket_keys.as_ref());
+        self.tls.borrow_mut().follow_upstream(next.upstream_tls.as_ref());
         apply_health(&next, &self.health.borrow());
         // A limits change rebuilds the shard; any other change keeps what it has counted.
         if !self.rate_limit.borrow().matches(&next.config) {
@@ -509,6 +511,7 @@ mod tests {
             sticky_cookies: Vec::new(),
             tls: Vec::new(),
             ticket_keys: None,
+            upstream_tls: None,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::http::head::HeadLimits;
 use crate::metrics::WorkerMetrics;
 use crate::tls::termination::Termination;
 use crate::tls::tickets::TicketKeys;
+use crate::tls::upstream::UpstreamTls;
 use crate::upstream::breaker::BreakerSettings;
 
 /// One applied configuration, with everything a worker needs resolved in advance (no DNS on a worker).
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub tls: Vec<Option<Arc<Termination>>>,
     /// The session-ticket keys in force when this snapshot was made (`None`: tickets off).
     pub ticket_keys: Option<Arc<TicketKeys>>,
+    /// `[upstream.tls]` as read, when a backend is `https://`.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Which worker a generation is built for, of how many: process-wide limits are split by it.
@@ -57,6 +60,7 @@ pub struct Generation {
     /// The snapshot's TLS, which the core's [`CoreTls`](super::tls::CoreTls) follows when this is installed.
     pub tls: Vec<Option<Arc<Termination>>>,
     pub ticket_keys: Option<Arc<TicketKeys>>,
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
     place: Place,
 }
 
@@ -128,6 +132,7 @@ impl Generation {
             sticky: StickyRoutes::new(&config.balancer.sticky, &snapshot.sticky_cookies),
             tls: snapshot.tls.clone(),
             ticket_keys: snapshot.ticket_keys.clone(),
+            upstream_tls: snapshot.upstream_tls.clone(),
             place,
         }
     }

@@ -10,6 +10,7 @@ use rustls::ServerConfig;
 
 use crate::tls::termination::Termination;
 use crate::tls::tickets::TicketKeys;
+use crate::tls::upstream::UpstreamTls;
 
 /// What a connection accepted on a TLS frontend is handshaken with.
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub enum Accept {
 pub struct CoreTls {
     keys: Option<Arc<TicketKeys>>,
     frontends: Vec<Option<CoreTermination>>,
+    /// This core's `ClientConfig` for `https://` backends (its own session store), and what it was built from.
+    upstream: Option<(Arc<UpstreamTls>, Option<Arc<rustls::ClientConfig>>)>,
 }
 
 impl CoreTls {
@@ -112,6 +115,34 @@ impl CoreTls {
             })
             .collect();
         self.follow(&terminations, &headers, Some(&keys));
+    }
+
+    /// Follows `[upstream.tls]`: a new `Arc` builds this core's client config again.
+    pub fn follow_upstream(&mut self, upstream: Option<&Arc<UpstreamTls>>) {
+        let Some(upstream) = upstream else {
+            self.upstream = None;
+            return;
+        };
+        if let Some((source, _)) = &self.upstream {
+            if Arc::ptr_eq(source, upstream) {
+                return;
+            }
+        }
+        let provider = Arc::new(crate::tls::provider_for_core());
+        let config = match upstream.client_config(provider) {
+            Ok(config) => Some(Arc::new(config)),
+            Err(error) => {
+                // Built once on the control thread first; should this core fail, its TLS connects fail (502).
+                tracing::error!(%error, "cannot build this core's TLS config for https:// backends");
+                None
+            }
+        };
+        self.upstream = Some((Arc::clone(upstream), config));
+    }
+
+    /// This core's client config for `https://` backends, if there is one.
+    pub fn upstream(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.upstream.as_ref().and_then(|(_, config)| config.clone())
     }
 
     /// How a connection accepted on `frontend` goes on.

@@ -14,6 +14,7 @@ pub mod certificate;
 pub mod sni;
 pub mod termination;
 pub mod tickets;
+pub mod upstream;
 
 use std::sync::Arc;
 
