@@ -1034,7 +1034,10 @@ fn https_front(site: &Site, name: &str) -> Corelb {
         &[(url, 1)],
         1,
         "",
-        &format!("server_name = \"{name}\"\n\n[upstream.tls]\nca = \"{}\"\n", ca.display()),
+        &format!(
+            "server_name = \"{name}\"\n\n[upstream.tls]\nca = \"{}\"\n",
+            ca.display()
+        ),
     ))
 }
 
@@ -1047,10 +1050,17 @@ fn an_https_backend_is_verified_for_its_name_and_its_connections_are_pooled() {
         let response = client.get("/echo");
         assert_eq!(response.status, 200, "{}", response.text());
         // The TLS corelb in between says the request reached it over TLS.
-        assert!(response.text().contains("[\"X-Forwarded-Proto\",\"https\"]"), "{}", response.text());
+        assert!(
+            response.text().contains("[\"X-Forwarded-Proto\",\"https\"]"),
+            "{}",
+            response.text()
+        );
     }
     let reused = metric_sum(&front.scrape(), "corelb_upstream_connections_total", "kind=\"reused\"");
-    assert!(reused >= 4.0, "the TLS connection to the backend is kept and reused: {reused}");
+    assert!(
+        reused >= 4.0,
+        "the TLS connection to the backend is kept and reused: {reused}"
+    );
     wait_for_metric(&site.corelb, "corelb_tls_handshakes_total", "frontend=\"web\"", 1.0);
     let handshakes = metric_sum(&site.corelb.scrape(), "corelb_tls_handshakes_total", "frontend=\"web\"");
     assert_eq!(handshakes, 1.0, "one handshake for five requests");

@@ -303,7 +303,10 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
         let server_name = section.optional::<String>("server_name", errors);
         if let Some(name) = &server_name {
             if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-                errors.push(section.key_path("server_name"), format!("{name:?} is not a DNS name or an IP address"));
+                errors.push(
+                    section.key_path("server_name"),
+                    format!("{name:?} is not a DNS name or an IP address"),
+                );
             }
         }
         let drain = section.or("drain", false, errors);
@@ -1384,9 +1387,15 @@ mod tests {
             parse_backend_url("http://127.0.0.1:9001"),
             Ok(("127.0.0.1".into(), 9001, false))
         );
-        assert_eq!(parse_backend_url("http://example.com/"), Ok(("example.com".into(), 80, false)));
+        assert_eq!(
+            parse_backend_url("http://example.com/"),
+            Ok(("example.com".into(), 80, false))
+        );
         assert_eq!(parse_backend_url("http://[::1]:81"), Ok(("::1".into(), 81, false)));
-        assert_eq!(parse_backend_url("https://api.test"), Ok(("api.test".into(), 443, true)));
+        assert_eq!(
+            parse_backend_url("https://api.test"),
+            Ok(("api.test".into(), 443, true))
+        );
         assert_eq!(parse_backend_url("https://[::1]:8443/"), Ok(("::1".into(), 8443, true)));
         assert!(parse_backend_url("http://h:0").is_err());
         assert!(parse_backend_url("http://h:1/path").is_err());

@@ -16,11 +16,11 @@ use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Resolved, Work};
 use super::tls::keep_unchanged;
-use crate::tls::upstream::UpstreamTls;
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
 use crate::tls::termination::Termination;
+use crate::tls::upstream::UpstreamTls;
 use crate::worker::Snapshot;
 
 /// How long a config read or a name lookup may take before the change that waits for it is refused.

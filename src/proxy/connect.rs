@@ -104,7 +104,9 @@ async fn handshake(
         return Err(failed("no TLS client config on this core".to_string()));
     };
     let Some(name) = target.name.clone() else {
-        return Err(failed("its server_name is neither a DNS name nor an IP address".to_string()));
+        return Err(failed(
+            "its server_name is neither a DNS name nor an IP address".to_string(),
+        ));
     };
     let mut tls = TlsStream::client(stream, config, name).map_err(|error| failed(error.to_string()))?;
     let remaining = deadline.saturating_duration_since(Instant::now());
