@@ -1028,6 +1028,11 @@ fn check_validates_certificates_and_warns_before_they_expire() {
 /// corelb in front of `upstream` (a TLS-terminating corelb) as its one `https://` backend, verified with
 /// `site`'s CA for `name`.
 fn https_front(site: &Site, name: &str) -> Corelb {
+    https_front_with(site, name, "")
+}
+
+/// [`https_front`] with `extra` appended to its config.
+fn https_front_with(site: &Site, name: &str, extra: &str) -> Corelb {
     let ca = site.files.write_text("upstream-ca.pem", &site.ca.pem());
     let url = format!("https://127.0.0.1:{}", site.corelb.addr.port());
     Corelb::start(&common::config_from_urls(
@@ -1035,7 +1040,7 @@ fn https_front(site: &Site, name: &str) -> Corelb {
         1,
         "",
         &format!(
-            "server_name = \"{name}\"\n\n[upstream.tls]\nca = \"{}\"\n",
+            "server_name = \"{name}\"\n\n[upstream.tls]\nca = \"{}\"\n\n{extra}",
             ca.display()
         ),
     ))
@@ -1074,4 +1079,102 @@ fn an_https_backend_showing_the_wrong_name_is_a_502_upstream_tls() {
     assert_eq!(response.status, 502);
     assert!(response.text().contains("upstream_tls"), "{}", response.text());
     assert_eq!(site.backend.stats().1, 0, "nothing reached the backend behind it");
+}
+
+/// Health checks every 300 ms that flip after two probes.
+const QUICK_CHECKS: &str = "[healthcheck]\nenabled = true\ninterval = \"300ms\"\ntimeout = \"300ms\"\n\
+                            healthy_threshold = 2\nunhealthy_threshold = 2\n";
+
+#[test]
+fn health_checks_to_an_https_backend_speak_tls_and_verify_its_name() {
+    let site = Site::start(1, "", "");
+    let front = https_front_with(&site, "secure.test", QUICK_CHECKS);
+    wait_for_metric(&front, "corelb_health_checks_total", "result=\"ok\"", 3.0);
+    // Every probe was a TLS handshake at the backend, none a plain-text request refused there.
+    wait_for_metric(&site.corelb, "corelb_tls_handshakes_total", "frontend=\"web\"", 3.0);
+    assert_eq!(front.get("/").status, 200);
+
+    let wrong = https_front_with(&site, "other.test", QUICK_CHECKS);
+    wait_for_metric(&wrong, "corelb_health_checks_total", "result=\"tls_failed\"", 2.0);
+    wait_for_metric(&wrong, "corelb_health_transitions_total", "to=\"unhealthy\"", 1.0);
+    let metrics = wrong.scrape();
+    assert_eq!(
+        metric_sum(&metrics, "corelb_health_checks_total", "result=\"ok\""),
+        0.0,
+        "no probe passes against a certificate for another name: {metrics}"
+    );
+}
+
+/// corelb in front of the TLS corelb at `upstream` as its one `https://` backend, `backend` in that backend's
+/// table, `upstream_tls` the body of `[upstream.tls]`.
+fn front_of(upstream: std::net::SocketAddr, backend: &str, upstream_tls: &str) -> Corelb {
+    let url = format!("https://127.0.0.1:{}", upstream.port());
+    Corelb::start(&common::config_from_urls(
+        &[(url, 1)],
+        1,
+        "",
+        &format!("{backend}\n[upstream.tls]\n{upstream_tls}\n"),
+    ))
+}
+
+#[test]
+fn corelb_shows_its_client_certificate_to_an_https_backend_that_requires_one() {
+    let server_ca = Authority::new("corelb test CA");
+    let clients = Authority::new("corelb client CA");
+    let (upstream, backend, files) = mutual_tls("required", &server_ca, &clients);
+    let ca = files.write_text("upstream-ca.pem", &server_ca.pem());
+    let (cert, key) = files.write("front", &clients.client("front"));
+    let upstream_tls = format!(
+        "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let front = front_of(upstream.addr, "server_name = \"secure.test\"", &upstream_tls);
+    let response = front.get("/echo");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response.text().contains("[\"X-Client-Subject\",\"CN=front\"]"),
+        "the backend saw corelb's client certificate: {}",
+        response.text()
+    );
+
+    // Without a client certificate the backend refuses the handshake: a 502, and nothing reaches behind it.
+    let anonymous = front_of(
+        upstream.addr,
+        "server_name = \"secure.test\"",
+        &format!("ca = \"{}\"", ca.display()),
+    );
+    let response = anonymous.get("/");
+    assert_eq!(response.status, 502);
+    assert!(response.text().contains("upstream_tls"), "{}", response.text());
+    assert_eq!(
+        backend.stats().1,
+        1,
+        "only the request with a client certificate got through"
+    );
+}
+
+#[test]
+fn insecure_skip_verify_accepts_any_certificate_and_says_so_loudly() {
+    let site = Site::start(1, "", "");
+    let front = front_of(
+        site.corelb.addr,
+        "server_name = \"other.test\"",
+        "insecure_skip_verify = true",
+    );
+    let response = front.get("/echo");
+    assert_eq!(
+        response.status,
+        200,
+        "a certificate for another name, from an unknown CA: {}",
+        response.text()
+    );
+    assert!(
+        response.text().contains("[\"X-Forwarded-Proto\",\"https\"]"),
+        "{}",
+        response.text()
+    );
+    let log = front.process.output().join("\n");
+    assert!(log.contains("NOT verified"), "the warning is in the log: {log}");
 }

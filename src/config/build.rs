@@ -44,16 +44,6 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigErrors> {
     top.finish(&mut errors);
 
     check_port_clashes(&frontends, &metrics, &admin, &mut errors);
-    for (index, backend) in backends.iter().enumerate() {
-        if backend.tls && healthcheck.for_backend(backend).is_some() {
-            errors.push(
-                format!("backends[{index}].healthcheck"),
-                "active health checks do not speak TLS yet: switch them off for this https:// backend \
-                 (healthcheck = { enabled = false }); passive checks, the circuit breaker and outlier detection \
-                 still watch it",
-            );
-        }
-    }
     for (index, item) in ratelimit.overrides.iter().enumerate() {
         if !item.frontend.is_empty() && !frontends.iter().any(|frontend| frontend.name == item.frontend) {
             errors.push(

@@ -374,7 +374,12 @@ impl Control {
         self.history.set_capacity(candidate.control.history);
         self.breakers
             .retain(|id| candidate.backends.iter().any(|backend| backend.id == id));
-        self.checks.follow(&candidate, &snapshot.backend_addrs, &mut self.fleet);
+        self.checks.follow(
+            &candidate,
+            &snapshot.backend_addrs,
+            snapshot.upstream_tls.as_ref(),
+            &mut self.fleet,
+        );
         self.history.push(VersionRecord {
             version,
             applied_at: SystemTime::now(),

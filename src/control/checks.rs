@@ -7,10 +7,11 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use super::fleet::Fleet;
-use crate::config::Config;
-use crate::health::{HealthNews, ProbeReply, ProbeTarget, Prober, Target};
+use crate::config::{BackendConfig, Config};
+use crate::health::{HealthNews, ProbeReply, ProbeTarget, ProbeTls, Prober, Target};
 use crate::metrics::CheckCounts;
 use crate::shard::HealthTable;
+use crate::tls::upstream::UpstreamTls;
 use crate::worker::ToWorker;
 
 /// The prober, what it checks, and the table its flips make.
@@ -19,6 +20,8 @@ pub struct Checks {
     pub news: Receiver<HealthNews>,
     targets: Vec<Target>,
     table: HealthTable,
+    /// The prober's TLS client config for `https://` backends, and the `[upstream.tls]` it was built from.
+    tls: Option<(Arc<UpstreamTls>, Arc<rustls::ClientConfig>)>,
 }
 
 impl Checks {
@@ -37,6 +40,7 @@ impl Checks {
             news,
             targets: Vec::new(),
             table: HealthTable::default(),
+            tls: None,
         }
     }
 
@@ -48,9 +52,16 @@ impl Checks {
         Ok(())
     }
 
-    /// Checks what `config` asks for from now on; a backend no longer checked (or moved to a new address) is
-    /// healthy again in the table.
-    pub fn follow(&mut self, config: &Config, addrs: &[std::net::SocketAddr], fleet: &mut Fleet) {
+    /// Checks what `config` asks for from now on, over TLS (`upstream_tls`) to `https://` backends; a backend no
+    /// longer checked (or moved to a new address) is healthy again in the table.
+    pub fn follow(
+        &mut self,
+        config: &Config,
+        addrs: &[std::net::SocketAddr],
+        upstream_tls: Option<&Arc<UpstreamTls>>,
+        fleet: &mut Fleet,
+    ) {
+        self.follow_tls(upstream_tls);
         let targets: Vec<Target> = config
             .backends
             .iter()
@@ -60,6 +71,7 @@ impl Checks {
                 Some(Target {
                     id: backend.id.clone(),
                     addr,
+                    tls: self.probe_tls(backend),
                     settings,
                 })
             })
@@ -79,6 +91,39 @@ impl Checks {
         if self.table.unhealthy.len() != before {
             self.publish(fleet);
         }
+    }
+
+    /// Builds the prober's client config when `[upstream.tls]` is new (the workers build their own per core).
+    fn follow_tls(&mut self, upstream_tls: Option<&Arc<UpstreamTls>>) {
+        let Some(upstream) = upstream_tls else {
+            self.tls = None;
+            return;
+        };
+        if matches!(&self.tls, Some((source, _)) if Arc::ptr_eq(source, upstream)) {
+            return;
+        }
+        self.tls = match upstream.client_config(crate::tls::provider()) {
+            Ok(config) => Some((Arc::clone(upstream), Arc::new(config))),
+            Err(error) => {
+                // Checked when the config was loaded, so this does not happen; should it, the probes fail loudly.
+                tracing::error!(%error, "cannot build the health prober's TLS config for https:// backends");
+                None
+            }
+        };
+    }
+
+    /// How a probe to `backend` speaks TLS, when it is `https://`. Without a client config (or with a name that
+    /// is neither a DNS name nor an IP address, which the config refuses) the probe is sent in plain text to a
+    /// TLS port and fails, which is the truth.
+    pub fn probe_tls(&self, backend: &BackendConfig) -> Option<ProbeTls> {
+        if !backend.tls {
+            return None;
+        }
+        let (_, config) = self.tls.as_ref()?;
+        Some(ProbeTls {
+            config: Arc::clone(config),
+            name: crate::tls::upstream::server_name(backend.tls_name())?,
+        })
     }
 
     /// Takes a flip from the prober into the table and sends the table to every worker.

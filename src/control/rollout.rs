@@ -227,6 +227,7 @@ impl Control {
                     Some(ProbeTarget {
                         id: id.clone(),
                         address: self.snapshot.backend_addrs[index],
+                        tls: self.checks.probe_tls(&self.config.backends[index]),
                         host: self.config.backends[index].authority(),
                         path: health.path.clone(),
                         timeout: health.timeout,

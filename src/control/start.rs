@@ -195,9 +195,12 @@ impl Control {
         }
         drop(reservations);
         let (config, snapshot) = (Arc::clone(&control.config), Arc::clone(&control.snapshot));
-        control
-            .checks
-            .follow(&config, &snapshot.backend_addrs, &mut control.fleet);
+        control.checks.follow(
+            &config,
+            &snapshot.backend_addrs,
+            snapshot.upstream_tls.as_ref(),
+            &mut control.fleet,
+        );
         let listening: Vec<String> = control
             .config
             .frontends

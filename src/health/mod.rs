@@ -9,4 +9,5 @@ pub mod probe;
 pub mod prober;
 pub mod tracker;
 
+pub use probe::ProbeTls;
 pub use prober::{CheckCounts, Figures, HealthNews, ProbeReply, ProbeTarget, Prober, Target};

@@ -1,11 +1,16 @@
-//! One health probe: connect, send `METHOD path` with `Connection: close`, read the status line, all within the
-//! probe's timeout. Only the status line is read; the connection is closed after it.
+//! One health probe: connect (and, to an `https://` backend, run the TLS handshake, verifying the backend's
+//! certificate as a request's connection would), send `METHOD path` with `Connection: close`, read the status
+//! line, all within the probe's timeout. Only the status line is read; the connection is closed after it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+use crate::net::tls::TlsStream;
+use crate::net::transport::Transport;
 
 /// The most bytes read looking for the end of the status line.
 const MAX_STATUS_LINE: usize = 1024;
@@ -15,6 +20,8 @@ const MAX_STATUS_LINE: usize = 1024;
 pub enum ProbeError {
     #[error("connect failed: {0}")]
     Connect(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connection failed: {0}")]
@@ -32,11 +39,26 @@ impl ProbeError {
     pub fn label(&self) -> &'static str {
         match self {
             ProbeError::Connect(_) => "connect_failed",
+            ProbeError::Tls(_) => "tls_failed",
             ProbeError::Timeout(_) => "timeout",
             ProbeError::Io(_) | ProbeError::Closed => "connection_failed",
             ProbeError::BadStatusLine(_) => "bad_response",
             ProbeError::UnexpectedStatus { .. } => "unexpected_status",
         }
+    }
+}
+
+/// How a probe speaks TLS to an `https://` backend: the prober's client config (the same roots and client
+/// certificate as the workers') and the name the certificate must show.
+#[derive(Debug, Clone)]
+pub struct ProbeTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl PartialEq for ProbeTls {
+    fn eq(&self, other: &ProbeTls) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.name == other.name
     }
 }
 
@@ -46,14 +68,16 @@ pub fn probe_request(method: &str, path: &str, host: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Probes `addr` with `request`; passes when the status lies in `expected` (inclusive).
+/// Probes `addr` (over TLS when `tls` is set) with `request`; passes when the status lies in `expected`
+/// (inclusive).
 pub async fn probe(
     addr: SocketAddr,
+    tls: Option<&ProbeTls>,
     request: Vec<u8>,
     timeout: Duration,
     expected: (u16, u16),
 ) -> Result<u16, ProbeError> {
-    let status = match monoio::time::timeout(timeout, status_of(addr, request)).await {
+    let status = match monoio::time::timeout(timeout, status_of(addr, tls, request)).await {
         Ok(result) => result?,
         Err(_) => return Err(ProbeError::Timeout(timeout)),
     };
@@ -68,17 +92,27 @@ pub async fn probe(
     }
 }
 
-async fn status_of(addr: SocketAddr, request: Vec<u8>) -> Result<u16, ProbeError> {
-    let mut stream = TcpStream::connect(addr)
+async fn status_of(addr: SocketAddr, tls: Option<&ProbeTls>, request: Vec<u8>) -> Result<u16, ProbeError> {
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|error| ProbeError::Connect(error.to_string()))?;
+    let mut stream = match tls {
+        None => Transport::from(tcp),
+        Some(tls) => {
+            let failed = |error: std::io::Error| ProbeError::Tls(error.to_string());
+            let mut stream = TlsStream::client(tcp, Arc::clone(&tls.config), tls.name.clone()).map_err(failed)?;
+            stream.handshake().await.map_err(failed)?;
+            Transport::from(stream)
+        }
+    };
     let (written, _) = stream.write_all(request).await;
     written.map_err(|error| ProbeError::Io(error.to_string()))?;
-    let mut received = Vec::with_capacity(256);
-    let mut buffer = vec![0u8; 512];
+    let mut received = Vec::with_capacity(512);
     loop {
-        let (read, returned) = stream.read(buffer).await;
-        buffer = returned;
+        // Room to read into: an empty spare capacity would read as the peer closing.
+        received.reserve(512);
+        let (read, returned) = stream.read_into(received).await;
+        received = returned;
         let read = read.map_err(|error| ProbeError::Io(error.to_string()))?;
         if read == 0 {
             return match parse_status_line(&received) {
@@ -86,7 +120,6 @@ async fn status_of(addr: SocketAddr, request: Vec<u8>) -> Result<u16, ProbeError
                 None => Err(ProbeError::Closed),
             };
         }
-        received.extend_from_slice(&buffer[..read]);
         if let Some(result) = parse_status_line(&received) {
             return result;
         }

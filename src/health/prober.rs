@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::probe::{probe, probe_request};
+use super::probe::{probe, probe_request, ProbeTls};
 use super::tracker::{first_wait, next_wait, Jitter, Tracker};
 use crate::config::CheckSettings;
 pub use crate::metrics::CheckCounts;
@@ -31,6 +31,8 @@ const COMMAND_POLL: Duration = Duration::from_millis(20);
 pub struct Target {
     pub id: String,
     pub addr: SocketAddr,
+    /// Set for an `https://` backend.
+    pub tls: Option<ProbeTls>,
     pub settings: CheckSettings,
 }
 
@@ -40,6 +42,8 @@ pub struct Target {
 pub struct ProbeTarget {
     pub id: String,
     pub address: SocketAddr,
+    /// Set for an `https://` backend.
+    pub tls: Option<ProbeTls>,
     /// The `Host` header: the backend's authority.
     pub host: String,
     pub path: String,
@@ -226,7 +230,7 @@ async fn probe_once(targets: Vec<ProbeTarget>, reply: ProbeReply) {
         .map(|target| {
             monoio::spawn(async move {
                 let request = probe_request("GET", &target.path, &target.host);
-                probe(target.address, request, target.timeout, (200, 299))
+                probe(target.address, target.tls.as_ref(), request, target.timeout, (200, 299))
                     .await
                     .map(drop)
                     .map_err(|error| format!("new backend {}: {error}", target.id))
@@ -253,7 +257,14 @@ async fn watch(prober: Rc<Probing>, entry: Rc<Watched>, spread: f64) {
         let settings = &target.settings;
         let request = probe_request(&settings.method, &settings.path, &settings.host);
         let timeout = settings.timeout.min(settings.interval);
-        let result = probe(target.addr, request, timeout, settings.expected_status).await;
+        let result = probe(
+            target.addr,
+            target.tls.as_ref(),
+            request,
+            timeout,
+            settings.expected_status,
+        )
+        .await;
         if !entry.alive.get() {
             return;
         }
@@ -333,6 +344,7 @@ mod tests {
         ProbeTarget {
             id: id.into(),
             address,
+            tls: None,
             host: address.to_string(),
             path: "/health".into(),
             timeout: Duration::from_secs(10),

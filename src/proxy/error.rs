@@ -59,6 +59,14 @@ pub enum ProxyError {
     BadResponse { backend: String, reason: String },
 }
 
+/// Whether an upstream connection failed in TLS (a rustls error: an alert from the backend, a bad record) rather
+/// than in the socket.
+fn is_tls_failure(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
 /// Who caused a failure: it decides whether the backend is blamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -134,6 +142,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::RetryBudgetExhausted(_) => "retry_budget_exhausted",
+            // After the handshake, a backend can still refuse over TLS: a TLS 1.3 server checks the client's
+            // certificate once the client has finished, and its alert arrives with the first read.
+            ProxyError::UpstreamIo { source, .. } if is_tls_failure(source) => "upstream_tls",
             ProxyError::UpstreamIo { .. } => "upstream_io",
             ProxyError::UpstreamClosed { .. } => "upstream_closed",
             ProxyError::BadResponse { .. } => "bad_response",
@@ -288,6 +299,24 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_alert_after_the_handshake_is_an_upstream_tls_failure() {
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        let refused = ProxyError::UpstreamIo {
+            backend: "b".into(),
+            source: alert,
+        };
+        assert_eq!((refused.status(), refused.label()), (Some(502), "upstream_tls"));
+        let reset = ProxyError::UpstreamIo {
+            backend: "b".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(reset.label(), "upstream_io");
+    }
 
     #[test]
     fn maps_categories_to_statuses() {
