@@ -321,6 +321,12 @@ fn backends(top: &mut Section, errors: &mut ConfigErrors) -> Vec<BackendConfig> 
                 None
             }
         });
+        if let (Some(_), Some((_, _, false))) = (&server_name, &parsed) {
+            errors.push(
+                section.key_path("server_name"),
+                "only an https:// backend has a TLS server name; drop it or make the url https://",
+            );
+        }
         let id_key = section.key_path("id");
         section.finish(errors);
         let (Some(url), Some((host, port, tls))) = (url, parsed) else {
@@ -1192,6 +1198,52 @@ mod tests {
                 format!("[[frontends]]\nport = 8443\ntls = {tls}\n[[backends]]\nurl = \"http://127.0.0.1:9001\"\n");
             let errors = parse_config(&text).unwrap_err().to_string();
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn https_backends_take_port_443_a_server_name_and_upstream_tls() {
+        let text = "[[frontends]]\nport = 8080\n[[backends]]\nurl = \"https://api.internal\"\n\
+                    [[backends]]\nurl = \"https://10.0.0.2:8443\"\nserver_name = \"api.internal\"\n\
+                    [upstream.tls]\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n";
+        let config = parse_config(text).unwrap();
+        let (named, addressed) = (&config.backends[0], &config.backends[1]);
+        assert!(named.tls && addressed.tls);
+        assert_eq!((named.port, named.tls_name()), (443, "api.internal"));
+        assert_eq!((addressed.port, addressed.tls_name()), (8443, "api.internal"));
+        let tls = &config.upstream.tls;
+        assert_eq!(tls.ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(tls.cert.is_some() && tls.key.is_some() && !tls.insecure_skip_verify);
+        let rendered = crate::config::to_toml(&config);
+        assert_eq!(parse_config(&rendered).unwrap(), config, "{rendered}");
+    }
+
+    #[test]
+    fn bad_https_backend_settings_are_refused_by_key() {
+        for (extra, key, reason) in [
+            (
+                "[[backends]]\nurl = \"ftp://a:21\"\n",
+                "backends[1].url",
+                "must start with http:// or https://",
+            ),
+            (
+                "[[backends]]\nurl = \"https://a\"\nserver_name = \"not a name!\"\n",
+                "backends[1].server_name",
+                "is not a DNS name or an IP address",
+            ),
+            (
+                "[[backends]]\nurl = \"http://a:80\"\nserver_name = \"a\"\n",
+                "backends[1].server_name",
+                "only an https:// backend",
+            ),
+            (
+                "[upstream.tls]\ncert = \"client.pem\"\n",
+                "upstream.tls.key",
+                "needs both cert and key",
+            ),
+        ] {
+            let text = parse_config(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+            assert!(text.contains(key) && text.contains(reason), "{extra}: {text}");
         }
     }
 

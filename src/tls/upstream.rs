@@ -206,3 +206,66 @@ impl ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::certificate::tests::self_signed;
+
+    fn folder(name: &str) -> PathBuf {
+        let folder = std::env::temp_dir().join(format!("corelb-upstream-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        folder
+    }
+
+    fn settings(ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> UpstreamTlsConfig {
+        UpstreamTlsConfig {
+            ca,
+            cert,
+            key,
+            insecure_skip_verify: false,
+        }
+    }
+
+    #[test]
+    fn a_ca_bundle_and_a_client_identity_load_into_a_client_config_per_core() {
+        let folder = folder("good");
+        let (cert, key) = self_signed(&["client.test"]);
+        let (cert_path, key_path) = (folder.join("client.pem"), folder.join("client.key"));
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let loaded = UpstreamTls::load(&settings(Some(cert_path.clone()), Some(cert_path), Some(key_path))).unwrap();
+        assert_eq!(loaded.roots.len(), 1);
+        let config = loaded.client_config(crate::tls::provider()).unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    #[test]
+    fn an_unreadable_or_broken_file_is_refused_naming_it() {
+        let folder = folder("broken");
+        let missing = folder.join("missing.pem");
+        let error = UpstreamTls::load(&settings(Some(missing.clone()), None, None)).unwrap_err();
+        assert!(
+            matches!(&error, UpstreamTlsError::ReadCa { path, .. } if path == &missing),
+            "{error}"
+        );
+
+        let garbage = folder.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let error = UpstreamTls::load(&settings(Some(garbage.clone()), None, None)).unwrap_err();
+        assert!(error.to_string().contains("garbage.pem"), "{error}");
+        assert!(matches!(error, UpstreamTlsError::BadCa { .. }), "{error}");
+
+        let (cert, _) = self_signed(&["client.test"]);
+        let cert_path = folder.join("only-cert.pem");
+        std::fs::write(&cert_path, &cert).unwrap();
+        let error = UpstreamTls::load(&settings(Some(cert_path.clone()), Some(cert_path), Some(garbage))).unwrap_err();
+        assert!(
+            matches!(&error, UpstreamTlsError::BadIdentity { path, .. } if path.ends_with("garbage.pem")),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
