@@ -22,10 +22,11 @@ use monoio::BufResult;
 
 use super::watchdog::{Operation, Watchdog};
 
-/// Ciphertext read from the socket at a time: a whole TLS record and its overhead.
+/// Ciphertext read from the socket at a time once bytes flow: a whole TLS record and its overhead.
 const INCOMING: usize = 16 * 1024 + 512;
-/// An outgoing buffer larger than this is given back when idle.
-const OUTGOING_IDLE_MAX: usize = 4 * 1024;
+/// The first read after the buffer was given back (a new or idle connection waits in it, possibly for minutes):
+/// room for a ClientHello or a small request's record. A read that fills it grows the buffer to `INCOMING`.
+const INCOMING_IDLE: usize = 2 * 1024;
 
 /// A TLS connection (server or client side) over TCP.
 pub struct TlsStream {
@@ -34,6 +35,8 @@ pub struct TlsStream {
     /// Ciphertext read and not yet taken by rustls: `incoming[taken..]`.
     incoming: Vec<u8>,
     taken: usize,
+    /// The last read filled all the room it had: more is coming, so the next gets a whole record's room.
+    filled: bool,
     /// Plaintext rustls holds, ready to read.
     plaintext: usize,
     /// The peer sent close_notify, or closed the socket.
@@ -113,6 +116,8 @@ pub async fn accept(
         return Err(HandshakeFailure::TimedOut);
     }
     result.map_err(HandshakeFailure::from_io)?;
+    // The client's first request may be a while coming; it waits in a small buffer, not a record's worth.
+    stream.shrink_when_idle();
     Ok(stream)
 }
 
@@ -139,6 +144,7 @@ impl TlsStream {
             session,
             incoming: Vec::new(),
             taken: 0,
+            filled: false,
             plaintext: 0,
             peer_closed: false,
             outgoing: Vec::new(),
@@ -241,7 +247,10 @@ impl TlsStream {
             self.incoming.drain(..self.taken);
             self.taken = 0;
         }
-        if self.incoming.capacity() - self.incoming.len() < INCOMING / 4 {
+        let spare = self.incoming.capacity() - self.incoming.len();
+        if self.incoming.capacity() == 0 {
+            self.incoming.reserve_exact(INCOMING_IDLE);
+        } else if spare < INCOMING / 4 && (self.incoming.capacity() >= INCOMING || self.filled) {
             self.incoming.reserve(INCOMING);
         }
         let buf = std::mem::take(&mut self.incoming);
@@ -249,6 +258,7 @@ impl TlsStream {
         let (result, slice) = self.tcp.read(buf.slice_mut(len..capacity)).await;
         self.incoming = slice.into_inner();
         let count = result?;
+        self.filled = count == capacity - len;
         if count == 0 {
             self.peer_closed = true;
             return Ok(0);
@@ -339,13 +349,15 @@ impl TlsStream {
         self.tcp.readable(false).await
     }
 
-    /// Gives back the ciphertext buffers when nothing is in them (a keep-alive connection between requests).
+    /// Gives back the ciphertext buffers when nothing is in them (after the handshake, and a keep-alive connection
+    /// between requests): an idle connection then holds rustls' own state and nothing of the adapter's. Allocating
+    /// them again for the next exchange costs less than measurement can tell (scripts/bench-tls-adapter.sh).
     pub fn shrink_when_idle(&mut self) {
         if self.taken == self.incoming.len() {
             self.incoming = Vec::new();
             self.taken = 0;
         }
-        if self.outgoing.capacity() > OUTGOING_IDLE_MAX {
+        if self.outgoing.capacity() > 0 {
             self.outgoing = Vec::new();
         }
     }
