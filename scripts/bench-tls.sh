@@ -139,21 +139,8 @@ stop_proxy() {
     sleep 0.2
 }
 
-cpu_ticks() {  # cpu_ticks PID: utime+stime of PID and its children (nginx's worker)
-    local total=0 pid
-    for pid in $1 $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{print $14+$15}' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
-
-rss_kib() {  # rss_kib PID: resident memory of PID and its children
-    local total=0 pid
-    for pid in $1 $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/^VmRSS/{print $2}' "/proc/$pid/status")))
-    done
-    echo "$total"
-}
+# shellcheck source=bench/proc.sh
+source scripts/bench/proc.sh
 
 measure() {  # measure NAME MODE: prints µs of proxy CPU per request
     local name=$1 mode=$2 header=() before after output requests
