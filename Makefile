@@ -1,7 +1,7 @@
 # corelb — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build run test tools lint fmt bench bench-micro bench-overhead bench-tls clean
+.PHONY: all build run test tools lint fmt bench bench-micro bench-overhead bench-tls bench-tls-adapter clean
 
 all: build
 
@@ -38,6 +38,9 @@ bench: build
 ## TLS termination side by side with nginx and HAProxy: CPU per request and per handshake, memory per idle TLS connection.
 bench-tls: build
 	scripts/bench-tls.sh $(BENCH_ARGS)
+
+bench-tls-adapter:
+	scripts/bench-tls-adapter.sh $(BENCH_ARGS)
 
 ## Criterion micro-benchmarks of the hot pure pieces (selection, rate-limit decision, parsing, rewriting).
 bench-micro:
