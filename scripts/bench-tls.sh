@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # TLS termination side by side: corelb, nginx and HAProxy, each one worker pinned to CPU 0, terminating TLS 1.3
 # with the same ECDSA P-256 certificate (scripts/dev-certs.sh) in front of the same plain nginx origin on CPU 1,
-# where wrk runs too. Interleaved rounds, so drift on a shared machine hits every proxy alike. Figures:
+# where wrk runs too; and monolake 0.3 (io_uring on monoio, rustls through monoio-rustls), built once by
+# scripts/install-monolake.sh (BENCH_MONOLAKE=0 leaves it out). Interleaved rounds, so drift on a shared machine hits every proxy alike. Figures:
 #   keep-alive   proxy CPU µs per request, wrk -c50 over 50 kept TLS connections
 #   handshake    proxy CPU µs per new connection (full handshake + one request), wrk -c50 "Connection: close"
 #   idle memory  proxy RSS growth per idle TLS connection, CONNS connections opened and held (scripts/bench/tls-idle.py)
@@ -16,6 +17,11 @@ for tool in wrk nginx haproxy python3 taskset; do
 done
 scripts/dev-certs.sh
 cargo build --release --bins -q
+proxies=(corelb nginx haproxy)
+if [[ ${BENCH_MONOLAKE:-1} != 0 ]]; then
+    MONOLAKE=$(scripts/install-monolake.sh)
+    proxies+=(monolake)
+fi
 # As many descriptors as the hard limit allows (10,000 idle connections need about that many in each proxy).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FDLIMIT=$(ulimit -n)
@@ -108,6 +114,23 @@ backend origin
 EOF
 }
 
+config_monolake() {
+    cat <<TOML
+[runtime]
+runtime_type = "io_uring"
+worker_threads = 1
+cpu_affinity = false
+[servers.bench]
+name = "bench"
+listener = { type = "socket", value = "127.0.0.1:$PORT" }
+tls = { chain = "$CERT", key = "$KEY" }
+upstream_http_version = "http11"
+[[servers.bench.routes]]
+path = "/"
+upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:$ORIGIN" } }]
+TOML
+}
+
 start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; sets PROXY_PID
     local name=$1
     case $name in
@@ -122,6 +145,11 @@ start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; 
         haproxy)
             config_haproxy >"$work/haproxy.cfg"
             taskset -c 0 haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.err" &
+            ;;
+        monolake)
+            config_monolake >"$work/monolake.toml"
+            # It logs every request at INFO by default; warn, like the others.
+            RUST_LOG=warn taskset -c 0 "$MONOLAKE" -c "$work/monolake.toml" >"$work/monolake.out" 2>&1 &
             ;;
     esac
     PROXY_PID=$!
@@ -152,6 +180,10 @@ measure() {  # measure NAME MODE: prints µs of proxy CPU per request
     output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "https://127.0.0.1:$PORT/" 2>&1)
     after=$(cpu_ticks "$PROXY_PID")
     stop_proxy
+    # A proxy that answers with errors would look cheap: say so beside the figure.
+    if [[ $output == *"Non-2xx"* || $output == *"Socket errors"* ]]; then
+        echo "bench-tls: $name $mode:$(echo "$output" | grep -E 'Non-2xx|Socket errors' | tr -s ' ' | tr '\n' ';')" >&2
+    fi
     requests=$(echo "$output" | awk '/requests in/{print $1}')
     python3 -c "print(round(($after-$before)/$(getconf CLK_TCK)*1e6/max($requests,1), 2))"
 }
@@ -175,7 +207,6 @@ idle_memory() {  # idle_memory NAME: prints bytes of proxy RSS per idle TLS conn
 }
 
 declare -A keepalive handshake memory
-proxies=(corelb nginx haproxy)
 for round in $(seq "$ROUNDS"); do
     for name in "${proxies[@]}"; do
         keepalive[$name]+="$(measure "$name" keepalive) "
