@@ -371,6 +371,18 @@ impl TlsClient {
         self.read_reply()
     }
 
+    /// `POST path` with `body` framed by Content-Length.
+    fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: secure.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes())?;
+        self.stream.write_all(body)?;
+        self.stream.flush()?;
+        self.read_reply()
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
         let read = self.stream.read(&mut chunk)?;
@@ -492,6 +504,46 @@ fn requests_go_through_over_tls_13_and_12_marked_as_https() {
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(backend.stats().1, 6, "only the six TLS requests reached the backend");
+}
+
+#[test]
+fn large_bodies_cross_tls_both_ways_on_one_kept_connection() {
+    // The adapter reads into 2 KiB while a connection is quiet and grows to a whole record only once a read fills
+    // it, and gives its buffers back between exchanges: bodies many records long, in both directions, with small
+    // exchanges between them, must cross byte for byte and leave the connection usable.
+    let Site {
+        ca, backend, corelb, ..
+    } = Site::start(1, "", "");
+    let upload: Vec<u8> = (0..300_000u32).map(|index| b'A' + (index * 7 % 26) as u8).collect();
+    let download = 262_144usize;
+    let expected: String = (0..download)
+        .map(|index| char::from(b'a' + (index % (64 * 1024) % 26) as u8))
+        .collect();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = ClientSetup::trusting(&ca).only(version).build();
+        let mut client = TlsClient::connect(corelb.addr, &config, "secure.test").unwrap();
+        for round in 0..2 {
+            let reply = client.post("/echo", &upload).unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(
+                echo["body_length"],
+                upload.len(),
+                "round {round}: the whole upload reached the backend"
+            );
+
+            let reply = client.get(&format!("/bytes?n={download}"), "").unwrap();
+            assert_eq!(reply.status, 200);
+            assert!(
+                reply.body == expected,
+                "round {round}: the download arrived altered or cut"
+            );
+
+            let reply = client.get("/echo", "").unwrap();
+            assert_eq!(reply.status, 200, "a small exchange after the large ones");
+        }
+    }
+    assert_eq!(backend.stats().1, 12, "every request reached the backend once");
 }
 
 /// A ClientHello that offers TLS 1.0 or 1.1 only (no supported_versions extension), as old clients send.
