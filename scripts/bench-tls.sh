@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # TLS termination side by side: corelb, nginx and HAProxy, each one worker pinned to CPU 0, terminating TLS 1.3
 # with the same ECDSA P-256 certificate (scripts/dev-certs.sh) in front of the same plain nginx origin on CPU 1,
-# where wrk runs too; and monolake 0.3 (io_uring on monoio, rustls through monoio-rustls), built once by
-# scripts/install-monolake.sh (BENCH_MONOLAKE=0 leaves it out). Interleaved rounds, so drift on a shared machine hits every proxy alike. Figures:
+# where wrk runs too; and monolake 0.3 (io_uring on monoio, HTTP by monoio-http, rustls through monoio-rustls),
+# built once by scripts/install-monolake.sh (BENCH_MONOLAKE=0 leaves it out). Interleaved rounds, so drift on a
+# shared machine hits every proxy alike. With --plain the same proxies serve plain HTTP (no idle-memory figure):
+# corelb's own framing beside monoio-http's, each under its proxy. Figures:
 #   keep-alive   proxy CPU µs per request, wrk -c50 over 50 kept TLS connections
 #   handshake    proxy CPU µs per new connection (full handshake + one request), wrk -c50 "Connection: close"
 #   idle memory  proxy RSS growth per idle TLS connection, CONNS connections opened and held (scripts/bench/tls-idle.py)
-# Usage: scripts/bench-tls.sh [ROUNDS] [SECONDS] [CONNS]        (make bench-tls)
+# Usage: scripts/bench-tls.sh [--plain] [ROUNDS] [SECONDS] [CONNS]        (make bench-tls)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TLS=true
+if [[ ${1:-} == --plain ]]; then
+    TLS=false
+    shift
+fi
 ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-3}
 CONNS=${3:-10000}
@@ -35,6 +42,15 @@ KEY=$PWD/deploy/dev-certs/server.key
 cat "$CERT" "$KEY" >"$work/haproxy.pem"
 ORIGIN=29201
 PORT=29200
+SCHEME=https
+CORELB_TLS=$(printf '[frontends.tls]\ncert = "%s"\nkey = "%s"' "$CERT" "$KEY")
+NGINX_TLS=$(printf 'ssl_certificate %s;\nssl_certificate_key %s;\nssl_protocols TLSv1.2 TLSv1.3;\nssl_session_cache shared:SSL:10m;' "$CERT" "$KEY")
+NGINX_SSL=ssl
+HAPROXY_SSL="ssl crt $work/haproxy.pem alpn http/1.1"
+MONOLAKE_TLS="tls = { chain = \"$CERT\", key = \"$KEY\" }"
+if ! $TLS; then
+    SCHEME=http CORELB_TLS="" NGINX_TLS="" NGINX_SSL="" HAPROXY_SSL="" MONOLAKE_TLS=""
+fi
 NGINX_USER=""
 [[ $(id -u) -eq 0 ]] && NGINX_USER="user root;"
 
@@ -62,9 +78,7 @@ pin_workers = false
 name = "bench"
 address = "127.0.0.1"
 port = $PORT
-[frontends.tls]
-cert = "$CERT"
-key = "$KEY"
+$CORELB_TLS
 [[backends]]
 url = "http://127.0.0.1:$ORIGIN"
 [upstream]
@@ -82,11 +96,8 @@ config_nginx() {
     cat <<EOF
 upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; keepalive_requests 1000000; }
 server {
-    listen 127.0.0.1:$PORT ssl backlog=16384;
-    ssl_certificate $CERT;
-    ssl_certificate_key $KEY;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
+    listen 127.0.0.1:$PORT $NGINX_SSL backlog=16384;
+    $NGINX_TLS
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
 }
 }
@@ -107,7 +118,7 @@ defaults
     timeout http-keep-alive 300s
     http-reuse always
 frontend bench
-    bind 127.0.0.1:$PORT ssl crt $work/haproxy.pem alpn http/1.1 backlog 16384
+    bind 127.0.0.1:$PORT $HAPROXY_SSL backlog 16384
     default_backend origin
 backend origin
     server origin1 127.0.0.1:$ORIGIN
@@ -123,7 +134,7 @@ cpu_affinity = false
 [servers.bench]
 name = "bench"
 listener = { type = "socket", value = "127.0.0.1:$PORT" }
-tls = { chain = "$CERT", key = "$KEY" }
+$MONOLAKE_TLS
 upstream_http_version = "http11"
 [[servers.bench.routes]]
 path = "/"
@@ -175,9 +186,9 @@ measure() {  # measure NAME MODE: prints µs of proxy CPU per request
     [[ $mode == handshake ]] && header=(-H "Connection: close")
     start_proxy "$name"
     # Warm up (and for nginx, let the worker start) before counting.
-    taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "https://127.0.0.1:$PORT/" >/dev/null 2>&1
+    taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "$SCHEME://127.0.0.1:$PORT/" >/dev/null 2>&1
     before=$(cpu_ticks "$PROXY_PID")
-    output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "https://127.0.0.1:$PORT/" 2>&1)
+    output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "$SCHEME://127.0.0.1:$PORT/" 2>&1)
     after=$(cpu_ticks "$PROXY_PID")
     stop_proxy
     # A proxy that answers with errors would look cheap: say so beside the figure.
@@ -191,7 +202,7 @@ measure() {  # measure NAME MODE: prints µs of proxy CPU per request
 idle_memory() {  # idle_memory NAME: prints bytes of proxy RSS per idle TLS connection
     local name=$1 before after
     start_proxy "$name"
-    taskset -c 1 wrk -t1 -c10 -d1s "https://127.0.0.1:$PORT/" >/dev/null 2>&1
+    taskset -c 1 wrk -t1 -c10 -d1s "$SCHEME://127.0.0.1:$PORT/" >/dev/null 2>&1
     before=$(rss_kib "$PROXY_PID")
     taskset -c 1 python3 scripts/bench/tls-idle.py 127.0.0.1 "$PORT" "$CONNS" "$work/held.$name" &
     local holder=$!
@@ -214,15 +225,17 @@ for round in $(seq "$ROUNDS"); do
     done
     echo "bench-tls: round $round done" >&2
 done
-for name in "${proxies[@]}"; do memory[$name]=$(idle_memory "$name"); done
+for name in "${proxies[@]}"; do
+    if $TLS; then memory[$name]=$(idle_memory "$name"); else memory[$name]='"n/a"'; fi
+done
 
 python3 - <<PY
 import statistics
 keep = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${keepalive[$n]} | tr ' ' ',')"; done)}
 hand = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${handshake[$n]} | tr ' ' ',')"; done)}
 mem = {$(for n in "${proxies[@]}"; do printf '"%s": %s,' "$n" "${memory[$n]}"; done)}
-print("TLS 1.3, ECDSA P-256, one worker on CPU 0, plain nginx origin; wrk on CPU 1; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s")
-print("| proxy | keep-alive µs/request (median) | vs nginx | new connection µs/handshake (median) | vs nginx | idle RSS bytes/connection ($CONNS) |")
+print("$($TLS && echo 'TLS 1.3, ECDSA P-256' || echo 'Plain HTTP'), one worker on CPU 0, plain nginx origin; wrk on CPU 1; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s")
+print("| proxy | keep-alive µs/request (median) | vs nginx | new connection µs (median) | vs nginx | idle RSS bytes/connection ($CONNS) |")
 print("|---|---|---|---|---|---|")
 k0, h0 = statistics.median(keep["nginx"]), statistics.median(hand["nginx"])
 for name in keep:
