@@ -1157,6 +1157,89 @@ fn health_checks_to_an_https_backend_speak_tls_and_verify_its_name() {
     );
 }
 
+#[test]
+fn a_change_elsewhere_keeps_backend_sessions_and_a_rewritten_ca_is_read_on_reload() {
+    let site = Site::start(1, "", "");
+    // No idle pool: every request opens its own TLS connection to the backend, and all but the first resume.
+    let front = https_front_with(&site, "secure.test", "[upstream]\nmax_idle_per_backend = 0\n");
+    let handshakes = |filter: &str| metric_sum(&site.corelb.scrape(), "corelb_tls_handshakes_total", filter);
+    for _ in 0..3 {
+        assert_eq!(front.get("/").status, 200);
+    }
+    wait_for_metric(&site.corelb, "corelb_tls_handshakes_total", "frontend=\"web\"", 3.0);
+    let resumed = handshakes("resumed=\"true\"");
+    assert!(resumed >= 2.0, "reconnects to the backend resume: {resumed}");
+
+    // A change to something else keeps each core's client config, and with it the sessions.
+    let config_path = front.dir.0.join("corelb.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("weight = 1", "weight = 2")).unwrap();
+    let (code, out, err) = front.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("weight") && !out.contains("upstream TLS reloaded"),
+        "{out}"
+    );
+    let total = handshakes("frontend=\"web\"");
+    assert_eq!(front.get("/").status, 200);
+    wait_for_metric(
+        &site.corelb,
+        "corelb_tls_handshakes_total",
+        "frontend=\"web\"",
+        total + 1.0,
+    );
+    assert_eq!(
+        handshakes("resumed=\"true\""),
+        resumed + 1.0,
+        "the connection after an unrelated change resumed"
+    );
+
+    // The CA bundle rewritten in place with an unchanged config: a reload reads it, and the backend's
+    // certificate no longer verifies.
+    let ca_path = site
+        .files
+        .write_text("upstream-ca.pem", &Authority::new("another CA").pem());
+    let (code, out, err) = front.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("upstream TLS reloaded"), "{out}");
+    let response = front.get("/");
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(response.text().contains("upstream_tls"), "{}", response.text());
+
+    // And back.
+    site.files.write_text("upstream-ca.pem", &site.ca.pem());
+    let (code, out, err) = front.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("upstream TLS reloaded"), "{out}");
+    assert_eq!(front.get("/").status, 200, "{}", ca_path.display());
+}
+
+#[test]
+fn a_watched_upstream_ca_rewritten_on_disk_is_read_without_a_command() {
+    let site = Site::start(1, "", "");
+    let front = https_front_with(
+        &site,
+        "secure.test",
+        "[upstream]\nmax_idle_per_backend = 0\n\n[tls]\nwatch = \"100ms\"\n",
+    );
+    assert_eq!(front.get("/").status, 200);
+    site.files
+        .write_text("upstream-ca.pem", &Authority::new("another CA").pem());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = front.get("/");
+        if response.status == 502 {
+            assert!(response.text().contains("upstream_tls"), "{}", response.text());
+            break;
+        }
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(Instant::now() < deadline, "the rewritten CA bundle was never read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, out, _) = front.ctl(&["versions"]);
+    assert!(out.contains("upstream TLS reloaded"), "{out}");
+}
+
 /// corelb in front of the TLS corelb at `upstream` as its one `https://` backend, `backend` in that backend's
 /// table, `upstream_tls` the body of `[upstream.tls]`.
 fn front_of(upstream: std::net::SocketAddr, backend: &str, upstream_tls: &str) -> Corelb {

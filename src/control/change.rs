@@ -15,7 +15,7 @@ use super::command::{Command, CommandError, ErrorKind, Source};
 use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Resolved, Work};
-use super::tls::keep_unchanged;
+use super::tls::{keep_unchanged, keep_unchanged_upstream};
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
@@ -195,9 +195,10 @@ impl Control {
             return self.finish(ticket, Err(error));
         }
         let changes = diff(&self.config, &candidate);
-        // A config with TLS frontends goes on even unchanged: its certificate files are read again (SIGHUP,
-        // `reload` and `cert reload` reload certificates).
-        let has_tls = candidate.frontends.iter().any(|frontend| frontend.tls.is_some());
+        // A config with TLS frontends or https:// backends goes on even unchanged: its certificate files are read
+        // again (SIGHUP, `reload` and `cert reload` reload certificates and CA bundles).
+        let has_tls = candidate.frontends.iter().any(|frontend| frontend.tls.is_some())
+            || candidate.backends.iter().any(|backend| backend.tls);
         if changes.is_empty() && ticket.label.is_none() && !has_tls {
             let unchanged = json!({ "version": self.snapshot.version, "changes": changes, "applied": false });
             return self.finish(ticket, Ok(unchanged));
@@ -319,13 +320,15 @@ impl Control {
             tls,
             upstream_tls,
         } = resolved;
-        let upstream_tls = upstream_tls.map_err(invalid_config)?.map(Arc::new);
+        let upstream_tls = upstream_tls.map_err(invalid_config)?;
+        let (upstream_tls, upstream_rewritten) =
+            keep_unchanged_upstream(self.snapshot.upstream_tls.as_ref(), upstream_tls);
         let addresses = addresses.map_err(invalid_config)?;
         let sticky_key = sticky_key.transpose().map_err(invalid_config)?;
         let tls = tls.map_err(invalid_config)?;
         let (tls, reloaded) = keep_unchanged(&candidate, &self.snapshot.tls, tls);
         let mut changes = diff(&self.config, &candidate);
-        if changes.is_empty() && reloaded.is_empty() && ticket.label.is_none() {
+        if changes.is_empty() && reloaded.is_empty() && !upstream_rewritten && ticket.label.is_none() {
             return Ok(json!({ "version": self.snapshot.version, "changes": changes, "applied": false }));
         }
         changes.extend(
@@ -333,6 +336,9 @@ impl Control {
                 .iter()
                 .map(|frontend| format!("frontend {frontend} TLS reloaded")),
         );
+        if upstream_rewritten {
+            changes.push("upstream TLS reloaded".to_string());
+        }
         self.apply(*candidate, addresses, sticky_key, (tls, upstream_tls), changes, ticket)
     }
 

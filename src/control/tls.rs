@@ -73,6 +73,22 @@ pub fn keep_unchanged(
     (kept, changed)
 }
 
+/// The `[upstream.tls]` to hand the cores: the running `Arc` when `loaded` is the same material, so every core
+/// keeps its client config and the sessions it holds with backends. Also says whether the material changed under
+/// a running one (a CA bundle or client certificate rewritten in place).
+pub fn keep_unchanged_upstream(
+    running: Option<&Arc<UpstreamTls>>,
+    loaded: Option<UpstreamTls>,
+) -> (Option<Arc<UpstreamTls>>, bool) {
+    match (running, loaded) {
+        (Some(running), Some(loaded)) if running.same_as(&loaded) => (Some(Arc::clone(running)), false),
+        (running, loaded) => {
+            let rewritten = running.is_some() && loaded.is_some();
+            (loaded.map(Arc::new), rewritten)
+        }
+    }
+}
+
 /// The session-ticket keys and when they were last rotated.
 pub struct TicketRotation {
     pub keys: Option<Arc<TicketKeys>>,
@@ -156,7 +172,8 @@ impl CertificateWatch {
     }
 }
 
-/// Every certificate, key and client CA file of `config`'s TLS frontends, as it is now.
+/// Every certificate, key and client CA file of `config`'s TLS frontends, and the `[upstream.tls]` files when a
+/// backend is `https://`, as they are now.
 fn stamps(config: &Config) -> Vec<FileStamp> {
     let mut paths = Vec::new();
     for tls in config.frontends.iter().filter_map(|frontend| frontend.tls.as_ref()) {
@@ -165,6 +182,15 @@ fn stamps(config: &Config) -> Vec<FileStamp> {
             paths.push(files.key.clone());
         }
         paths.extend(tls.client_ca.clone());
+    }
+    if config.backends.iter().any(|backend| backend.tls) {
+        let upstream = &config.upstream.tls;
+        paths.extend(
+            [&upstream.ca, &upstream.cert, &upstream.key]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
     }
     paths
         .into_iter()

@@ -1,6 +1,8 @@
 //! TLS to `https://` backends: what `[upstream.tls]` names, read on the control thread (the CA bundle, or the
 //! system's roots through rustls-native-certs; a client certificate), and the `ClientConfig` each core builds from
 //! it, with its own session store so a reconnect to a backend resumes without a lock shared across cores.
+//! [`UpstreamTls::same_as`] lets the control thread keep the running `Arc` when nothing read has changed, so a
+//! config change elsewhere does not cost every core its sessions with the backends.
 //!
 //! `insecure_skip_verify` accepts whatever certificate a backend shows; it exists for test setups and is logged as
 //! a warning every time it is loaded.
@@ -42,6 +44,8 @@ pub struct UpstreamTls {
     roots: Arc<RootCertStore>,
     identity: Option<(Vec<CertificateDer<'static>>, Identity)>,
     insecure: bool,
+    /// SHA-256 over the settings and every byte read: equal digests, equal material.
+    digest: [u8; 32],
 }
 
 /// A client private key, never printed.
@@ -56,14 +60,18 @@ impl std::fmt::Debug for Identity {
 impl UpstreamTls {
     /// Reads what `config` names (on the control thread or a job's, never a worker).
     pub fn load(config: &UpstreamTlsConfig) -> Result<UpstreamTls, UpstreamTlsError> {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(format!("{config:?}").as_bytes());
         let roots = match &config.ca {
-            Some(path) => bundle_roots(path)?,
-            None => system_roots()?,
+            Some(path) => bundle_roots(path, &mut digest)?,
+            None => system_roots(&mut digest)?,
         };
         let identity = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => Some(read_identity(cert, key)?),
+            (Some(cert), Some(key)) => Some(read_identity(cert, key, &mut digest)?),
             _ => None,
         };
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(digest.finish().as_ref());
         if config.insecure_skip_verify {
             tracing::warn!(
                 "upstream.tls.insecure_skip_verify = true: backend certificates are NOT verified; anyone on the path \
@@ -74,7 +82,13 @@ impl UpstreamTls {
             roots: Arc::new(roots),
             identity,
             insecure: config.insecure_skip_verify,
+            digest: sum,
         })
+    }
+
+    /// Loaded from the same settings and the same bytes as `other`.
+    pub fn same_as(&self, other: &UpstreamTls) -> bool {
+        self.digest == other.digest
     }
 
     /// One core's `ClientConfig`: TLS 1.3 and 1.2, ALPN `http/1.1`, its own session store.
@@ -103,11 +117,18 @@ pub fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
 }
 
-fn bundle_roots(path: &Path) -> Result<RootCertStore, UpstreamTlsError> {
+/// Adds `bytes` to `digest`, length first, so two files' bytes cannot be cut differently to the same sum.
+fn digest_bytes(digest: &mut ring::digest::Context, bytes: &[u8]) {
+    digest.update(&(bytes.len() as u64).to_le_bytes());
+    digest.update(bytes);
+}
+
+fn bundle_roots(path: &Path, digest: &mut ring::digest::Context) -> Result<RootCertStore, UpstreamTlsError> {
     let pem = std::fs::read(path).map_err(|source| UpstreamTlsError::ReadCa {
         path: path.to_path_buf(),
         source,
     })?;
+    digest_bytes(digest, &pem);
     let bad = |reason: String| UpstreamTlsError::BadCa {
         path: path.to_path_buf(),
         reason,
@@ -127,8 +148,11 @@ fn bundle_roots(path: &Path) -> Result<RootCertStore, UpstreamTlsError> {
     Ok(roots)
 }
 
-fn system_roots() -> Result<RootCertStore, UpstreamTlsError> {
+fn system_roots(digest: &mut ring::digest::Context) -> Result<RootCertStore, UpstreamTlsError> {
     let found = rustls_native_certs::load_native_certs();
+    for certificate in &found.certs {
+        digest_bytes(digest, certificate);
+    }
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
@@ -141,7 +165,11 @@ fn system_roots() -> Result<RootCertStore, UpstreamTlsError> {
     Ok(roots)
 }
 
-fn read_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, Identity), UpstreamTlsError> {
+fn read_identity(
+    cert: &Path,
+    key: &Path,
+    digest: &mut ring::digest::Context,
+) -> Result<(Vec<CertificateDer<'static>>, Identity), UpstreamTlsError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| UpstreamTlsError::ReadIdentity {
             path: path.to_path_buf(),
@@ -149,6 +177,8 @@ fn read_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>
         })
     };
     let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    digest_bytes(digest, &cert_pem);
+    digest_bytes(digest, &key_pem);
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| UpstreamTlsError::BadIdentity {
@@ -239,6 +269,24 @@ mod tests {
         let config = loaded.client_config(crate::tls::provider()).unwrap();
         assert!(config.client_auth_cert_resolver.has_certs());
         assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    #[test]
+    fn the_same_files_and_settings_are_the_same_material_and_a_changed_byte_is_not() {
+        let folder = folder("same");
+        let ca_path = folder.join("ca.pem");
+        std::fs::write(&ca_path, self_signed(&["one.test"]).0).unwrap();
+        let load = |insecure| {
+            let mut config = settings(Some(ca_path.clone()), None, None);
+            config.insecure_skip_verify = insecure;
+            UpstreamTls::load(&config).unwrap()
+        };
+        let first = load(false);
+        assert!(first.same_as(&load(false)), "read twice, unchanged");
+        assert!(!first.same_as(&load(true)), "a setting changed");
+        std::fs::write(&ca_path, self_signed(&["two.test"]).0).unwrap();
+        assert!(!first.same_as(&load(false)), "the bundle's bytes changed");
         let _ = std::fs::remove_dir_all(folder);
     }
 
