@@ -88,16 +88,10 @@ for round in $(seq "$ROUNDS"); do
 done
 for adapter in "${adapters[@]}"; do memory[$adapter]=$(idle_memory "$adapter"); done
 
-python3 - <<PY
-import statistics
-keep = {$(for n in "${adapters[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${keepalive[$n]} | tr ' ' ',')"; done)}
-hand = {$(for n in "${adapters[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${handshake[$n]} | tr ' ' ',')"; done)}
-mem = {$(for n in "${adapters[@]}"; do printf '"%s": %s,' "$n" "${memory[$n]}"; done)}
-print("TLS 1.3, ECDSA P-256, one io_uring thread on CPU 0, a fixed 20-byte answer; wrk on CPU 1; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s")
-print("| adapter | keep-alive µs/request (median) | vs monoio-rustls | new connection µs (median) | vs monoio-rustls | idle RSS bytes/connection ($CONNS) |")
-print("|---|---|---|---|---|---|")
-k0, h0 = statistics.median(keep["monoio-rustls"]), statistics.median(hand["monoio-rustls"])
-for name in keep:
-    k, h = statistics.median(keep[name]), statistics.median(hand[name])
-    print(f"| {name} | {k:.2f} | {k/k0:.2f}x | {h:.1f} | {h/h0:.2f}x | {mem[name]} |")
-PY
+subjects=()
+for name in "${adapters[@]}"; do
+    keep=${keepalive[$name]% } new=${handshake[$name]% }
+    subjects+=("$name:${keep// /,}:${new// /,}:${memory[$name]}")
+done
+title="TLS 1.3, ECDSA P-256, one io_uring thread on CPU 0, a fixed 20-byte answer; wrk on CPU 1"
+python3 scripts/bench/median-table.py "$title; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s" adapter monoio-rustls "$CONNS" "${subjects[@]}"

@@ -226,19 +226,13 @@ for round in $(seq "$ROUNDS"); do
     echo "bench-tls: round $round done" >&2
 done
 for name in "${proxies[@]}"; do
-    if $TLS; then memory[$name]=$(idle_memory "$name"); else memory[$name]='"n/a"'; fi
+    if $TLS; then memory[$name]=$(idle_memory "$name"); else memory[$name]=n/a; fi
 done
 
-python3 - <<PY
-import statistics
-keep = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${keepalive[$n]} | tr ' ' ',')"; done)}
-hand = {$(for n in "${proxies[@]}"; do printf '"%s": [%s],' "$n" "$(echo ${handshake[$n]} | tr ' ' ',')"; done)}
-mem = {$(for n in "${proxies[@]}"; do printf '"%s": %s,' "$n" "${memory[$n]}"; done)}
-print("$($TLS && echo 'TLS 1.3, ECDSA P-256' || echo 'Plain HTTP'), one worker on CPU 0, plain nginx origin; wrk on CPU 1; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s")
-print("| proxy | keep-alive µs/request (median) | vs nginx | new connection µs (median) | vs nginx | idle RSS bytes/connection ($CONNS) |")
-print("|---|---|---|---|---|---|")
-k0, h0 = statistics.median(keep["nginx"]), statistics.median(hand["nginx"])
-for name in keep:
-    k, h = statistics.median(keep[name]), statistics.median(hand[name])
-    print(f"| {name} | {k:.2f} | {k/k0:.2f}x | {h:.1f} | {h/h0:.2f}x | {mem[name]} |")
-PY
+subjects=()
+for name in "${proxies[@]}"; do
+    keep=${keepalive[$name]% } new=${handshake[$name]% }
+    subjects+=("$name:${keep// /,}:${new// /,}:${memory[$name]}")
+done
+title="$($TLS && echo 'TLS 1.3, ECDSA P-256' || echo 'Plain HTTP'), one worker on CPU 0, plain nginx origin; wrk on CPU 1"
+python3 scripts/bench/median-table.py "$title; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s" proxy nginx "$CONNS" "${subjects[@]}"
