@@ -19,19 +19,17 @@ scripts/dev-certs.sh
 BIN=target/tls-adapter/release/corelb-tls-adapter-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d /tmp/corelb-bench-tls-adapter.XXXXXX)
-SERVER_PID=""
-cleanup() { [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+SUBJECT_PID=""
+cleanup() { [[ -n $SUBJECT_PID ]] && kill "$SUBJECT_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
-# shellcheck source=bench/proc.sh
-source scripts/bench/proc.sh
 
 CERT=$PWD/deploy/dev-certs/server.pem
 KEY=$PWD/deploy/dev-certs/server.key
 PORT=29210
 
-start_server() {  # start_server ADAPTER: sets SERVER_PID once the port answers
+start_subject() {  # start_subject ADAPTER: sets SUBJECT_PID once the port answers
     taskset -c 0 "$BIN" "$1" "$PORT" "$CERT" "$KEY" 2>"$work/$1.err" &
-    SERVER_PID=$!
+    SUBJECT_PID=$!
     for _ in $(seq 100); do
         (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
         sleep 0.05
@@ -40,58 +38,19 @@ start_server() {  # start_server ADAPTER: sets SERVER_PID once the port answers
     return 1
 }
 
-stop_server() {
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+stop_subject() {
+    kill "$SUBJECT_PID" 2>/dev/null || true
+    wait "$SUBJECT_PID" 2>/dev/null || true
+    SUBJECT_PID=""
     sleep 0.2
 }
 
-measure() {  # measure ADAPTER MODE: prints CPU µs per request
-    local adapter=$1 mode=$2 header=() before after output requests
-    [[ $mode == handshake ]] && header=(-H "Connection: close")
-    start_server "$adapter"
-    taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "https://127.0.0.1:$PORT/" >/dev/null 2>&1
-    before=$(cpu_ticks "$SERVER_PID")
-    output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "https://127.0.0.1:$PORT/" 2>&1)
-    after=$(cpu_ticks "$SERVER_PID")
-    stop_server
-    requests=$(echo "$output" | awk '/requests in/{print $1}')
-    python3 -c "print(round(($after-$before)/$(getconf CLK_TCK)*1e6/max($requests,1), 2))"
-}
-
-idle_memory() {  # idle_memory ADAPTER: prints RSS bytes per idle TLS connection
-    local adapter=$1 before after held
-    start_server "$adapter"
-    taskset -c 1 wrk -t1 -c10 -d1s "https://127.0.0.1:$PORT/" >/dev/null 2>&1
-    before=$(rss_kib "$SERVER_PID")
-    taskset -c 1 python3 scripts/bench/tls-idle.py 127.0.0.1 "$PORT" "$CONNS" "$work/held.$adapter" &
-    local holder=$!
-    for _ in $(seq 600); do [[ -f "$work/held.$adapter" ]] && break; sleep 0.1; done
-    sleep 0.5
-    after=$(rss_kib "$SERVER_PID")
-    kill "$holder" 2>/dev/null || true
-    wait "$holder" 2>/dev/null || true
-    stop_server
-    held=$(cat "$work/held.$adapter" 2>/dev/null || echo 0)
-    python3 -c "print(round(($after-$before)*1024/max($held,1)))"
-}
-
-declare -A keepalive handshake memory
+BENCH=bench-tls-adapter
+URL=https://127.0.0.1:$PORT/
+# shellcheck source=bench/tls-measure.sh
+source scripts/bench/tls-measure.sh
 adapters=(corelb monoio-rustls)
-for round in $(seq "$ROUNDS"); do
-    for adapter in "${adapters[@]}"; do
-        keepalive[$adapter]+="$(measure "$adapter" keepalive) "
-        handshake[$adapter]+="$(measure "$adapter" handshake) "
-    done
-    echo "bench-tls-adapter: round $round done" >&2
-done
+run_rounds "${adapters[@]}"
 for adapter in "${adapters[@]}"; do memory[$adapter]=$(idle_memory "$adapter"); done
-
-subjects=()
-for name in "${adapters[@]}"; do
-    keep=${keepalive[$name]% } new=${handshake[$name]% }
-    subjects+=("$name:${keep// /,}:${new// /,}:${memory[$name]}")
-done
-title="TLS 1.3, ECDSA P-256, one io_uring thread on CPU 0, a fixed 20-byte answer; wrk on CPU 1"
-python3 scripts/bench/median-table.py "$title; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s" adapter monoio-rustls "$CONNS" "${subjects[@]}"
+print_table "TLS 1.3, ECDSA P-256, one io_uring thread on CPU 0, a fixed 20-byte answer; wrk on CPU 1" adapter \
+    monoio-rustls "${adapters[@]}"

@@ -142,7 +142,7 @@ upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:$ORIGIN" } }
 TOML
 }
 
-start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; sets PROXY_PID
+start_subject() {  # start_subject NAME: starts the proxy on CPU 0 and waits for its port; sets SUBJECT_PID
     local name=$1
     case $name in
         corelb)
@@ -163,7 +163,7 @@ start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; 
             RUST_LOG=warn taskset -c 0 "$MONOLAKE" -c "$work/monolake.toml" >"$work/monolake.out" 2>&1 &
             ;;
     esac
-    PROXY_PID=$!
+    SUBJECT_PID=$!
     for _ in $(seq 100); do
         (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return 0
         sleep 0.05
@@ -172,67 +172,19 @@ start_proxy() {  # start_proxy NAME: starts it on CPU 0 and waits for its port; 
     return 1
 }
 
-stop_proxy() {
-    kill "$PROXY_PID" 2>/dev/null || true
-    wait "$PROXY_PID" 2>/dev/null || true
+stop_subject() {
+    kill "$SUBJECT_PID" 2>/dev/null || true
+    wait "$SUBJECT_PID" 2>/dev/null || true
     sleep 0.2
 }
 
-# shellcheck source=bench/proc.sh
-source scripts/bench/proc.sh
-
-measure() {  # measure NAME MODE: prints µs of proxy CPU per request
-    local name=$1 mode=$2 header=() before after output requests
-    [[ $mode == handshake ]] && header=(-H "Connection: close")
-    start_proxy "$name"
-    # Warm up (and for nginx, let the worker start) before counting.
-    taskset -c 1 wrk -t1 -c50 -d1s "${header[@]}" "$SCHEME://127.0.0.1:$PORT/" >/dev/null 2>&1
-    before=$(cpu_ticks "$PROXY_PID")
-    output=$(taskset -c 1 wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${header[@]}" "$SCHEME://127.0.0.1:$PORT/" 2>&1)
-    after=$(cpu_ticks "$PROXY_PID")
-    stop_proxy
-    # A proxy that answers with errors would look cheap: say so beside the figure.
-    if [[ $output == *"Non-2xx"* || $output == *"Socket errors"* ]]; then
-        echo "bench-tls: $name $mode:$(echo "$output" | grep -E 'Non-2xx|Socket errors' | tr -s ' ' | tr '\n' ';')" >&2
-    fi
-    requests=$(echo "$output" | awk '/requests in/{print $1}')
-    python3 -c "print(round(($after-$before)/$(getconf CLK_TCK)*1e6/max($requests,1), 2))"
-}
-
-idle_memory() {  # idle_memory NAME: prints bytes of proxy RSS per idle TLS connection
-    local name=$1 before after
-    start_proxy "$name"
-    taskset -c 1 wrk -t1 -c10 -d1s "$SCHEME://127.0.0.1:$PORT/" >/dev/null 2>&1
-    before=$(rss_kib "$PROXY_PID")
-    taskset -c 1 python3 scripts/bench/tls-idle.py 127.0.0.1 "$PORT" "$CONNS" "$work/held.$name" &
-    local holder=$!
-    for _ in $(seq 600); do [[ -f "$work/held.$name" ]] && break; sleep 0.1; done
-    sleep 0.5
-    after=$(rss_kib "$PROXY_PID")
-    kill "$holder" 2>/dev/null || true
-    wait "$holder" 2>/dev/null || true
-    stop_proxy
-    local held
-    held=$(cat "$work/held.$name" 2>/dev/null || echo 0)
-    python3 -c "print(round(($after-$before)*1024/max($held,1)))"
-}
-
-declare -A keepalive handshake memory
-for round in $(seq "$ROUNDS"); do
-    for name in "${proxies[@]}"; do
-        keepalive[$name]+="$(measure "$name" keepalive) "
-        handshake[$name]+="$(measure "$name" handshake) "
-    done
-    echo "bench-tls: round $round done" >&2
-done
+BENCH=bench-tls
+URL=$SCHEME://127.0.0.1:$PORT/
+# shellcheck source=bench/tls-measure.sh
+source scripts/bench/tls-measure.sh
+run_rounds "${proxies[@]}"
 for name in "${proxies[@]}"; do
     if $TLS; then memory[$name]=$(idle_memory "$name"); else memory[$name]=n/a; fi
 done
-
-subjects=()
-for name in "${proxies[@]}"; do
-    keep=${keepalive[$name]% } new=${handshake[$name]% }
-    subjects+=("$name:${keep// /,}:${new// /,}:${memory[$name]}")
-done
 title="$($TLS && echo 'TLS 1.3, ECDSA P-256' || echo 'Plain HTTP'), one worker on CPU 0, plain nginx origin; wrk on CPU 1"
-python3 scripts/bench/median-table.py "$title; $ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s" proxy nginx "$CONNS" "${subjects[@]}"
+print_table "$title" proxy nginx "${proxies[@]}"
