@@ -904,7 +904,7 @@ fn certificates_replaced_under_load_lose_no_request() {
 fn a_broken_certificate_is_refused_with_its_file_and_the_old_one_stays() {
     let Site {
         ca,
-        files: _files,
+        files,
         first: good,
         cert,
         key,
@@ -914,6 +914,20 @@ fn a_broken_certificate_is_refused_with_its_file_and_the_old_one_stays() {
     let config = ClientSetup::trusting(&ca).build();
     let mut kept = TlsClient::connect(corelb.addr, &config, "secure.test").unwrap();
     assert_eq!(kept.get("/", "").unwrap().status, 200);
+
+    // A whole pair, but expired.
+    files.replace("secure", &ca.server_expiring_in(&["secure.test"], -1));
+    let (code, out, err) = corelb.ctl(&["cert", "reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("secure.pem: the certificate expired"), "{err}");
+    // A whole pair, but for another name than the one the running certificate serves.
+    files.replace("secure", &ca.server(&["other.test"]));
+    let (code, out, err) = corelb.ctl(&["cert", "reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("secure.pem: the new certificate does not serve secure.test"),
+        "{err}"
+    );
 
     // The key of another certificate.
     let other = ca.server(&["secure.test"]);

@@ -15,7 +15,7 @@ use super::command::{Command, CommandError, ErrorKind, Source};
 use super::fleet::ApplyError;
 use super::history::VersionRecord;
 use super::jobs::{Done, Finished, Job, Resolved, Work};
-use super::tls::{keep_unchanged, keep_unchanged_upstream};
+use super::tls::{check_renewals, keep_unchanged, keep_unchanged_upstream};
 use super::{invalid_config, state, Control, ReplyTo, APPLY_TIMEOUT};
 use crate::config::{diff, to_toml, Config};
 use crate::health::ProbeTarget;
@@ -326,6 +326,7 @@ impl Control {
         let addresses = addresses.map_err(invalid_config)?;
         let sticky_key = sticky_key.transpose().map_err(invalid_config)?;
         let tls = tls.map_err(invalid_config)?;
+        check_renewals(&self.config, &self.snapshot.tls, &candidate, &tls).map_err(invalid_config)?;
         let (tls, reloaded) = keep_unchanged(&candidate, &self.snapshot.tls, tls);
         let mut changes = diff(&self.config, &candidate);
         if changes.is_empty() && reloaded.is_empty() && !upstream_rewritten && ticket.label.is_none() {

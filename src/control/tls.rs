@@ -73,6 +73,29 @@ pub fn keep_unchanged(
     (kept, changed)
 }
 
+/// Refuses `loaded` when a certificate file a running frontend already serves was read again and the new
+/// certificate no longer serves a name the old one did ([`Termination::check_renews`]). Frontends are matched by
+/// name.
+pub fn check_renewals(
+    running_config: &Config,
+    running: &[Option<Arc<Termination>>],
+    config: &Config,
+    loaded: &[Option<Termination>],
+) -> Result<(), TerminationError> {
+    for (frontend, loaded) in config.frontends.iter().zip(loaded) {
+        let previous = running_config
+            .frontends
+            .iter()
+            .position(|old| old.name == frontend.name)
+            .and_then(|index| running.get(index))
+            .and_then(Option::as_ref);
+        if let (Some(loaded), Some(previous)) = (loaded, previous) {
+            loaded.check_renews(&frontend.name, previous)?;
+        }
+    }
+    Ok(())
+}
+
 /// The `[upstream.tls]` to hand the cores: the running `Arc` when `loaded` is the same material, so every core
 /// keeps its client config and the sessions it holds with backends. Also says whether the material changed under
 /// a running one (a CA bundle or client certificate rewritten in place).

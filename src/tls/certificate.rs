@@ -33,6 +33,11 @@ pub enum CertificateError {
     Expired { path: PathBuf, ago: u64 },
     #[error("{path}: the certificate names no DNS name (no subject alternative name, no common name)")]
     NoName { path: PathBuf },
+    #[error(
+        "{path}: the new certificate does not serve {name}, which the one it replaces served (list the name in it, \
+         or give the new certificate a path of its own in the config)"
+    )]
+    DropsName { path: PathBuf, name: String },
 }
 
 /// A checked certificate pair, ready for handshakes.
@@ -48,6 +53,32 @@ pub struct Certificate {
     pub cert_path: PathBuf,
     /// The private key as read, so that each core can load a signing key of its own ([`Certificate::own_key`]).
     secret: Secret,
+}
+
+impl Certificate {
+    /// Whether this certificate serves `name` (lower case), exactly or by a wildcard for its first label; a
+    /// wildcard is served only by the same wildcard.
+    pub fn serves(&self, name: &str) -> bool {
+        self.names.iter().any(|own| {
+            own == name
+                || (!name.starts_with("*.")
+                    && own
+                        .strip_prefix("*.")
+                        .is_some_and(|parent| name.split_once('.').is_some_and(|(_, rest)| rest == parent)))
+        })
+    }
+
+    /// A certificate read again from the same file must serve every name `previous` served: a renewal that
+    /// drops a name would turn that name's clients away with another certificate.
+    pub fn check_renews(&self, previous: &Certificate) -> Result<(), CertificateError> {
+        match previous.names.iter().find(|name| !self.serves(name)) {
+            Some(name) => Err(CertificateError::DropsName {
+                path: self.cert_path.clone(),
+                name: name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A private key's DER, never printed.

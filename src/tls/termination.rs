@@ -112,6 +112,26 @@ impl Termination {
         })
     }
 
+    /// Where a certificate file of `running` is read again here, the new certificate must serve the names the old
+    /// one did ([`Certificate::check_renews`]); certificates at new paths may serve anything.
+    pub fn check_renews(&self, frontend: &str, running: &Termination) -> Result<(), TerminationError> {
+        for certificate in &self.certificates {
+            let previous = running
+                .certificates
+                .iter()
+                .find(|previous| previous.cert_path == certificate.cert_path);
+            if let Some(previous) = previous {
+                certificate
+                    .check_renews(previous)
+                    .map_err(|source| TerminationError::Certificate {
+                        frontend: frontend.to_string(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `other` was loaded from the same settings and the same bytes.
     pub fn same_as(&self, other: &Termination) -> bool {
         self.digest == other.digest
@@ -246,6 +266,34 @@ mod tests {
         );
         let core = first.server_config(None).unwrap();
         assert_eq!(core.alpn_protocols, [b"http/1.1".to_vec()]);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    #[test]
+    fn a_renewal_must_serve_the_names_its_predecessor_served() {
+        let folder = folder("renewal");
+        let files = write_pair(&folder, "site", &["a.test", "*.b.test", "c.b.test"]);
+        let running = load(&settings(vec![files.clone()])).unwrap();
+
+        write_pair(&folder, "site", &["*.b.test", "a.test", "other.test"]);
+        let renewed = load(&settings(vec![files.clone()])).unwrap();
+        renewed
+            .check_renews("secure", &running)
+            .expect("the same names in another order, c.b.test by the wildcard, one more name");
+
+        write_pair(&folder, "site", &["a.test", "c.b.test"]);
+        let narrowed = load(&settings(vec![files.clone()])).unwrap();
+        let error = narrowed.check_renews("secure", &running).unwrap_err().to_string();
+        assert!(
+            error.starts_with("frontend \"secure\": ")
+                && error.contains("site.crt: the new certificate does not serve *.b.test"),
+            "{error}"
+        );
+
+        // A certificate at a path of its own replaces nothing.
+        let elsewhere = write_pair(&folder, "elsewhere", &["z.test"]);
+        let moved = load(&settings(vec![elsewhere])).unwrap();
+        moved.check_renews("secure", &running).expect("a new path");
         let _ = std::fs::remove_dir_all(folder);
     }
 
