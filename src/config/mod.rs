@@ -45,6 +45,18 @@ pub struct Config {
     pub health_endpoint: HealthEndpointConfig,
 }
 
+impl Config {
+    /// Some frontend terminates TLS.
+    pub fn terminates_tls(&self) -> bool {
+        self.frontends.iter().any(|frontend| frontend.tls.is_some())
+    }
+
+    /// Some backend is `https://`, so `[upstream.tls]` is read.
+    pub fn has_https_backends(&self) -> bool {
+        self.backends.iter().any(|backend| backend.tls)
+    }
+}
+
 /// How many worker threads run, on which I/O driver, and how they stop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {

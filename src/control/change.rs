@@ -197,8 +197,7 @@ impl Control {
         let changes = diff(&self.config, &candidate);
         // A config with TLS frontends or https:// backends goes on even unchanged: its certificate files are read
         // again (SIGHUP, `reload` and `cert reload` reload certificates and CA bundles).
-        let has_tls = candidate.frontends.iter().any(|frontend| frontend.tls.is_some())
-            || candidate.backends.iter().any(|backend| backend.tls);
+        let has_tls = candidate.terminates_tls() || candidate.has_https_backends();
         if changes.is_empty() && ticket.label.is_none() && !has_tls {
             let unchanged = json!({ "version": self.snapshot.version, "changes": changes, "applied": false });
             return self.finish(ticket, Ok(unchanged));

@@ -368,9 +368,7 @@ impl Control {
     /// `cert reload`: the running config proposed again, which reads every certificate file again (see
     /// [`Control::propose`]); only what changed is handed to the cores.
     fn cert_reload(&mut self, source: Source, asker: Asker) {
-        let terminates = self.config.frontends.iter().any(|frontend| frontend.tls.is_some());
-        let to_backends = self.config.backends.iter().any(|backend| backend.tls);
-        if !terminates && !to_backends {
+        if !self.config.terminates_tls() && !self.config.has_https_backends() {
             return asker.tell(Err(CommandError::new(
                 ErrorKind::NotFound,
                 "no frontend terminates TLS and no backend is https://: there is no certificate to reload",

@@ -206,7 +206,7 @@ fn stamps(config: &Config) -> Vec<FileStamp> {
         }
         paths.extend(tls.client_ca.clone());
     }
-    if config.backends.iter().any(|backend| backend.tls) {
+    if config.has_https_backends() {
         let upstream = &config.upstream.tls;
         paths.extend(
             [&upstream.ca, &upstream.cert, &upstream.key]
@@ -232,7 +232,7 @@ fn stamps(config: &Config) -> Vec<FileStamp> {
 
 /// `[upstream.tls]` read and checked, when any backend is `https://` (`None` otherwise).
 pub fn load_upstream(config: &Config) -> Result<Option<UpstreamTls>, UpstreamTlsError> {
-    if !config.backends.iter().any(|backend| backend.tls) {
+    if !config.has_https_backends() {
         return Ok(None);
     }
     let upstream = UpstreamTls::load(&config.upstream.tls)?;

@@ -23,6 +23,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider_for_core())
 }
 
+/// Adds `bytes` (a file read) to a digest of loaded TLS material, length first, so two files' bytes cannot be cut
+/// differently to the same sum. Equal digests mean nothing read has changed, so the running material is kept.
+pub fn digest_bytes(digest: &mut ring::digest::Context, bytes: &[u8]) {
+    digest.update(&(bytes.len() as u64).to_le_bytes());
+    digest.update(bytes);
+}
+
 /// A provider of a core's own (its `Arc` is counted by that core alone).
 pub fn provider_for_core() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()

@@ -79,10 +79,8 @@ impl Termination {
         for files in &config.certificates {
             let cert = read(&files.cert).map_err(certificate_error)?;
             let key = read(&files.key).map_err(certificate_error)?;
-            for bytes in [&cert, &key] {
-                digest.update(&(bytes.len() as u64).to_le_bytes());
-                digest.update(bytes);
-            }
+            super::digest_bytes(&mut digest, &cert);
+            super::digest_bytes(&mut digest, &key);
             let certificate =
                 Certificate::parse(&files.cert, &cert, &files.key, &key, provider, now).map_err(certificate_error)?;
             certificates.push(certificate);
@@ -94,7 +92,7 @@ impl Termination {
                     path: path.clone(),
                     source,
                 })?;
-                digest.update(&bytes);
+                super::digest_bytes(&mut digest, &bytes);
                 client_roots(frontend, path, &bytes)?
             }
             _ => Vec::new(),

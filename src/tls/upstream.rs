@@ -16,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::digest_bytes;
 use crate::config::UpstreamTlsConfig;
 
 /// Session tickets kept per core, across backends.
@@ -115,12 +116,6 @@ impl UpstreamTls {
 /// The name a backend's certificate is checked against and sent as SNI (an IP address sends no SNI).
 pub fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
-}
-
-/// Adds `bytes` to `digest`, length first, so two files' bytes cannot be cut differently to the same sum.
-fn digest_bytes(digest: &mut ring::digest::Context, bytes: &[u8]) {
-    digest.update(&(bytes.len() as u64).to_le_bytes());
-    digest.update(bytes);
 }
 
 fn bundle_roots(path: &Path, digest: &mut ring::digest::Context) -> Result<RootCertStore, UpstreamTlsError> {
