@@ -4,6 +4,9 @@
 //! descriptors, client connections, and upstream connections, each worker getting its share.
 
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// How the descriptors of the process are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,55 @@ pub fn raise_nofile_limit() -> io::Result<usize> {
     }
     // RLIM_INFINITY is not a descriptor count; the kernel caps open files at nr_open (1,048,576 by default) anyway.
     Ok(usize::try_from(limits.rlim_cur).unwrap_or(usize::MAX).min(1 << 20))
+}
+
+/// Held across the moment the control plane frees its spare descriptor and accepts an operator's connection in
+/// its place, and across a worker's retry of accept after running out. Without it a worker retrying in that moment
+/// takes the freed number for a client, and `ctl` waits until some connection closes (a CI run waited 60 s, the
+/// clients' idle timeout). Only taken while the process is out of descriptors, never on the request path.
+static HANDOVER: Mutex<()> = Mutex::new(());
+
+/// The handover turn (see [`HANDOVER`]).
+pub fn handover() -> MutexGuard<'static, ()> {
+    HANDOVER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker's retry of accept after running out of descriptors, in its handover turn: one non-blocking
+/// accept4(2) when a client is waiting on `listener`, `Ok(None)` when none is. Only the worker that owns the
+/// (SO_REUSEPORT) listener accepts from it, and its own accept is not pending meanwhile, so the check before the
+/// accept cannot be overtaken.
+pub fn accept_after_running_out(listener: &impl AsRawFd) -> io::Result<Option<(std::net::TcpStream, SocketAddr)>> {
+    let fd = listener.as_raw_fd();
+    let mut waiting = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    if super::sys::poll(&mut waiting, 0)? == 0 {
+        return Ok(None);
+    }
+    let _turn = handover();
+    // SAFETY: accept4 with null address pointers takes one connection off `fd`'s queue and returns its new
+    // descriptor, or -1.
+    let accepted = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if accepted < 0 {
+        let error = io::Error::last_os_error();
+        return match error.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(error),
+        };
+    }
+    // SAFETY: `accepted` is a new descriptor that nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(accepted) };
+    let peer = stream.peer_addr()?;
+    Ok(Some((stream, peer)))
 }
 
 /// Whether an error says the process or the system is out of descriptors.

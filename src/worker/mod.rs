@@ -14,7 +14,7 @@ use monoio::io::{AsyncReadRent, Canceller};
 use monoio::net::{TcpListener, UnixStream};
 
 use crate::metrics::WorkerMetrics;
-use crate::net::descriptors::out_of_descriptors;
+use crate::net::descriptors::{self, out_of_descriptors};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::{serve_client, serve_tls_client};
 use crate::shard::tls::Accept;
@@ -351,6 +351,9 @@ async fn accept_loop(
     cancel: monoio::io::CancelHandle,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    // After running out of descriptors, accepts are retried in the handover turn (`descriptors::handover`) until
+    // the listen queue is empty, so that no retry takes the descriptor the control plane frees for `ctl`.
+    let mut recovering = false;
     loop {
         if context.client_slots.full() {
             // At this worker's share of `server.max_connections`: stop accepting (new connections wait in the
@@ -370,7 +373,22 @@ async fn accept_loop(
                 return;
             }
         }
-        match listener.cancelable_accept(cancel.clone()).await {
+        let accepted = if recovering {
+            if context.draining() {
+                return;
+            }
+            match descriptors::accept_after_running_out(&listener) {
+                Ok(Some((stream, peer))) => monoio::net::TcpStream::from_std(stream).map(|stream| (stream, peer)),
+                Ok(None) => {
+                    recovering = false;
+                    continue;
+                }
+                Err(error) => Err(error),
+            }
+        } else {
+            listener.cancelable_accept(cancel.clone()).await
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let slot = context.client_slots.take();
@@ -413,7 +431,9 @@ async fn accept_loop(
                 }
                 if out_of_descriptors(&error) {
                     own_connection_closed(&context).await;
+                    recovering = true;
                 } else {
+                    recovering = false;
                     monoio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }

@@ -309,14 +309,20 @@ impl Server {
     /// Accepts every connection waiting on listener `listener`.
     fn accept_all(&mut self, listener: usize) {
         loop {
-            let (stream, peer) = match self.listeners[listener].accept() {
+            let accepted = match self.listeners[listener].accept() {
+                Err(error) if out_of_descriptors(&error) && self.spare.is_some() => {
+                    self.warn("out of descriptors; the spare one serves a control connection", &error);
+                    // Freed and taken again in one handover turn, so a worker cannot take the number between.
+                    let _turn = crate::net::descriptors::handover();
+                    self.spare = None;
+                    self.listeners[listener].accept()
+                }
+                accepted => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) if out_of_descriptors(&error) && self.spare.take().is_some() => {
-                    self.warn("out of descriptors; the spare one serves a control connection", &error);
-                    continue;
-                }
                 Err(error) => {
                     // Out of descriptors (EMFILE/ENFILE) or the like: rest this listener instead of spinning.
                     self.listeners[listener].resting_until = Some(Instant::now() + ACCEPT_BACKOFF);
